@@ -1,0 +1,226 @@
+"""The LLMRole API (rolegate.dev/v1alpha1): the one source of the role's schema.
+
+Owns the pydantic models of an LLMRole manifest as a user writes it (camelCase on the
+wire, snake_case in Python). The operator generates the CRD in ``crds/`` from these
+models; the gateway's manifests loader validates files with them. Cross-field rules live
+here as validators (and, mirrored, as CEL rules in the CRD).
+
+Reference: ../shared/DESIGN.md "The LLMRole API".
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Literal
+
+from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+__all__ = [
+    "API_VERSION",
+    "DEFAULT_HOSTS",
+    "GROUP",
+    "KIND",
+    "AzureSpec",
+    "BedrockSpec",
+    "Binding",
+    "CredentialsSpec",
+    "LLMRole",
+    "LLMRoleSpec",
+    "ObjectMeta",
+    "QueueSpec",
+    "SecretRef",
+    "ServeCacheSpec",
+    "ServeSpec",
+]
+
+GROUP = "rolegate.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "LLMRole"
+
+
+class Binding(enum.StrEnum):
+    """The provider protocol a role speaks to its upstream (LightRAG's word)."""
+
+    OPENAI = "openai"
+    AZURE_OPENAI = "azure_openai"
+    ANTHROPIC = "anthropic"
+    BEDROCK = "bedrock"
+    OLLAMA = "ollama"
+    VLLM = "vllm"
+
+
+#: The upstream base URL used when ``spec.host`` is empty. Bindings absent here need a host
+#: (or ``serve``, or for bedrock a region).
+DEFAULT_HOSTS: dict[Binding, str] = {
+    Binding.OPENAI: "https://api.openai.com/v1",
+    Binding.ANTHROPIC: "https://api.anthropic.com",
+}
+
+_SERVED_BINDINGS = frozenset({Binding.VLLM, Binding.OLLAMA})
+
+
+class _Model(BaseModel):
+    """Base of every wire model: camelCase aliases, snake_case attributes, no unknown keys."""
+
+    model_config = ConfigDict(
+        alias_generator=AliasGenerator(validation_alias=to_camel, serialization_alias=to_camel),
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+class QueueSpec(_Model):
+    """Admission limits of the role's queue, in front of its ``maxAsync`` slots."""
+
+    max_size: int = Field(
+        1000,
+        ge=0,
+        description="Requests that may wait for a slot; one more is answered 429. Default 1000.",
+    )
+    max_wait_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a request may wait for a slot before it is answered 429. Default 60.",
+    )
+
+
+class SecretRef(_Model):
+    """A Secret in the role's own namespace."""
+
+    name: str = Field(min_length=1, max_length=253, description="Name of the Secret.")
+
+
+class CredentialsSpec(_Model):
+    """Where the role's upstream credentials come from."""
+
+    secret_ref: SecretRef | None = Field(
+        None,
+        description=(
+            "Secret in the same namespace. Keys: apiKey (openai, azure_openai, anthropic, "
+            "vllm, ollama); awsAccessKeyId, awsSecretAccessKey, awsSessionToken (bedrock). "
+            "Without it: no key, or for bedrock the AWS default credential chain."
+        ),
+    )
+
+
+class AzureSpec(_Model):
+    """Azure OpenAI specifics: https://learn.microsoft.com/azure/ai-services/openai/reference."""
+
+    api_version: str = Field(
+        "2024-10-21", min_length=1, description="The api-version query parameter."
+    )
+    deployment: str = Field(
+        min_length=1, description="The deployment name; replaces the model in the URL path."
+    )
+
+
+class BedrockSpec(_Model):
+    """AWS Bedrock specifics."""
+
+    region: str = Field(min_length=1, description="AWS region, e.g. us-east-1.")
+
+
+class ServeCacheSpec(_Model):
+    """The model cache volume of a served backend."""
+
+    size: str = Field("50Gi", description="PersistentVolumeClaim size (Kubernetes quantity).")
+    storage_class_name: str = Field("", description="StorageClass; empty for the default.")
+
+
+class ServeSpec(_Model):
+    """A model server the operator runs for the role (vllm and ollama only)."""
+
+    image: str = Field(min_length=1, description="Container image of the model server.")
+    replicas: int = Field(1, ge=0, description="Pods of the backend. Default 1.")
+    gpus: int = Field(1, ge=0, description="GPUs per pod, set as resources.limits[gpuResource].")
+    gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource name of a GPU.")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    affinity: dict[str, Any] = Field(default_factory=dict)
+    runtime_class_name: str = ""
+    args: list[str] = Field(default_factory=list)
+    env: list[dict[str, Any]] = Field(default_factory=list)
+    cache: ServeCacheSpec | None = None
+
+
+class LLMRoleSpec(_Model):
+    """What serves one role: binding, model, concurrency, timeout and credentials."""
+
+    binding: Binding = Field(description="The provider protocol of the upstream.")
+    model: str = Field(min_length=1, description="The upstream's model id.")
+    host: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s/]+(/\S*)?$",
+        description=(
+            "Upstream base URL (http or https). openai defaults to https://api.openai.com/v1; "
+            "for vllm and ollama without serve it is required, and a URL without a path gets "
+            "/v1 appended; for azure_openai it is the resource endpoint "
+            "(https://NAME.openai.azure.com)."
+        ),
+    )
+    max_async: int = Field(4, ge=1, description="Upstream calls in flight at once. Default 4.")
+    timeout_seconds: float = Field(
+        180.0,
+        gt=0,
+        description=(
+            "Seconds one upstream call may take (a stream: to its first byte and between "
+            "chunks). Default 180."
+        ),
+    )
+    queue: QueueSpec = Field(default_factory=QueueSpec)
+    credentials: CredentialsSpec = Field(default_factory=CredentialsSpec)
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Default request parameters (e.g. temperature); the request's own win.",
+    )
+    azure: AzureSpec | None = None
+    bedrock: BedrockSpec | None = None
+    serve: ServeSpec | None = None
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> LLMRoleSpec:
+        """Rules across fields; mirrored as CEL rules in the CRD."""
+        served = self.binding in _SERVED_BINDINGS
+        if self.serve is not None and not served:
+            raise ValueError("serve is only allowed with binding vllm or ollama")
+        if served and self.serve is None and not self.host:
+            raise ValueError(f"host is required for binding {self.binding} without serve")
+        if self.binding is Binding.AZURE_OPENAI:
+            if self.azure is None:
+                raise ValueError("azure.deployment is required for binding azure_openai")
+            if not self.host:
+                raise ValueError("host (the Azure resource endpoint) is required for azure_openai")
+        elif self.azure is not None:
+            raise ValueError("azure is only allowed with binding azure_openai")
+        if self.binding is Binding.BEDROCK and self.bedrock is None:
+            raise ValueError("bedrock.region is required for binding bedrock")
+        if self.binding is not Binding.BEDROCK and self.bedrock is not None:
+            raise ValueError("bedrock is only allowed with binding bedrock")
+        if "model" in self.options or "stream" in self.options:
+            raise ValueError("options may not set model or stream")
+        return self
+
+
+class ObjectMeta(BaseModel):
+    """The part of Kubernetes ObjectMeta the gateway reads; everything else is kept."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    namespace: str = "default"
+    generation: int | None = None
+
+
+class LLMRole(BaseModel):
+    """An LLMRole manifest: ``metadata.name`` is the role a client sends as ``model``."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", frozen=True)
+
+    api_version: Literal["rolegate.dev/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["LLMRole"]
+    metadata: ObjectMeta
+    spec: LLMRoleSpec
+    status: dict[str, Any] | None = None

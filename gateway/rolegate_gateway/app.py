@@ -1,0 +1,250 @@
+"""The gateway's aiohttp application: routes, error rendering, lifecycle.
+
+Owns :func:`create_app` (the factory) and :func:`start` (an ``AppRunner`` with the
+settings the gateway needs: handler cancellation on client disconnect, a graceful
+shutdown timeout). Endpoints:
+
+- ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``: ``model`` names
+  the role; header ``X-Priority`` (integer, lower first, default 10).
+- ``GET /v1/models``, ``/v1/models/{role}``: one entry per role, binding and model in
+  ``metadata``.
+- ``GET /healthz`` (alive), ``/readyz`` (a config is served and not shutting down),
+  ``/status`` (JSON, no credentials), ``/metrics`` (Prometheus text format).
+
+Every error under /v1 is OpenAI's error body with a 4xx/5xx status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, ProcessCollector, generate_latest
+
+from rolegate_gateway import errors
+from rolegate_gateway.adapters import Endpoint
+from rolegate_gateway.keys import RUNTIME, SESSION, SOURCE, ConfigSource
+from rolegate_gateway.proxy import forward
+from rolegate_gateway.runtime import Runtime
+
+__all__ = ["DEFAULT_PRIORITY", "MAX_BODY_BYTES", "create_app", "start"]
+
+log = logging.getLogger(__name__)
+
+#: Priority of a request without ``X-Priority``; lower is served first.
+DEFAULT_PRIORITY = 10
+#: Largest request body accepted, bytes (images travel base64-encoded in chat requests).
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error_response(exc: errors.GatewayError) -> web.Response:
+    return web.Response(
+        status=exc.status,
+        body=exc.body(),
+        headers={"Content-Type": "application/json", **exc.headers},
+    )
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Render gateway errors, and aiohttp's own (404 path, 405, 413), as OpenAI bodies."""
+    try:
+        return await handler(request)
+    except errors.GatewayError as exc:
+        return _error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return web.Response(
+            status=exc.status,
+            body=errors.error_body(exc.reason, type_="invalid_request_error"),
+            headers={"Content-Type": "application/json"},
+        )
+    except (asyncio.CancelledError, ConnectionError):
+        raise
+    except Exception:
+        log.exception("unexpected error serving %s %s", request.method, request.path)
+        return web.Response(
+            status=500,
+            body=errors.error_body("internal gateway error", type_="server_error"),
+            headers={"Content-Type": "application/json"},
+        )
+
+
+def _priority(request: web.Request) -> int:
+    raw = request.headers.get("X-Priority")
+    if raw is None:
+        return DEFAULT_PRIORITY
+    try:
+        return int(raw)
+    except ValueError:
+        raise errors.InvalidRequest(
+            f"X-Priority must be an integer, got {raw[:32]!r}", param="X-Priority"
+        ) from None
+
+
+async def _payload(request: web.Request) -> dict[str, Any]:
+    try:
+        payload = json.loads(await request.read())
+    except ValueError:
+        raise errors.InvalidRequest("the request body is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise errors.InvalidRequest("the request body must be a JSON object")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise errors.InvalidRequest("'model' (the role) must be a non-empty string", param="model")
+    return payload
+
+
+def _proxy(endpoint: Endpoint) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        payload = await _payload(request)
+        priority = _priority(request)
+        role = request.app[RUNTIME].role(payload["model"])
+        return await forward(
+            request,
+            role,
+            endpoint,
+            payload,
+            priority=priority,
+            session=request.app[SESSION],
+        )
+
+    return handle
+
+
+def _model_entry(runtime: Runtime, name: str) -> dict[str, Any]:
+    role = runtime.role(name)
+    up = role.config.upstream
+    return {
+        "id": name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "rolegate",
+        "metadata": {
+            "namespace": role.config.namespace,
+            "binding": str(up.binding),
+            "model": up.model,
+        },
+    }
+
+
+async def _models(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    data = [_model_entry(runtime, name) for name in sorted(runtime.roles)]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def _model(request: web.Request) -> web.Response:
+    return web.json_response(_model_entry(request.app[RUNTIME], request.match_info["role"]))
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    if runtime.ready:
+        return web.json_response({"status": "ready", "config": runtime.config_hash})
+    reason = "shutting down" if not runtime.accepting else "no config applied yet"
+    last = runtime.last_reload
+    return web.json_response(
+        {"status": "not ready", "reason": reason, "lastError": last.error if last else None},
+        status=503,
+    )
+
+
+async def _status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[RUNTIME].status())
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[RUNTIME].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
+    """One client session for every upstream: its connector pools connections per host."""
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=None)
+    ) as session:
+        app[SESSION] = session
+        yield
+
+
+async def _source_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Load the config once, then watch the source in a task cancelled at cleanup."""
+    if SOURCE not in app:
+        yield
+        return
+    source = app[SOURCE]
+    source.load_once()
+    task = asyncio.create_task(source.run(), name="rolegate-config-source")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def _stop_admitting(app: web.Application) -> None:
+    app[RUNTIME].close()
+
+
+def create_app(
+    runtime: Runtime | None = None, *, source: ConfigSource | None = None
+) -> web.Application:
+    """The gateway app serving ``runtime``, fed by ``source`` (none: apply configs yourself)."""
+    app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY_BYTES)
+    runtime = runtime or Runtime()
+    app[RUNTIME] = runtime
+    if source is not None:
+        app[SOURCE] = source
+    ProcessCollector(namespace="rolegate", registry=runtime.registry)
+    app.cleanup_ctx.append(_session_ctx)
+    app.cleanup_ctx.append(_source_ctx)
+    app.on_shutdown.append(_stop_admitting)
+    app.router.add_post("/v1/chat/completions", _proxy(Endpoint.CHAT_COMPLETIONS))
+    app.router.add_post("/v1/completions", _proxy(Endpoint.COMPLETIONS))
+    app.router.add_post("/v1/embeddings", _proxy(Endpoint.EMBEDDINGS))
+    app.router.add_get("/v1/models", _models)
+    app.router.add_get("/v1/models/{role}", _model)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/status", _status)
+    app.router.add_get("/metrics", _metrics)
+    return app
+
+
+async def start(
+    app: web.Application, *, host: str, port: int, shutdown_timeout_s: float = 25.0
+) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on host:port (port 0: a free one); returns the runner and the port.
+
+    ``shutdown_timeout_s`` bounds how long running streams may finish at shutdown; keep it
+    below the pod's terminationGracePeriodSeconds (30 s by default).
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,
+        shutdown_timeout=shutdown_timeout_s,
+        access_log=None,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    return runner, int(runner.addresses[0][1])

@@ -1,0 +1,115 @@
+"""``rolegate-gateway``: run the gateway.
+
+Standalone: ``rolegate-gateway --manifests PATH`` serves the LLMRole and Secret manifests
+under PATH and reloads them on change, no Kubernetes needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from rolegate_gateway.app import create_app, start
+from rolegate_gateway.logs import setup_logging
+from rolegate_gateway.manifests import ManifestsSource
+from rolegate_gateway.runtime import Runtime
+
+__all__ = ["main", "parser"]
+
+log = logging.getLogger("rolegate_gateway")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line."""
+    p = argparse.ArgumentParser(
+        prog="rolegate-gateway",
+        description="OpenAI-compatible gateway that serves LLM roles.",
+    )
+    p.add_argument(
+        "--manifests",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help="a file or directory of YAML with LLMRole and Secret manifests (reloaded on change)",
+    )
+    p.add_argument(
+        "--env-secrets",
+        action="store_true",
+        help="let environment variables supply Secret keys: Secret openai-creds, key apiKey "
+        "-> OPENAI_CREDS_API_KEY (wins over the manifest's value)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (8080)")
+    p.add_argument(
+        "--reload-interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how often the manifests are checked for changes (1.0)",
+    )
+    p.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=25.0,
+        metavar="SECONDS",
+        help="how long running requests may finish at shutdown (25; keep it below the "
+        "pod's terminationGracePeriodSeconds)",
+    )
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log level (info)",
+    )
+    p.add_argument("--log-format", default="text", choices=["text", "json"], help="(text)")
+    return p
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    runtime = Runtime()
+    source = ManifestsSource(
+        args.manifests, runtime, interval_s=args.reload_interval, env_secrets=args.env_secrets
+    )
+    app = create_app(runtime, source=source)
+    runner, port = await start(
+        app, host=args.host, port=args.port, shutdown_timeout_s=args.shutdown_timeout
+    )
+    log.info(
+        "serving %d roles on http://%s:%d/v1 (config %s)",
+        len(runtime.roles),
+        args.host,
+        port,
+        runtime.config_hash,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("shutting down: finishing running requests (up to %g s)", args.shutdown_timeout)
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = parser().parse_args(argv)
+    setup_logging(level=args.log_level, fmt=args.log_format)
+    if not args.manifests.exists():
+        log.error("--manifests %s: no such file or directory", args.manifests)
+        return 2
+    try:
+        asyncio.run(_serve(args))
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", args.host, args.port, exc.strerror or exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

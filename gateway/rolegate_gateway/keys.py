@@ -1,0 +1,29 @@
+"""Typed application keys of the gateway's aiohttp app, in one place."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import aiohttp
+from aiohttp import web
+
+from rolegate_gateway.runtime import Runtime
+
+__all__ = ["RUNTIME", "SESSION", "SOURCE", "ConfigSource"]
+
+
+class ConfigSource(Protocol):
+    """A source of gateway configs that feeds ``Runtime.apply``/``Runtime.refuse``."""
+
+    def load_once(self) -> bool:
+        """Load now, synchronously; True when a config was handed to the runtime."""
+        ...
+
+    async def run(self) -> None:
+        """Watch for changes until cancelled."""
+        ...
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+SOURCE = web.AppKey("source", ConfigSource)

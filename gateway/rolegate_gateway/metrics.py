@@ -1,0 +1,154 @@
+"""Prometheus metrics, all prefixed ``rolegate_``, in a registry of the gateway's own.
+
+Owns the metric families and the per-role label sets. Labels are role, namespace,
+binding and model — never a credential or a prompt. Gauges of queue depth and calls in
+flight are read from the role queues at scrape time, so the request path pays nothing
+for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from rolegate_gateway.config import RoleConfig
+from rolegate_gateway.queue import RoleQueue
+
+__all__ = ["Metrics", "RoleMetrics"]
+
+ROLE_LABELS = ("role", "namespace", "binding", "model")
+
+#: Buckets in seconds: proxy overhead is sub-millisecond, LLM calls take seconds to minutes.
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+def role_labels(role: RoleConfig) -> tuple[str, str, str, str]:
+    """Label values of one role."""
+    return (role.name, role.namespace, str(role.upstream.binding), role.upstream.model)
+
+
+@dataclass(slots=True)
+class RoleMetrics:
+    """The labelled children of one role wrapper, resolved once so requests skip lookups."""
+
+    metrics: Metrics
+    labels: tuple[str, str, str, str]
+    _duration: Histogram
+    _ttft: Histogram
+    _codes: dict[int, Counter]
+
+    def request(self, code: int, duration_s: float) -> None:
+        """Count one answered request and observe its duration."""
+        child = self._codes.get(code)
+        if child is None:
+            child = self._codes[code] = self.metrics.requests.labels(*self.labels, str(code))
+        child.inc()
+        self._duration.observe(duration_s)
+
+    def first_token(self, seconds: float) -> None:
+        """Observe a stream's time to first chunk."""
+        self._ttft.observe(seconds)
+
+    def rejected(self) -> None:
+        """Count a request the queue refused."""
+        self.metrics.rejected.labels(*self.labels).inc()
+
+    def upstream_error(self, kind: str) -> None:
+        """Count an upstream failure: timeout, unavailable, status or drained."""
+        self.metrics.upstream_errors.labels(*self.labels, kind).inc()
+
+
+class _QueueCollector(Collector):
+    """Scrape-time gauges from the live role queues."""
+
+    def __init__(self, roles: Callable[[], Iterable[tuple[RoleConfig, RoleQueue]]]) -> None:
+        self._roles = roles
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        in_flight = GaugeMetricFamily(
+            "rolegate_in_flight", "Upstream calls in flight per role.", labels=ROLE_LABELS
+        )
+        queued = GaugeMetricFamily(
+            "rolegate_queued", "Requests waiting for a slot per role.", labels=ROLE_LABELS
+        )
+        max_async = GaugeMetricFamily(
+            "rolegate_max_async", "Configured maxAsync per role.", labels=ROLE_LABELS
+        )
+        for role, queue in self._roles():
+            labels = list(role_labels(role))
+            in_flight.add_metric(labels, queue.running)
+            queued.add_metric(labels, queue.queued)
+            max_async.add_metric(labels, queue.limits.max_async)
+        yield from (in_flight, queued, max_async)
+
+
+class Metrics:
+    """The gateway's metric families in ``registry`` (a fresh one per gateway app)."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        roles: Callable[[], Iterable[tuple[RoleConfig, RoleQueue]]],
+    ) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "rolegate_requests",
+            "Requests answered, by HTTP status code.",
+            [*ROLE_LABELS, "code"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "rolegate_request_duration_seconds",
+            "Seconds from request to last byte of the answer.",
+            ROLE_LABELS,
+            buckets=_BUCKETS,
+            registry=registry,
+        )
+        self.ttft = Histogram(
+            "rolegate_time_to_first_token_seconds",
+            "Seconds from request to the first chunk of a stream.",
+            ROLE_LABELS,
+            buckets=_BUCKETS,
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "rolegate_rejected",
+            "Requests refused with 429 (queue full or wait exceeded).",
+            ROLE_LABELS,
+            registry=registry,
+        )
+        self.upstream_errors = Counter(
+            "rolegate_upstream_errors",
+            "Failed upstream calls by kind: timeout, unavailable, status, drained.",
+            [*ROLE_LABELS, "kind"],
+            registry=registry,
+        )
+        self.reloads = Counter(
+            "rolegate_reloads",
+            "Config reloads by outcome: applied, unchanged, refused.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.config_info = Gauge(
+            "rolegate_config_info",
+            "1 for the config being served, labelled with its hash and role count.",
+            ["hash", "roles"],
+            registry=registry,
+        )
+        registry.register(_QueueCollector(roles))
+
+    def for_role(self, role: RoleConfig) -> RoleMetrics:
+        """Metrics bound to one role's labels."""
+        labels = role_labels(role)
+        return RoleMetrics(
+            self, labels, self.duration.labels(*labels), self.ttft.labels(*labels), {}
+        )
+
+    def config_applied(self, config_hash: str, roles: int) -> None:
+        """Point ``rolegate_config_info`` at the config now served."""
+        self.config_info.clear()
+        self.config_info.labels(config_hash, str(roles)).set(1)

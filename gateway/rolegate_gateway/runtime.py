@@ -1,0 +1,363 @@
+"""The role runtime: live roles, their wrappers, and hot reload by ``apply(config)``.
+
+Owns :class:`Runtime` (what is served now), :class:`Role` (one role name: its queue, kept
+across rebinds, and its current wrapper) and :class:`RoleWrapper` (one role's upstream
+side: config, adapter, metrics, calls in flight).
+
+Reload (``apply``) validates and builds everything new first, then swaps references with
+no ``await`` in between, so a request sees either the old or the new config, never a mix:
+
+- unchanged role: untouched;
+- only ``maxAsync``/queue bounds changed: the queue is resized in place;
+- anything else changed: a new wrapper. Queued requests take it when admitted; calls in
+  flight finish on the old one, which *drains*: past its deadline (2 x timeout + 15 s)
+  they are cut off with 503. Old and new share the queue, so the role's upstream
+  concurrency never exceeds ``maxAsync``;
+- removed role: queued requests get 404, calls in flight drain the same way.
+
+A config that fails (e.g. a binding without an adapter) is refused whole and the old one
+keeps serving (``refuse``); so is any error a config source reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from prometheus_client import CollectorRegistry
+
+from rolegate_gateway import errors
+from rolegate_gateway.adapters import Adapter, make_adapter
+from rolegate_gateway.config import GatewayConfig, RoleConfig
+from rolegate_gateway.metrics import Metrics, RoleMetrics
+from rolegate_gateway.queue import RoleQueue
+
+__all__ = ["Call", "ReloadReport", "Role", "RoleWrapper", "Runtime", "public_origin"]
+
+log = logging.getLogger(__name__)
+
+
+def public_origin(url: str) -> str:
+    """``scheme://host[:port]`` of a URL: no userinfo, path or query, so safe to show."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+
+
+def public_url(url: str) -> str:
+    """A URL with userinfo and query string stripped (they may hold credentials)."""
+    return public_origin(url) + urlsplit(url).path
+
+
+@dataclass(slots=True, eq=False)
+class Call:
+    """One upstream call in flight: its timeout handle and drain deadline (loop time)."""
+
+    timeout: asyncio.Timeout | None = None
+    cap: float = math.inf
+    drained: bool = False
+
+    def limit(self, when: float) -> None:
+        """Reschedule the call's timeout to ``when``, never past its drain deadline."""
+        if self.timeout is not None:
+            self.timeout.reschedule(min(when, self.cap))
+
+
+class RoleWrapper:
+    """The upstream side of one role: built per binding change, retired by a reload."""
+
+    __slots__ = ("adapter", "config", "deadline", "inflight", "metrics", "origin", "secrets")
+
+    def __init__(self, config: RoleConfig, adapter: Adapter, metrics: RoleMetrics) -> None:
+        self.config = config
+        self.adapter = adapter
+        self.metrics = metrics
+        self.origin = public_origin(config.upstream.base_url)
+        self.secrets = [s.encode() for s in config.upstream.credentials.values()]
+        self.inflight: set[Call] = set()
+        self.deadline: float | None = None  # loop time past which calls are cut; None: live
+
+    def enter(self, call: Call) -> None:
+        """Register a call; on a retired wrapper it starts under the drain deadline."""
+        self.inflight.add(call)
+        if self.deadline is not None:
+            call.cap = self.deadline
+            call.drained = True
+
+    def leave(self, call: Call) -> None:
+        """Unregister a finished call."""
+        self.inflight.discard(call)
+
+    def retire(self, now: float) -> None:
+        """Start draining: calls in flight may run until now + the drain deadline."""
+        self.deadline = now + self.config.drain_deadline_s
+        for call in self.inflight:
+            call.cap = self.deadline
+            call.drained = True
+            if call.timeout is not None:
+                when = call.timeout.when()
+                call.limit(self.deadline if when is None else when)
+
+    def scrub(self, data: bytes) -> bytes:
+        """``data`` with this role's credential strings removed (upstreams may echo keys)."""
+        for secret in self.secrets:
+            data = data.replace(secret, b"")
+        return data
+
+
+class Role:
+    """One role name: its queue (kept across rebinds) and its current wrapper."""
+
+    __slots__ = ("config", "queue", "wrapper")
+
+    def __init__(self, config: RoleConfig, wrapper: RoleWrapper) -> None:
+        self.config = config
+        self.queue = RoleQueue(config.limits)
+        self.wrapper = wrapper
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadReport:
+    """What one reload did; the last one is shown in /status."""
+
+    outcome: str  # applied | unchanged | refused
+    at: str  # ISO 8601 UTC
+    config_hash: str | None = None
+    source: str | None = None
+    error: str | None = None
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    rebound: tuple[str, ...] = ()
+    resized: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready, empty fields left out."""
+        return {k: v for k, v in _fields(self) if v not in (None, ())}
+
+
+def _fields(report: ReloadReport) -> Iterator[tuple[str, Any]]:
+    for name in ReloadReport.__slots__:
+        value = getattr(report, name)
+        yield name, list(value) if isinstance(value, tuple) else value
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(slots=True)
+class _Plan:
+    added: dict[str, RoleWrapper] = field(default_factory=dict)
+    rebound: dict[str, RoleWrapper] = field(default_factory=dict)
+    resized: list[RoleConfig] = field(default_factory=list)
+
+
+class Runtime:
+    """Every role the gateway serves now, and the reload that changes them.
+
+    Not thread-safe: call everything on the event loop's thread.
+    """
+
+    def __init__(self, *, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.metrics = Metrics(self.registry, self._queues)
+        self.roles: dict[str, Role] = {}
+        self.config: GatewayConfig | None = None
+        self.config_hash: str | None = None
+        self.last_reload: ReloadReport | None = None
+        self.applied_at: str | None = None
+        self._draining: dict[str, Role] = {}  # removed roles with calls still in flight
+        self._retired: list[RoleWrapper] = []
+        self.accepting = True
+
+    # -- lookups (request path) -------------------------------------------------------
+
+    def role(self, name: str) -> Role:
+        """The live role ``name``.
+
+        Raises:
+            errors.RoleNotFound: no such role; the message lists the known ones.
+        """
+        role = self.roles.get(name)
+        if role is None:
+            raise errors.RoleNotFound(name, list(self.roles))
+        return role
+
+    @property
+    def ready(self) -> bool:
+        """True once a config has been applied, until shutdown begins."""
+        return self.config is not None and self.accepting
+
+    # -- reload -------------------------------------------------------------------------
+
+    def apply(self, config: GatewayConfig) -> ReloadReport:
+        """Serve ``config``, changing only roles that differ (see the module docstring).
+
+        Never raises for a bad config: it is refused, reported and the old one kept.
+        """
+        config_hash = config.hash
+        if config_hash == self.config_hash:
+            return self._report(ReloadReport("unchanged", _now(), config_hash))
+        try:
+            plan = self._plan(config)
+        except errors.ConfigError as exc:
+            self.refuse(str(exc), source="apply")
+            return self.last_reload  # type: ignore[return-value]
+
+        now = asyncio.get_running_loop().time()
+        roles: dict[str, Role] = {}
+        for rc in config.roles:
+            role = self.roles.get(rc.name)
+            if rc.name in plan.added:
+                role = self._draining.pop(rc.name, None)
+                if role is None:
+                    role = Role(rc, plan.added[rc.name])
+                else:  # removed, still draining, now back: keep its queue and slots
+                    self._retire(role.wrapper, now)
+                    role.wrapper = plan.added[rc.name]
+                    role.queue.reopen()
+            elif rc.name in plan.rebound:
+                assert role is not None
+                self._retire(role.wrapper, now)
+                role.wrapper = plan.rebound[rc.name]
+            assert role is not None
+            if role.config.limits != rc.limits:
+                role.queue.resize(rc.limits)
+            role.config = rc
+            roles[rc.name] = role
+        removed = [name for name in self.roles if name not in roles]
+        for name in removed:
+            old = self.roles[name]
+            old.queue.close(errors.RoleNotFound(name, list(roles)))
+            self._retire(old.wrapper, now)
+            self._draining[name] = old
+        self.roles = roles
+        self.config = config
+        self.config_hash = config_hash
+        self.applied_at = _now()
+        self._prune()
+        self.metrics.config_applied(config_hash, len(roles))
+        report = ReloadReport(
+            "applied",
+            self.applied_at,
+            config_hash,
+            added=tuple(plan.added),
+            removed=tuple(removed),
+            rebound=tuple(plan.rebound),
+            resized=tuple(rc.name for rc in plan.resized),
+        )
+        log.info(
+            "config %s applied: %d roles (added %s, removed %s, rebound %s, resized %s)",
+            config_hash,
+            len(roles),
+            list(report.added),
+            list(report.removed),
+            list(report.rebound),
+            list(report.resized),
+            extra={"config_hash": config_hash},
+        )
+        return self._report(report)
+
+    def _plan(self, config: GatewayConfig) -> _Plan:
+        """Build the wrappers a config needs, before anything is swapped.
+
+        Raises:
+            errors.ConfigError: a role's binding has no adapter.
+        """
+        plan = _Plan()
+        for rc in config.roles:
+            current = self.roles.get(rc.name)
+            if current is not None and current.config == rc:
+                continue
+            if (
+                current is not None
+                and current.config.upstream == rc.upstream
+                and current.config.namespace == rc.namespace
+            ):
+                plan.resized.append(rc)
+                continue
+            try:
+                adapter = make_adapter(rc.upstream)
+            except errors.ConfigError as exc:
+                raise errors.ConfigError(f"role {rc.namespace}/{rc.name}: {exc}") from exc
+            wrapper = RoleWrapper(rc, adapter, self.metrics.for_role(rc))
+            (plan.rebound if current is not None else plan.added)[rc.name] = wrapper
+        return plan
+
+    def _retire(self, wrapper: RoleWrapper, now: float) -> None:
+        wrapper.retire(now)
+        if wrapper.inflight:
+            self._retired.append(wrapper)
+
+    def _prune(self) -> None:
+        self._retired = [w for w in self._retired if w.inflight]
+        for name in [n for n, r in self._draining.items() if not r.queue.running]:
+            del self._draining[name]
+
+    def refuse(self, reason: str, *, source: str) -> None:
+        """Record a config that was refused; the one being served stays."""
+        log.error(
+            "config refused, keeping %s: %s", self.config_hash, reason, extra={"source": source}
+        )
+        self._report(ReloadReport("refused", _now(), self.config_hash, source, reason))
+
+    def _report(self, report: ReloadReport) -> ReloadReport:
+        self.last_reload = report
+        self.metrics.reloads.labels(report.outcome).inc()
+        return report
+
+    def close(self) -> None:
+        """Stop admitting: every queued and later request gets 503."""
+        self.accepting = False
+        for role in self.roles.values():
+            role.queue.close(errors.Draining("the gateway is shutting down"))
+
+    # -- introspection ------------------------------------------------------------------
+
+    def _queues(self) -> Iterator[tuple[RoleConfig, RoleQueue]]:
+        for role in self.roles.values():
+            yield role.config, role.queue
+
+    def status(self) -> dict[str, Any]:
+        """The /status document. Holds no credential: fields are picked, never dumped."""
+        self._prune()
+        roles = {}
+        for name, role in self.roles.items():
+            up = role.config.upstream
+            roles[name] = {
+                "namespace": role.config.namespace,
+                "binding": str(up.binding),
+                "model": up.model,
+                "host": public_url(up.base_url),
+                "maxAsync": role.config.limits.max_async,
+                "timeoutSeconds": up.timeout_s,
+                "queue": {
+                    "maxSize": role.config.limits.queue_max_size,
+                    "maxWaitSeconds": role.config.limits.queue_max_wait_s,
+                    **role.queue.stats(),
+                },
+            }
+        draining = [
+            {
+                "role": w.config.name,
+                "binding": str(w.config.upstream.binding),
+                "model": w.config.upstream.model,
+                "inFlight": len(w.inflight),
+            }
+            for w in self._retired
+        ]
+        return {
+            "ready": self.ready,
+            "config": {"hash": self.config_hash, "appliedAt": self.applied_at},
+            "lastReload": self.last_reload.as_dict() if self.last_reload else None,
+            "roles": roles,
+            "draining": draining,
+        }
