@@ -38,9 +38,7 @@ class Gateway:
 
     async def wait_reload(self, previous: Any, timeout_s: float = 10.0) -> None:
         """Wait until the last reload report differs from ``previous``."""
-        async with asyncio.timeout(timeout_s):
-            while self.runtime.last_reload is previous:
-                await asyncio.sleep(0.02)
+        await until(lambda: self.runtime.last_reload is not previous, timeout_s=timeout_s)
 
 
 @pytest.fixture
@@ -70,8 +68,10 @@ async def start_gateway() -> AsyncIterator[Callable[..., Awaitable[Gateway]]]:
     """Factory: ``await start_gateway(manifests_path)`` -> a gateway serving those files."""
     runners: list[web.AppRunner] = []
 
-    async def factory(manifests: Path, *, env_secrets: bool = False) -> Gateway:
-        runtime = Runtime()
+    async def factory(
+        manifests: Path, *, env_secrets: bool = False, drain_grace_s: float = 15.0
+    ) -> Gateway:
+        runtime = Runtime(drain_grace_s=drain_grace_s)
         source = ManifestsSource(manifests, runtime, interval_s=0.05, env_secrets=env_secrets)
         app = create_app(runtime, source=source)
         runner, port = await start(app, host="127.0.0.1", port=0, shutdown_timeout_s=2)
@@ -98,3 +98,10 @@ async def sdk() -> AsyncIterator[Callable[[Gateway], openai.AsyncOpenAI]]:
     yield factory
     for client in clients:
         await client.close()
+
+
+async def until(predicate: Callable[[], object], *, timeout_s: float = 5.0) -> None:
+    """Wait until ``predicate()`` is true, polling every 5 ms; TimeoutError past the bound."""
+    async with asyncio.timeout(timeout_s):
+        while not predicate():  # noqa: ASYNC110 - polling state that has no event
+            await asyncio.sleep(0.005)

@@ -60,6 +60,14 @@ def parser() -> argparse.ArgumentParser:
         "pod's terminationGracePeriodSeconds)",
     )
     p.add_argument(
+        "--drain-grace",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="after a rebind or removal, calls in flight on the old binding may run "
+        "2 x timeoutSeconds + this long before they are cut off with 503 (15)",
+    )
+    p.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -70,7 +78,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    runtime = Runtime()
+    runtime = Runtime(drain_grace_s=args.drain_grace)
     source = ManifestsSource(
         args.manifests, runtime, interval_s=args.reload_interval, env_secrets=args.env_secrets
     )

@@ -82,11 +82,6 @@ class RoleConfig(_Frozen):
     upstream: Upstream
     limits: Limits
 
-    @property
-    def drain_deadline_s(self) -> float:
-        """Seconds an old wrapper's in-flight calls may run after a swap (2 x timeout + 15)."""
-        return 2 * self.upstream.timeout_s + 15.0
-
 
 class GatewayConfig(_Frozen):
     """Every role of one gateway. Role names are unique across namespaces.

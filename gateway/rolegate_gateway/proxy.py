@@ -175,7 +175,7 @@ async def _call(
         if call.drained:
             error = errors.Draining(
                 f"the role was rebound or removed and this call ran past its drain deadline "
-                f"({wrapper.config.drain_deadline_s:g} s)"
+                f"({wrapper.drain_s:g} s)"
             )
         else:
             error = errors.UpstreamTimeout(

@@ -74,7 +74,16 @@ class Call:
 class RoleWrapper:
     """The upstream side of one role: built per binding change, retired by a reload."""
 
-    __slots__ = ("adapter", "config", "deadline", "inflight", "metrics", "origin", "secrets")
+    __slots__ = (
+        "adapter",
+        "config",
+        "deadline",
+        "drain_s",
+        "inflight",
+        "metrics",
+        "origin",
+        "secrets",
+    )
 
     def __init__(self, config: RoleConfig, adapter: Adapter, metrics: RoleMetrics) -> None:
         self.config = config
@@ -84,6 +93,7 @@ class RoleWrapper:
         self.secrets = [s.encode() for s in config.upstream.credentials.values()]
         self.inflight: set[Call] = set()
         self.deadline: float | None = None  # loop time past which calls are cut; None: live
+        self.drain_s = 0.0  # seconds granted to calls in flight when retired
 
     def enter(self, call: Call) -> None:
         """Register a call; on a retired wrapper it starts under the drain deadline."""
@@ -96,9 +106,10 @@ class RoleWrapper:
         """Unregister a finished call."""
         self.inflight.discard(call)
 
-    def retire(self, now: float) -> None:
-        """Start draining: calls in flight may run until now + the drain deadline."""
-        self.deadline = now + self.config.drain_deadline_s
+    def retire(self, now: float, *, grace_s: float) -> None:
+        """Start draining: calls in flight may run 2 x timeout + ``grace_s`` seconds more."""
+        self.drain_s = 2 * self.config.upstream.timeout_s + grace_s
+        self.deadline = now + self.drain_s
         for call in self.inflight:
             call.cap = self.deadline
             call.drained = True
@@ -140,7 +151,7 @@ class ReloadReport:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, empty fields left out."""
-        return {k: v for k, v in _fields(self) if v not in (None, ())}
+        return {k: v for k, v in _fields(self) if v not in (None, [])}
 
 
 def _fields(report: ReloadReport) -> Iterator[tuple[str, Any]]:
@@ -166,8 +177,13 @@ class Runtime:
     Not thread-safe: call everything on the event loop's thread.
     """
 
-    def __init__(self, *, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, *, registry: CollectorRegistry | None = None, drain_grace_s: float = 15.0
+    ) -> None:
+        """``drain_grace_s``: seconds added to 2 x timeoutSeconds to give a retired wrapper's
+        calls in flight before they are cut off with 503."""
         self.registry = registry or CollectorRegistry()
+        self.drain_grace_s = drain_grace_s
         self.metrics = Metrics(self.registry, self._queues)
         self.roles: dict[str, Role] = {}
         self.config: GatewayConfig | None = None
@@ -293,7 +309,7 @@ class Runtime:
         return plan
 
     def _retire(self, wrapper: RoleWrapper, now: float) -> None:
-        wrapper.retire(now)
+        wrapper.retire(now, grace_s=self.drain_grace_s)
         if wrapper.inflight:
             self._retired.append(wrapper)
 

@@ -30,9 +30,9 @@ def role(
     }
 
 
-def secret(name: str, namespace: str = "default", *, encoded: bool = True, **data: str) -> (
-    dict[str, Any]
-):
+def secret(
+    name: str, namespace: str = "default", *, encoded: bool = True, **data: str
+) -> dict[str, Any]:
     """A v1 Secret with ``data`` (base64) or ``stringData`` (plain)."""
     doc: dict[str, Any] = {
         "apiVersion": "v1",

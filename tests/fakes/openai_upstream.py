@@ -30,6 +30,14 @@ class Seen:
 
 
 @dataclass
+class Peak:
+    """Concurrent calls across several fakes (one role rebound between upstreams)."""
+
+    now: int = 0
+    peak: int = 0
+
+
+@dataclass
 class FakeOpenAI:
     """Behaviour knobs (change them at any time) and records of one fake upstream."""
 
@@ -46,6 +54,7 @@ class FakeOpenAI:
     seen: list[Seen] = field(default_factory=list)
     started: list[str] = field(default_factory=list)  # first user message, in start order
     cancelled: int = 0
+    shared: Peak | None = None  # also count calls here
 
     def reset(self) -> None:
         """Forget what was recorded."""
@@ -66,14 +75,15 @@ class FakeOpenAI:
 
     async def _enter(self, request: web.Request) -> dict[str, Any]:
         body = await request.json()
-        self.seen.append(
-            Seen(request.path, dict(request.query), dict(request.headers), body)
-        )
+        self.seen.append(Seen(request.path, dict(request.query), dict(request.headers), body))
         messages = body.get("messages") or []
         if messages:
             self.started.append(str(messages[-1].get("content")))
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        if self.shared is not None:
+            self.shared.now += 1
+            self.shared.peak = max(self.shared.peak, self.shared.now)
         return body
 
     async def _hold(self, request: web.Request) -> web.Response | None:
@@ -86,16 +96,19 @@ class FakeOpenAI:
             request.transport.close()
             raise asyncio.CancelledError
         if self.fail_status is not None:
-            body = self.fail_body or json.dumps(
-                {
-                    "error": {
-                        "message": f"{self.name} failed on purpose",
-                        "type": "server_error",
-                        "param": None,
-                        "code": "fake_failure",
+            body = (
+                self.fail_body
+                or json.dumps(
+                    {
+                        "error": {
+                            "message": f"{self.name} failed on purpose",
+                            "type": "server_error",
+                            "param": None,
+                            "code": "fake_failure",
+                        }
                     }
-                }
-            ).encode()
+                ).encode()
+            )
             return web.Response(status=self.fail_status, body=body, content_type="application/json")
         return None
 
@@ -109,6 +122,8 @@ class FakeOpenAI:
             raise
         finally:
             self.in_flight -= 1
+            if self.shared is not None:
+                self.shared.now -= 1
 
     def _usage(self, body: dict[str, Any]) -> dict[str, int]:
         prompt = len(json.dumps(body.get("messages") or body.get("prompt") or body.get("input")))
@@ -176,8 +191,12 @@ class FakeOpenAI:
                     **base,
                     "object": "text_completion",
                     "choices": [
-                        {"index": 0, "text": f"{self.name}-{i} ", "finish_reason": None,
-                         "logprobs": None}
+                        {
+                            "index": 0,
+                            "text": f"{self.name}-{i} ",
+                            "finish_reason": None,
+                            "logprobs": None,
+                        }
                     ],
                 }
                 for i in range(self.chunks)

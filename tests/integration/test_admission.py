@@ -11,9 +11,8 @@ import aiohttp
 import openai
 import pytest
 
-from tests.conftest import Gateway, Upstream
+from tests.conftest import Gateway, Upstream, until
 from tests.fakes import manifests as m
-
 
 Setup = Callable[..., Awaitable[tuple[Gateway, openai.AsyncOpenAI]]]
 
@@ -54,36 +53,28 @@ async def test_max_async_holds_under_50_concurrent_requests(
     assert stats["queued"] == 0
 
 
-async def test_lower_priority_value_is_served_first(
-    upstream: Upstream, setup: Setup
-) -> None:
+async def test_lower_priority_value_is_served_first(upstream: Upstream, setup: Setup) -> None:
     gw, client = await setup(upstream.url, maxAsync=1)
     gate = upstream.fake.gate = asyncio.Event()
     blocker = asyncio.create_task(_ask(client, "blocker"))
-    while not upstream.fake.started:
-        await asyncio.sleep(0.01)
+    await until(lambda: upstream.fake.started)
     queue = gw.runtime.roles["extract"].queue
     tasks = []
     for text, priority in [("p20", 20), ("p5-a", 5), ("p10", 10), ("p5-b", 5), ("p1", 1)]:
         headers = {"X-Priority": str(priority)}
         tasks.append(asyncio.create_task(_ask(client, text, extra_headers=headers)))
-        while queue.queued < len(tasks):  # enqueue in this order
-            await asyncio.sleep(0.01)
+        await until(lambda: queue.queued >= len(tasks))  # enqueue in this order
     gate.set()
     await asyncio.gather(blocker, *tasks)
     assert upstream.fake.started == ["blocker", "p1", "p5-a", "p5-b", "p10", "p20"]
 
 
-async def test_full_queue_answers_429_with_retry_after(
-    upstream: Upstream, setup: Setup
-) -> None:
-    gw, client = await setup(upstream.url, maxAsync=1, queue={"maxSize": 2}
-    )
+async def test_full_queue_answers_429_with_retry_after(upstream: Upstream, setup: Setup) -> None:
+    gw, client = await setup(upstream.url, maxAsync=1, queue={"maxSize": 2})
     gate = upstream.fake.gate = asyncio.Event()
     held = [asyncio.create_task(_ask(client, str(i))) for i in range(3)]  # 1 runs, 2 wait
     queue = gw.runtime.roles["extract"].queue
-    while queue.queued < 2:
-        await asyncio.sleep(0.01)
+    await until(lambda: queue.queued >= 2)
     with pytest.raises(openai.RateLimitError) as err:
         await _ask(client, "one too many")
     assert int(err.value.response.headers["Retry-After"]) >= 1
@@ -94,15 +85,11 @@ async def test_full_queue_answers_429_with_retry_after(
     assert queue.stats()["rejected_total"] == 1
 
 
-async def test_wait_past_max_wait_answers_429(
-    upstream: Upstream, setup: Setup
-) -> None:
-    gw, client = await setup(upstream.url, maxAsync=1, queue={"maxWaitSeconds": 0.3}
-    )
+async def test_wait_past_max_wait_answers_429(upstream: Upstream, setup: Setup) -> None:
+    _, client = await setup(upstream.url, maxAsync=1, queue={"maxWaitSeconds": 0.3})
     upstream.fake.gate = asyncio.Event()
     blocker = asyncio.create_task(_ask(client, "blocker"))
-    while not upstream.fake.started:
-        await asyncio.sleep(0.01)
+    await until(lambda: upstream.fake.started)
     with pytest.raises(openai.RateLimitError) as err:
         await _ask(client, "waits too long")
     assert "0.3 s" in str(err.value)
@@ -110,9 +97,7 @@ async def test_wait_past_max_wait_answers_429(
     await blocker
 
 
-async def test_upstream_timeout_is_504(
-    upstream: Upstream, setup: Setup
-) -> None:
+async def test_upstream_timeout_is_504(upstream: Upstream, setup: Setup) -> None:
     gw, client = await setup(upstream.url, timeoutSeconds=0.3)
     upstream.fake.delay_s = 2
     with pytest.raises(openai.APIStatusError) as err:
@@ -124,11 +109,9 @@ async def test_upstream_timeout_is_504(
     assert (stats["running"], stats["failed_total"]) == (0, 1)
 
 
-async def test_stream_stalling_between_chunks_times_out(
-    upstream: Upstream, setup: Setup
-) -> None:
+async def test_stream_stalling_between_chunks_times_out(upstream: Upstream, setup: Setup) -> None:
     """A stream may outlast timeoutSeconds while chunks flow, not when they stall."""
-    gw, client = await setup(upstream.url, timeoutSeconds=0.5)
+    _, client = await setup(upstream.url, timeoutSeconds=0.5)
     upstream.fake.chunks = 6
     upstream.fake.chunk_delay_s = 0.2  # 1.4 s in all: longer than the timeout, never idle
     stream = await _ask(client, "long", stream=True)
@@ -144,7 +127,7 @@ async def test_stream_stalling_between_chunks_times_out(
 async def test_unreachable_upstream_is_502(
     setup: Setup,
 ) -> None:
-    gw, client = await setup("http://127.0.0.1:9/v1")
+    _, client = await setup("http://127.0.0.1:9/v1")
     with pytest.raises(openai.APIStatusError) as err:
         await _ask(client, "x")
     assert err.value.status_code == 502
@@ -152,10 +135,8 @@ async def test_unreachable_upstream_is_502(
     assert err.value.body["code"] == "upstream_unavailable"
 
 
-async def test_upstream_dropping_the_connection_is_502(
-    upstream: Upstream, setup: Setup
-) -> None:
-    gw, client = await setup(upstream.url)
+async def test_upstream_dropping_the_connection_is_502(upstream: Upstream, setup: Setup) -> None:
+    _, client = await setup(upstream.url)
     upstream.fake.disconnect = True
     with pytest.raises(openai.APIStatusError) as err:
         await _ask(client, "x")
@@ -171,20 +152,19 @@ async def test_disconnecting_client_frees_its_slot(
     """maxAsync 1: a client that goes away mid-call lets the queued request start at once."""
     gw, client = await setup(upstream.url, maxAsync=1)
     upstream.fake.gate = asyncio.Event()
-    payload = {"model": "extract", "stream": stream,
-               "messages": [{"role": "user", "content": "leaver"}]}
+    payload = {
+        "model": "extract",
+        "stream": stream,
+        "messages": [{"role": "user", "content": "leaver"}],
+    }
     async with aiohttp.ClientSession() as http:
         leaver = asyncio.create_task(http.post(f"{gw.v1}/chat/completions", json=payload))
-        while not upstream.fake.started:
-            await asyncio.sleep(0.01)
+        await until(lambda: upstream.fake.started)
         waiter = asyncio.create_task(_ask(client, "next"))
         queue = gw.runtime.roles["extract"].queue
-        while queue.queued < 1:
-            await asyncio.sleep(0.01)
+        await until(lambda: queue.queued >= 1)
         leaver.cancel()  # the client closes its connection
-        async with asyncio.timeout(2):
-            while upstream.fake.started[-1:] != ["next"]:
-                await asyncio.sleep(0.01)
+        await until(lambda: upstream.fake.started[-1:] == ["next"], timeout_s=2)
     assert upstream.fake.cancelled == 1  # the upstream call was cancelled too
     upstream.fake.gate.set()
     await waiter
@@ -192,24 +172,18 @@ async def test_disconnecting_client_frees_its_slot(
     assert queue.stats()["running"] == 0
 
 
-async def test_disconnect_while_queued_leaves_the_queue(
-    upstream: Upstream, setup: Setup
-) -> None:
+async def test_disconnect_while_queued_leaves_the_queue(upstream: Upstream, setup: Setup) -> None:
     gw, client = await setup(upstream.url, maxAsync=1)
     upstream.fake.gate = asyncio.Event()
     blocker = asyncio.create_task(_ask(client, "blocker"))
-    while not upstream.fake.started:
-        await asyncio.sleep(0.01)
+    await until(lambda: upstream.fake.started)
     queue = gw.runtime.roles["extract"].queue
     async with aiohttp.ClientSession() as http:
         payload = {"model": "extract", "messages": [{"role": "user", "content": "gone"}]}
         leaver = asyncio.create_task(http.post(f"{gw.v1}/chat/completions", json=payload))
-        while queue.queued < 1:
-            await asyncio.sleep(0.01)
+        await until(lambda: queue.queued >= 1)
         leaver.cancel()
-        async with asyncio.timeout(2):
-            while queue.queued:
-                await asyncio.sleep(0.01)
+        await until(lambda: not queue.queued, timeout_s=2)
     upstream.fake.gate.set()
     await blocker
     assert upstream.fake.started == ["blocker"]  # the gone request never reached the upstream
