@@ -1,0 +1,42 @@
+# rolegate: `make test` runs everything CI runs; `make cluster` builds the Kubernetes
+# binaries the integration tests need (cached under ~/.cache/rolegate/, first build slow).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: venv lint test test-fast cluster gateway clean
+
+$(STAMP): pyproject.toml
+	@echo ">> creating $(VENV) and installing rolegate[dev]"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+venv: $(STAMP)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+cluster:
+	bash tests/cluster/build.sh
+
+# The whole suite: lint, then unit, integration (real kube-apiserver) and e2e tests.
+test: venv cluster lint
+	$(PY) -m pytest
+
+# Without the Kubernetes control plane: unit tests and the gateway's own integration tests.
+test-fast: venv
+	$(PY) -m pytest -m "not cluster"
+
+# Serve examples/ standalone on 127.0.0.1:8080 (export OPENAI_CREDS_API_KEY first).
+gateway: venv
+	$(VENV)/bin/rolegate-gateway --manifests examples/ --env-secrets
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
