@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 import aiohttp
@@ -37,6 +38,10 @@ _CLIENT_CLOSED = 499  # nginx's code for a request the client abandoned, for met
 
 class _ClientGone(Exception):
     """Writing to the client failed: it disconnected mid-stream."""
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        super().__init__("client disconnected")
+        self.response = response
 
 
 class _StreamBroken(Exception):
@@ -92,7 +97,11 @@ async def forward(
         queue.failed_total += 1
         _log_failure(wrapper, broken.error)
         return broken.response
-    except (asyncio.CancelledError, _ClientGone):
+    except _ClientGone as gone:
+        code = _CLIENT_CLOSED
+        queue.cancelled_total += 1
+        return gone.response  # nobody is listening; aiohttp closes the connection
+    except asyncio.CancelledError:
         code = _CLIENT_CLOSED
         queue.cancelled_total += 1
         raise
@@ -160,15 +169,15 @@ async def _call(
                         status=up.status,
                         headers={"Content-Type": content_type, "Cache-Control": "no-cache"},
                     )
-                    await _client_io(response.prepare(request))
+                    await _client_io(response, response.prepare(request))
                     first = True
                     async for chunk in up.content.iter_any():
                         if first:
                             wrapper.metrics.first_token(loop.time() - started)
                             first = False
-                        await _client_io(response.write(chunk))
+                        await _client_io(response, response.write(chunk))
                         call.limit(loop.time() + timeout_s)
-                    await _client_io(response.write_eof())
+                    await _client_io(response, response.write_eof())
                     return response
     except TimeoutError as exc:
         error: errors.GatewayError
@@ -192,11 +201,12 @@ async def _call(
         raise _StreamBroken(exc, response) from exc
 
 
-async def _client_io(awaitable: Any) -> None:
+async def _client_io(response: web.StreamResponse, io: Awaitable[Any]) -> None:
+    """Await a write to the client; a gone client becomes :class:`_ClientGone`."""
     try:
-        await awaitable
+        await io
     except ConnectionError as exc:
-        raise _ClientGone() from exc
+        raise _ClientGone(response) from exc
 
 
 async def _stream_error(response: web.StreamResponse, exc: errors.GatewayError) -> None:

@@ -309,6 +309,8 @@ class Runtime:
         return plan
 
     def _retire(self, wrapper: RoleWrapper, now: float) -> None:
+        if wrapper.deadline is not None:  # already draining (a removed role come back)
+            return
         wrapper.retire(now, grace_s=self.drain_grace_s)
         if wrapper.inflight:
             self._retired.append(wrapper)
