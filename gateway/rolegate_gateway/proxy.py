@@ -8,6 +8,10 @@ as they arrive; nothing is decoded on the way back. Error mapping:
 - cut off by a drain deadline -> 503; upstream unreachable or broken -> 502;
 - upstream error status -> that status, its body with the role's credentials removed.
 
+Connect errors and 429/502/503/504 answers are retried with exponential backoff within
+the call's time budget, before anything reaches the client (the SDK's own retries can
+stay off).
+
 Once a stream has started, an error is sent as a final SSE event ``data: {"error": …}``,
 which the OpenAI SDK raises as an APIError. A client that goes away (the handler task is
 cancelled by aiohttp) cancels the upstream call and frees the slot at once.
@@ -25,7 +29,7 @@ import aiohttp
 from aiohttp import web
 
 from rolegate_gateway import errors
-from rolegate_gateway.adapters import Endpoint
+from rolegate_gateway.adapters import Endpoint, UpstreamRequest
 from rolegate_gateway.runtime import Call, Role, RoleWrapper
 
 __all__ = ["forward"]
@@ -33,6 +37,11 @@ __all__ = ["forward"]
 log = logging.getLogger(__name__)
 
 _SSE = "text/event-stream"
+#: Upstream answers worth another attempt: rate limited, or a transient server failure.
+_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+#: Extra attempts after the first, and the first backoff in seconds (doubling each time).
+RETRIES = 2
+_BACKOFF_S = 0.25
 _CLIENT_CLOSED = 499  # nginx's code for a request the client abandoned, for metrics only
 
 
@@ -154,9 +163,7 @@ async def _call(
             call.timeout = timeout
             call.limit(loop.time() + timeout_s)
             with errors.map_client_errors(wrapper.origin):
-                async with session.post(
-                    upstream.url, data=upstream.body, headers=upstream.headers
-                ) as up:
+                async with await _post(session, upstream, timeout) as up:
                     content_type = up.headers.get("Content-Type", "application/json")
                     if up.status >= 400:
                         raise _status_error(wrapper, up.status, await up.read(), content_type)
@@ -199,6 +206,52 @@ async def _call(
             raise
         await _stream_error(response, exc)
         raise _StreamBroken(exc, response) from exc
+
+
+async def _post(
+    session: aiohttp.ClientSession, upstream: UpstreamRequest, budget: asyncio.Timeout
+) -> aiohttp.ClientResponse:
+    """POST to the upstream, retrying connect errors, a dropped keep-alive connection and
+    429/502/503/504 answers.
+
+    Exponential backoff (0.25 s, 0.5 s, …; an upstream's Retry-After in seconds wins when
+    longer), at most :data:`RETRIES` times, and only while the wait still fits in the call's
+    time budget: nothing has reached the client yet, so a retry is invisible to it. The last
+    answer, error status included, is returned as it is.
+
+    Raises:
+        aiohttp.ClientError: the last attempt could not connect (mapped by the caller).
+    """
+    loop = asyncio.get_running_loop()
+    for attempt in range(RETRIES + 1):
+        delay = _BACKOFF_S * 2**attempt
+        try:
+            up = await session.post(upstream.url, data=upstream.body, headers=upstream.headers)
+        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError):
+            if not _may_retry(attempt, delay, budget, loop.time()):
+                raise
+        else:
+            if up.status not in _RETRY_STATUSES:
+                return up
+            delay = max(delay, _retry_after_s(up.headers.get("Retry-After")))
+            if not _may_retry(attempt, delay, budget, loop.time()):
+                return up
+            up.release()
+        await asyncio.sleep(delay)
+    raise AssertionError("unreachable")  # the last attempt returns or raises
+
+
+def _may_retry(attempt: int, delay_s: float, budget: asyncio.Timeout, now: float) -> bool:
+    when = budget.when()
+    return attempt < RETRIES and (when is None or now + delay_s < when)
+
+
+def _retry_after_s(value: str | None) -> float:
+    """Retry-After in seconds (RFC 9110 10.2.3); an HTTP date or garbage counts as 0."""
+    try:
+        return max(0.0, float(value)) if value else 0.0
+    except ValueError:
+        return 0.0
 
 
 async def _client_io(response: web.StreamResponse, io: Awaitable[Any]) -> None:

@@ -47,6 +47,8 @@ class FakeOpenAI:
     chunk_delay_s: float = 0.0
     fail_status: int | None = None  # answer this status with an OpenAI error body
     fail_body: bytes | None = None  # raw body for fail_status instead
+    fail_times: int | None = None  # fail only this many calls, then answer normally
+    fail_headers: dict[str, str] = field(default_factory=dict)
     disconnect: bool = False  # drop the connection instead of answering
     gate: asyncio.Event | None = None  # hold every call until set
     in_flight: int = 0
@@ -95,7 +97,9 @@ class FakeOpenAI:
             assert request.transport is not None
             request.transport.close()
             raise asyncio.CancelledError
-        if self.fail_status is not None:
+        if self.fail_status is not None and self.fail_times != 0:
+            if self.fail_times is not None:
+                self.fail_times -= 1
             body = (
                 self.fail_body
                 or json.dumps(
@@ -109,7 +113,12 @@ class FakeOpenAI:
                     }
                 ).encode()
             )
-            return web.Response(status=self.fail_status, body=body, content_type="application/json")
+            return web.Response(
+                status=self.fail_status,
+                body=body,
+                content_type="application/json",
+                headers=self.fail_headers,
+            )
         return None
 
     @asynccontextmanager

@@ -188,3 +188,38 @@ async def test_disconnect_while_queued_leaves_the_queue(upstream: Upstream, setu
     await blocker
     assert upstream.fake.started == ["blocker"]  # the gone request never reached the upstream
     assert queue.stats()["cancelled_total"] == 1
+
+
+async def test_transient_upstream_failures_are_retried(upstream: Upstream, setup: Setup) -> None:
+    _, client = await setup(upstream.url)
+    upstream.fake.fail_status = 503
+    upstream.fake.fail_times = 2
+    reply = await _ask(client, "x")
+    assert reply.choices[0].message.content == "hi from A"
+    assert len(upstream.fake.seen) == 3
+
+    upstream.fake.fail_status = 429
+    upstream.fake.fail_times = 1
+    upstream.fake.fail_headers = {"Retry-After": "0.5"}
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await _ask(client, "y")
+    assert loop.time() - started >= 0.5  # the upstream's Retry-After was honoured
+
+
+async def test_client_errors_are_not_retried(upstream: Upstream, setup: Setup) -> None:
+    _, client = await setup(upstream.url)
+    upstream.fake.fail_status = 400
+    with pytest.raises(openai.BadRequestError):
+        await _ask(client, "x")
+    assert len(upstream.fake.seen) == 1
+
+
+async def test_retries_stop_at_the_time_budget(upstream: Upstream, setup: Setup) -> None:
+    """A Retry-After beyond timeoutSeconds is not waited for: the 429 is passed on."""
+    _, client = await setup(upstream.url, timeoutSeconds=1)
+    upstream.fake.fail_status = 429
+    upstream.fake.fail_headers = {"Retry-After": "30"}
+    with pytest.raises(openai.RateLimitError):
+        await _ask(client, "x")
+    assert len(upstream.fake.seen) == 1
