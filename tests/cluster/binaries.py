@@ -1,0 +1,164 @@
+"""Where the pinned control-plane binaries live, and building them when they are missing.
+
+This module owns the Python side of the contract with ``build.sh``: the pins in
+``versions.env``, the cache layout (``${ROLEGATE_CACHE:-~/.cache/rolegate}/k8s-<version>/``
+holding ``bin/`` with etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl,
+kwok and helm, ``kwok/stages.yaml`` and a ``stamp``), and the check that the cache is complete
+(the same sha256 over versions.env and the wrapper modules' go.sum that build.sh writes last).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Final, TextIO
+
+__all__ = [
+    "BINARIES",
+    "BUILD_SCRIPT",
+    "ETCD_VERSION",
+    "HELM_VERSION",
+    "KUBE_VERSION",
+    "KWOK_VERSION",
+    "BuildError",
+    "bin_dir",
+    "cache_dir",
+    "ensure_built",
+    "is_built",
+    "kwok_stages_file",
+    "read_versions",
+]
+
+CLUSTER_DIR: Final = Path(__file__).resolve().parent
+VERSIONS_FILE: Final = CLUSTER_DIR / "versions.env"
+BUILD_SCRIPT: Final = CLUSTER_DIR / "build.sh"
+_STAMPED_FILES: Final = (
+    VERSIONS_FILE,
+    CLUSTER_DIR / "gomod" / "kubernetes" / "go.sum",
+    CLUSTER_DIR / "gomod" / "etcd" / "go.sum",
+)
+BINARIES: Final = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+    "kwok",
+    "helm",
+)
+
+
+class BuildError(RuntimeError):
+    """build.sh failed or is missing; the message says how to build by hand."""
+
+
+def read_versions(path: Path = VERSIONS_FILE) -> dict[str, str]:
+    """Parse a ``KEY=value`` file (comments and blank lines ignored) into a dict.
+
+    Raises:
+        OSError: the file cannot be read.
+        ValueError: a line is neither a comment nor ``KEY=value``.
+    """
+    versions: dict[str, str] = {}
+    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"{path}:{number}: expected KEY=value, got {raw!r}")
+        versions[key] = value.strip().strip("'\"")
+    return versions
+
+
+_VERSIONS: Final = read_versions()
+KUBE_VERSION: Final = _VERSIONS["KUBE_VERSION"]
+"""The pinned Kubernetes version, with its ``v`` (e.g. ``v1.34.12``)."""
+ETCD_VERSION: Final = _VERSIONS["ETCD_VERSION"]
+KWOK_VERSION: Final = _VERSIONS["KWOK_VERSION"]
+HELM_VERSION: Final = _VERSIONS["HELM_VERSION"]
+
+
+def cache_dir() -> Path:
+    """The cache of this pin set: ``$ROLEGATE_CACHE`` (default ``$XDG_CACHE_HOME/rolegate``,
+    itself defaulting to ``~/.cache/rolegate``) joined with ``k8s-<version>``, as build.sh."""
+    root = os.environ.get("ROLEGATE_CACHE")
+    if not root:
+        xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        root = str(Path(xdg) / "rolegate")
+    return Path(root) / f"k8s-{KUBE_VERSION}"
+
+
+def bin_dir() -> Path:
+    """The directory holding the pinned binaries (it may not exist yet: see ensure_built)."""
+    return cache_dir() / "bin"
+
+
+def kwok_stages_file() -> Path:
+    """kwok's default Stage objects of the pinned release, copied there by build.sh."""
+    return cache_dir() / "kwok" / "stages.yaml"
+
+
+def _expected_stamp() -> str:
+    digest = hashlib.sha256()
+    for path in _STAMPED_FILES:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def is_built() -> bool:
+    """Whether the cache is complete for the current pins (stamp matches, every binary there)."""
+    stamp = cache_dir() / "stamp"
+    try:
+        if stamp.read_text().strip() != _expected_stamp():
+            return False
+    except OSError:
+        return False
+    return kwok_stages_file().is_file() and all(
+        os.access(bin_dir() / name, os.X_OK) for name in BINARIES
+    )
+
+
+def ensure_built(*, progress: TextIO | None = None) -> Path:
+    """Return :func:`bin_dir`, running build.sh first when the cache is incomplete.
+
+    A cold build compiles Kubernetes from source: tens of minutes on two cores. build.sh's
+    progress lines are copied to ``progress`` (default ``sys.stderr``) as they come.
+
+    Raises:
+        BuildError: build.sh failed or left the cache incomplete; the message holds the last
+            lines of its output.
+    """
+    if is_built():
+        return bin_dir()
+    out = progress if progress is not None else sys.stderr
+    print(f"rolegate: building the test control plane into {cache_dir()} ...", file=out)
+    tail: list[str] = []
+    with subprocess.Popen(
+        ["bash", str(BUILD_SCRIPT)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        bufsize=1,
+    ) as proc:
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                out.write(line)
+                out.flush()
+                tail = [*tail[-39:], line]
+            proc.wait()
+        except BaseException:
+            proc.terminate()
+            proc.wait()
+            raise
+    if proc.returncode != 0 or not is_built():
+        raise BuildError(
+            f"{BUILD_SCRIPT} exited with {proc.returncode} and the cache at {cache_dir()} is "
+            f"incomplete; run it by hand to see why. Last output:\n{''.join(tail)}"
+        )
+    return bin_dir()

@@ -1,0 +1,224 @@
+#!/usr/bin/env bash
+# Build the pinned Kubernetes control plane that the integration tests run on loopback.
+#
+# This script owns the binaries under ${ROLEGATE_CACHE:-~/.cache/rolegate}/k8s-<version>/bin:
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok and helm, all
+# compiled from Go modules pinned in versions.env (no release downloads, no container engine).
+#
+#   tests/cluster/build.sh          build what is missing (a no-op when the cache is complete)
+#   tests/cluster/build.sh --pin    regenerate gomod/*/go.mod and go.sum from versions.env
+#   tests/cluster/build.sh --print  print the cache's bin dir and exit (built or not)
+#
+# Environment: ROLEGATE_CACHE (cache root), GO (the go binary; default: go on PATH, then
+# /usr/local/go/bin/go), and Go's own (GOPROXY, GOCACHE, GOMODCACHE, ...).
+#
+# k8s.io/kubernetes replaces every k8s.io staging module with ./staging/..., so `go install`
+# refuses it; gomod/kubernetes is a wrapper module that requires it and replaces each staging
+# module with its v0.<minor>.<patch> release. etcd's server module has replace directives too,
+# so it gets its own wrapper (gomod/etcd), kept apart so the two never fight over versions.
+# kwok and helm have no replace directives and are built with `go install pkg@version`.
+#
+# Builds run with at most two parallel jobs (-p 2, GOMAXPROCS=2), into a temporary directory
+# that is renamed into place only after its stamp file is written, so an interrupted build
+# never looks complete. A cold build takes roughly 20-30 minutes on two cores.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=versions.env
+source "$here/versions.env"
+
+cache_root=${ROLEGATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rolegate}
+dest="$cache_root/k8s-$KUBE_VERSION"
+binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
+kube_cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+# kwok's default stages, as kwokctl uses them: nodes become Ready and keep a Lease, pods run.
+kwok_stages=(node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml
+             pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml)
+started=$SECONDS
+
+log() { printf '[build.sh %4ds] %s\n' "$((SECONDS - started))" "$*" >&2; }
+die() { printf 'build.sh: error: %s\n' "$*" >&2; exit 1; }
+
+# The stamp holds the pins and the wrapper modules' go.sum: any change to them rebuilds.
+expected_stamp() {
+    cat "$here/versions.env" "$here/gomod/kubernetes/go.sum" "$here/gomod/etcd/go.sum" \
+        | sha256sum | cut -d' ' -f1
+}
+
+cache_complete() {
+    [[ -f "$dest/stamp" ]] && [[ "$(cat "$dest/stamp")" == "$(expected_stamp)" ]] || return 1
+    local b
+    for b in "${binaries[@]}"; do [[ -x "$dest/bin/$b" ]] || return 1; done
+    [[ -f "$dest/kwok/stages.yaml" ]]
+}
+
+find_go() {
+    if [[ -n "${GO:-}" ]]; then
+        [[ -x "$GO" ]] || die "GO=$GO is not an executable; unset it or point it at a Go >= 1.26"
+    elif command -v go >/dev/null 2>&1; then
+        GO=$(command -v go)
+    elif [[ -x /usr/local/go/bin/go ]]; then
+        GO=/usr/local/go/bin/go
+    else
+        die "Go not found on PATH nor at /usr/local/go/bin/go; install Go >= 1.26 (https://go.dev/dl/)"
+    fi
+    local v
+    v=$("$GO" env GOVERSION) || die "'$GO env GOVERSION' failed"
+    v=${v#go}
+    local major=${v%%.*} rest=${v#*.}
+    local minor=${rest%%.*}
+    if (( major < 1 || (major == 1 && minor < 26) )); then
+        die "Go $v at $GO is too old: etcd $ETCD_VERSION and kwok $KWOK_VERSION need Go >= 1.26"
+    fi
+    log "using $GO (go$v), GOPROXY=$("$GO" env GOPROXY)"
+}
+
+# Go environment for every build: local toolchain only, two jobs at most.
+export GOTOOLCHAIN=local GOMAXPROCS=2 CGO_ENABLED=0
+export GOFLAGS="${GOFLAGS:+$GOFLAGS }-buildvcs=false"
+
+# Fetch the modules a wrapper needs, with a clear error when the module proxy cannot answer.
+download() {
+    local dir=$1
+    log "downloading modules for $(basename "$dir") (go mod download)"
+    if ! (cd "$dir" && "$GO" mod download -x 2>"$tmp/download.log"); then
+        tail -n 20 "$tmp/download.log" >&2
+        die "go mod download failed in $dir: is the Go module proxy ($("$GO" env GOPROXY)) reachable?"
+    fi
+}
+
+# Run a go build/install, printing a line per 100 packages compiled and every other line
+# (errors) as is. Arguments: the directory to run in, then the go command line.
+go_progress() {
+    local dir=$1; shift
+    local status=0
+    (cd "$dir" && "$GO" "$1" -v "${@:2}" 2>&1) | awk '
+        /^[^ :#]+$/ { n++; if (n % 100 == 0) printf "  ... %d packages compiled\n", n; fflush(); next }
+        { print; fflush() }' >&2 || status=$?
+    return "$status"
+}
+
+pin() {
+    find_go
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    local minor=${KUBE_VERSION#v1.}
+    local staging_version="v0.$minor"
+    local kdir="$here/gomod/kubernetes" edir="$here/gomod/etcd"
+
+    log "pinning k8s.io/kubernetes $KUBE_VERSION (staging modules at $staging_version)"
+    rm -f "$kdir/go.mod" "$kdir/go.sum"
+    (cd "$kdir" && "$GO" mod init rolegate.dev/tests/cluster/kubernetes >/dev/null 2>&1)
+    local gomod
+    gomod=$(cd "$kdir" && "$GO" mod download -json "k8s.io/kubernetes@$KUBE_VERSION" \
+        | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')
+    [[ -f "$gomod" ]] || die "could not fetch the go.mod of k8s.io/kubernetes@$KUBE_VERSION"
+    local edits=(-require="k8s.io/kubernetes@$KUBE_VERSION" -godebug=default=go1.24)
+    local mod
+    # Every `k8s.io/<name> v0.0.0` require of the tag's go.mod is a staging module.
+    for mod in $(awk '$1 ~ /^k8s\.io\// && $2 == "v0.0.0" { print $1 }' "$gomod"); do
+        edits+=(-replace="$mod=$mod@$staging_version")
+    done
+    (cd "$kdir" && "$GO" mod edit -go=1.25.0 "${edits[@]}")
+    local cmd
+    for cmd in "${kube_cmds[@]}"; do
+        (cd "$kdir" && "$GO" get -tool "k8s.io/kubernetes/cmd/$cmd@$KUBE_VERSION")
+    done
+    (cd "$kdir" && "$GO" mod tidy)
+
+    log "pinning go.etcd.io/etcd/server/v3 $ETCD_VERSION"
+    rm -f "$edir/go.mod" "$edir/go.sum"
+    (cd "$edir" && "$GO" mod init rolegate.dev/tests/cluster/etcd >/dev/null 2>&1)
+    (cd "$edir" && "$GO" mod edit -go=1.26.0 && "$GO" get -tool "go.etcd.io/etcd/server/v3@$ETCD_VERSION" \
+        && "$GO" mod tidy)
+    log "done: review and commit tests/cluster/gomod/*/go.mod and go.sum"
+}
+
+build() {
+    mkdir -p "$cache_root"
+    # One build at a time per cache (parallel pytest sessions may all ask for one).
+    exec 9>"$cache_root/.build.lock"
+    if ! flock -n 9; then
+        log "another build holds $cache_root/.build.lock; waiting for it"
+        flock 9
+    fi
+    if cache_complete; then
+        log "cache complete: $dest/bin"
+        echo "$dest/bin"
+        return 0
+    fi
+    find_go
+    tmp=$(mktemp -d "$cache_root/.build-XXXXXX")
+    trap 'rm -rf "$tmp"' EXIT
+    local out="$tmp/stage/bin"
+    mkdir -p "$out"
+    local kdir="$here/gomod/kubernetes" edir="$here/gomod/etcd"
+    grep -Eq "k8s.io/kubernetes $KUBE_VERSION( |\$)" "$kdir/go.mod" \
+        || die "gomod/kubernetes/go.mod does not pin k8s.io/kubernetes $KUBE_VERSION; run $0 --pin"
+    grep -Eq "go.etcd.io/etcd/server/v3 $ETCD_VERSION( |\$)" "$edir/go.mod" \
+        || die "gomod/etcd/go.mod does not pin go.etcd.io/etcd/server/v3 $ETCD_VERSION; run $0 --pin"
+
+    local minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
+    local kube_ld="-s -w" pkg
+    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        kube_ld+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+        kube_ld+=" -X $pkg.gitCommit=$KUBE_COMMIT -X $pkg.gitTreeState=clean"
+        kube_ld+=" -X $pkg.buildDate=$KUBE_BUILD_DATE"
+    done
+    local common=(-p 2 -trimpath)
+
+    download "$edir"
+    log "[1/4] building etcd $ETCD_VERSION"
+    go_progress "$edir" build "${common[@]}" -ldflags "-s -w" -o "$out/etcd" go.etcd.io/etcd/server/v3
+
+    download "$kdir"
+    log "[2/4] building ${kube_cmds[*]} $KUBE_VERSION (the long part: ~4000 packages)"
+    local pkgs=()
+    for pkg in "${kube_cmds[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$pkg"); done
+    go_progress "$kdir" build "${common[@]}" -ldflags "$kube_ld" -o "$out/" "${pkgs[@]}"
+
+    log "[3/4] building kwok $KWOK_VERSION"
+    export GOBIN="$out"
+    go_progress "$tmp" install "${common[@]}" \
+        -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=${KUBE_VERSION#v}" \
+        "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+
+    # kwok (unlike kwokctl) has no built-in stages: ship the default ones of the pinned release.
+    local kwok_src f
+    kwok_src=$(cd "$tmp" && "$GO" mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" \
+        | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+    mkdir -p "$tmp/stage/kwok"
+    for f in "${kwok_stages[@]}"; do
+        [[ -f "$kwok_src/kustomize/stage/$f" ]] || die "kwok $KWOK_VERSION has no stage file $f"
+        printf -- '---\n'
+        cat "$kwok_src/kustomize/stage/$f"
+    done >"$tmp/stage/kwok/stages.yaml"
+
+    log "[4/4] building helm $HELM_VERSION"
+    local helm_ld="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+    helm_ld+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+    for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+        helm_ld+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$minor"
+    done
+    go_progress "$tmp" install "${common[@]}" -ldflags "$helm_ld" \
+        "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+
+    local b
+    for b in "${binaries[@]}"; do [[ -x "$out/$b" ]] || die "build produced no $b"; done
+    "$out/kube-apiserver" --version >&2
+    # The stamp goes last; the rename makes the whole directory appear at once.
+    expected_stamp >"$tmp/stage/stamp"
+    rm -rf "$dest.old"
+    if [[ -e "$dest" ]]; then mv "$dest" "$dest.old"; fi
+    mv "$tmp/stage" "$dest"
+    rm -rf "$dest.old"
+    log "built in $(( (SECONDS - started) / 60 ))m$(( (SECONDS - started) % 60 ))s: $(du -sh "$dest" | cut -f1)"
+    echo "$dest/bin"
+}
+
+case "${1:-}" in
+    --pin) pin ;;
+    --print) echo "$dest/bin" ;;
+    "") build ;;
+    *) die "unknown argument '$1' (use --pin, --print or nothing)" ;;
+esac
