@@ -28,7 +28,6 @@ import signal
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 import weakref
@@ -45,7 +44,6 @@ __all__ = ["CommandError", "ControlPlane", "ControlPlaneError", "main"]
 log = logging.getLogger(__name__)
 
 _TMP_PREFIX: Final = "rolegate-k8s-"
-_OWNER_FILE: Final = "owner.pid"
 _POLL_S: Final = 0.1
 _LOG_TAIL_LINES: Final = 30
 _live: weakref.WeakSet[ControlPlane] = weakref.WeakSet()
@@ -60,21 +58,6 @@ class CommandError(subprocess.CalledProcessError):
 
     def __str__(self) -> str:
         return f"{super().__str__()}\nstderr:\n{self.stderr}\nstdout:\n{self.output}"
-
-
-def _sweep_stale_dirs() -> None:
-    """Remove the temporary directories of harnesses that died uncleanly (SIGKILL, OOM).
-
-    Their components died with them (PR_SET_PDEATHSIG); each directory names its owner's
-    pid in ``owner.pid``, and is removed when that process is gone.
-    """
-    for path in Path(tempfile.gettempdir()).glob(f"{_TMP_PREFIX}*"):
-        try:
-            owner = int((path / _OWNER_FILE).read_text())
-            os.kill(owner, 0)
-        except (OSError, ValueError) as error:
-            if isinstance(error, ProcessLookupError):
-                shutil.rmtree(path, ignore_errors=True)
 
 
 @atexit.register
@@ -273,15 +256,16 @@ class ControlPlane:
             ControlPlaneError: a binary is missing, a component died or did not become ready;
                 the message holds every component's log tail. Nothing is left running.
         """
+        if self._tmp is not None:
+            raise RuntimeError("a ControlPlane starts once; create a new one")
         missing = [b for b in binaries.BINARIES if not (self.bin_dir / b).is_file()]
         if missing:
             raise ControlPlaneError(
                 f"missing {', '.join(missing)} in {self.bin_dir}; run {binaries.BUILD_SCRIPT}"
             )
-        _sweep_stale_dirs()
+        processes.sweep_orphaned_dirs(_TMP_PREFIX)
         _live.add(self)
-        self._tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX))
-        (self._tmp / _OWNER_FILE).write_text(str(os.getpid()))
+        self._tmp = processes.owned_tmp_dir(_TMP_PREFIX)
         (self._tmp / "logs").mkdir()
         started = time.monotonic()
         try:
@@ -313,7 +297,7 @@ class ControlPlane:
             if self._tmp is not None and not self.keep_tmp:
                 shutil.rmtree(self._tmp, ignore_errors=True)
             elif self._tmp is not None:
-                (self._tmp / _OWNER_FILE).unlink(missing_ok=True)  # kept: never swept
+                processes.disown_dir(self._tmp)  # kept for debugging: never swept
             _live.discard(self)
 
     # -- internals --------------------------------------------------------------------------

@@ -1,10 +1,12 @@
 """Child processes of the test control plane: start, watch, stop, and read their logs.
 
-This module owns the lifetime of one component process. Each runs in its own session (so
+This module owns the lifetime of one component process, and of the temporary directories
+such processes work in. Each runs in its own session (so
 its process group is its pid and a terminal's Ctrl-C reaches only the harness, which then
 stops the components in order), logs to a file, and, when started from the main thread, is
 killed by the kernel if the harness dies without cleaning up (``PR_SET_PDEATHSIG``).
-Stopping sends SIGTERM to the whole group, then SIGKILL after a grace period.
+Stopping sends SIGTERM to the whole group, then SIGKILL after a grace period. A temporary
+directory names its owner's pid, so one left by a harness that was SIGKILLed is swept later.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -24,13 +28,16 @@ from typing import IO, Final
 __all__ = [
     "Component",
     "ComponentDied",
+    "disown_dir",
     "free_ports",
     "group_members",
+    "owned_tmp_dir",
     "signals_deferred",
     "sigterm_raises_interrupt",
 ]
 
 _PR_SET_PDEATHSIG: Final = 1
+_OWNER_FILE: Final = "owner.pid"
 
 
 class ComponentDied(RuntimeError):
@@ -81,6 +88,30 @@ def signals_deferred() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def owned_tmp_dir(prefix: str) -> Path:
+    """Create a temporary directory ``<tmp>/<prefix>XXXX`` naming this process as its owner."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    (path / _OWNER_FILE).write_text(str(os.getpid()))
+    return path
+
+
+def disown_dir(path: Path) -> None:
+    """Forget the owner of ``path`` so that :func:`sweep_orphaned_dirs` never removes it."""
+    (path / _OWNER_FILE).unlink(missing_ok=True)
+
+
+def sweep_orphaned_dirs(prefix: str) -> None:
+    """Remove the ``<tmp>/<prefix>*`` directories whose owner process is gone (a harness
+    that was SIGKILLed or OOM-killed; its components died with it, see PR_SET_PDEATHSIG)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
+        try:
+            os.kill(int((path / _OWNER_FILE).read_text()), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except (OSError, ValueError):
+            continue
 
 
 def free_ports(count: int) -> list[int]:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -357,6 +358,13 @@ def test_pod_asking_more_gpus_than_any_node_has_stays_pending(
 # -- teardown --------------------------------------------------------------------------------
 
 
+def _dead_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    with subprocess.Popen(["true"]) as proc:
+        proc.wait()
+    return proc.pid
+
+
 def _fail_inside(plane: ControlPlane, seen: dict[str, Any]) -> None:
     """Enter ``plane``, record what it runs, check it is up, then raise RuntimeError."""
     with plane:
@@ -370,12 +378,16 @@ def _fail_inside(plane: ControlPlane, seen: dict[str, Any]) -> None:
 def test_an_error_in_the_block_stops_every_process_and_removes_the_temp_dir(
     k8s_bin_dir: Path,
 ) -> None:
+    # What a SIGKILLed harness leaves: a directory whose owner is gone. The next start sweeps it.
+    orphan = Path(tempfile.mkdtemp(prefix="rolegate-k8s-"))
+    (orphan / "owner.pid").write_text(str(_dead_pid()))
     seen: dict[str, Any] = {}
     with pytest.raises(RuntimeError, match="boom"):
         _fail_inside(ControlPlane(bin_dir=k8s_bin_dir), seen)
     pids: dict[str, int] = seen["pids"]
     assert not [name for name, pid in pids.items() if _alive(pid) or group_members(pid)]
     assert not seen["tmp_dir"].exists()
+    assert not orphan.exists()
 
 
 def test_sigterm_stops_a_full_control_plane_run_by_hand(k8s_bin_dir: Path, tmp_path: Path) -> None:
