@@ -22,6 +22,7 @@ keeps serving (``refuse``); so is any error a config source reports.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 from collections.abc import Iterator
@@ -151,13 +152,7 @@ class ReloadReport:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, empty fields left out."""
-        return {k: v for k, v in _fields(self) if v not in (None, [])}
-
-
-def _fields(report: ReloadReport) -> Iterator[tuple[str, Any]]:
-    for name in ReloadReport.__slots__:
-        value = getattr(report, name)
-        yield name, list(value) if isinstance(value, tuple) else value
+        return {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, ())}
 
 
 def _now() -> str:
