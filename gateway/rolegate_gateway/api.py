@@ -24,9 +24,12 @@ __all__ = [
     "AzureSpec",
     "BedrockSpec",
     "Binding",
+    "Condition",
+    "ConditionStatus",
     "CredentialsSpec",
     "LLMRole",
     "LLMRoleSpec",
+    "LLMRoleStatus",
     "ObjectMeta",
     "QueueSpec",
     "SecretRef",
@@ -202,6 +205,57 @@ class LLMRoleSpec(_Model):
         if "model" in self.options or "stream" in self.options:
             raise ValueError("options may not set model or stream")
         return self
+
+
+class ConditionStatus(enum.StrEnum):
+    """A condition's status, as every Kubernetes condition has it."""
+
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(_Model):
+    """One observation of the role (metav1.Condition's shape).
+
+    Types are positive: ``Ready`` (the role is in the gateway's config) and
+    ``CredentialsResolved`` (its Secret and keys were found). Reference:
+    https://github.com/kubernetes/community/blob/master/contributors/devel/sig-architecture/api-conventions.md#typical-status-properties
+    """
+
+    type: str = Field(min_length=1, max_length=316, description="Ready or CredentialsResolved.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        min_length=1,
+        max_length=1024,
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        description="CamelCase cause of the status, e.g. SecretNotFound, KeyMissing, Served.",
+    )
+    message: str = Field("", max_length=32768, description="What a person can do about it.")
+    last_transition_time: str = Field(
+        json_schema_extra={"format": "date-time"},
+        description="When status last changed (RFC 3339).",
+    )
+    observed_generation: int = Field(
+        0, ge=0, description="The metadata.generation the condition was set from."
+    )
+
+
+class LLMRoleStatus(_Model):
+    """What the operator observed of the role; written by the operator only."""
+
+    observed_generation: int = Field(
+        0, ge=0, description="The metadata.generation this status describes."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Ready and CredentialsResolved."
+    )
+    endpoint: str = Field("", description="The upstream base URL the gateway calls.")
+    config_hash: str = Field(
+        "",
+        description="Hash of the role as written to the gateway's config (the gateway's "
+        "/status shows the same per role); changes with the spec and with rotated keys.",
+    )
 
 
 class ObjectMeta(BaseModel):
