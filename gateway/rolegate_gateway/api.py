@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_HOSTS",
     "GROUP",
     "KIND",
+    "VERSION",
     "AzureSpec",
     "BedrockSpec",
     "Binding",

@@ -187,11 +187,12 @@ async def _source_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     source = app[SOURCE]
-    source.load_once()
+    await source.load_once()
     task = asyncio.create_task(source.run(), name="rolegate-config-source")
     yield
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+    await source.close()
 
 
 async def _stop_admitting(app: web.Application) -> None:

@@ -1,7 +1,9 @@
 """``rolegate-gateway``: run the gateway.
 
-Standalone: ``rolegate-gateway --manifests PATH`` serves the LLMRole and Secret manifests
-under PATH and reloads them on change, no Kubernetes needed.
+In Kubernetes: ``rolegate-gateway --config-secret NAMESPACE/NAME`` serves the config the
+operator writes to that Secret and reloads it on change. Standalone:
+``rolegate-gateway --manifests PATH`` serves the LLMRole and Secret manifests under PATH and
+reloads them on change, no Kubernetes needed.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import sys
 from pathlib import Path
 
 from rolegate_gateway.app import create_app, start
+from rolegate_gateway.keys import ConfigSource
+from rolegate_gateway.kube import ConfigSecretSource, parse_ref
 from rolegate_gateway.logs import setup_logging
 from rolegate_gateway.manifests import ManifestsSource
 from rolegate_gateway.runtime import Runtime
@@ -29,12 +33,25 @@ def parser() -> argparse.ArgumentParser:
         prog="rolegate-gateway",
         description="OpenAI-compatible gateway that serves LLM roles.",
     )
-    p.add_argument(
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--config-secret",
+        type=_secret_ref,
+        metavar="NAMESPACE/NAME",
+        help="serve the config the operator writes to this Secret, watched through the "
+        "Kubernetes API (in a pod: its ServiceAccount; else --kubeconfig or $KUBECONFIG)",
+    )
+    source.add_argument(
         "--manifests",
         type=Path,
-        required=True,
         metavar="PATH",
         help="a file or directory of YAML with LLMRole and Secret manifests (reloaded on change)",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        type=Path,
+        metavar="PATH",
+        help="kubeconfig for --config-secret outside a pod (default: $KUBECONFIG, ~/.kube/config)",
     )
     p.add_argument(
         "--env-secrets",
@@ -77,11 +94,25 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _serve(args: argparse.Namespace) -> None:
-    runtime = Runtime(drain_grace_s=args.drain_grace)
-    source = ManifestsSource(
+def _secret_ref(text: str) -> tuple[str, str]:
+    try:
+        return parse_ref(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _source(args: argparse.Namespace, runtime: Runtime) -> ConfigSource:
+    if args.config_secret is not None:
+        namespace, name = args.config_secret
+        return ConfigSecretSource(namespace, name, runtime, kubeconfig=args.kubeconfig)
+    return ManifestsSource(
         args.manifests, runtime, interval_s=args.reload_interval, env_secrets=args.env_secrets
     )
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    runtime = Runtime(drain_grace_s=args.drain_grace)
+    source = _source(args, runtime)
     app = create_app(runtime, source=source)
     runner, port = await start(
         app, host=args.host, port=args.port, shutdown_timeout_s=args.shutdown_timeout
@@ -108,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = parser().parse_args(argv)
     setup_logging(level=args.log_level, fmt=args.log_format)
-    if not args.manifests.exists():
+    if args.manifests is not None and not args.manifests.exists():
         log.error("--manifests %s: no such file or directory", args.manifests)
         return 2
     try:

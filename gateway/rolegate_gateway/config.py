@@ -82,6 +82,26 @@ class RoleConfig(_Frozen):
     upstream: Upstream
     limits: Limits
 
+    def wire(self) -> dict[str, Any]:
+        """The role as JSON-ready data, credentials in clear (for the config Secret only)."""
+        data = self.model_dump(mode="json")
+        data["upstream"]["credentials"] = {
+            k: v.get_secret_value()
+            for k, v in self.upstream.credentials
+            if isinstance(v, SecretStr)
+        }
+        return data
+
+    @property
+    def hash(self) -> str:
+        """sha256 of the role's wire form, first 16 hex digits: changes when anything of
+        the role changes, a rotated key included, and reveals nothing of the key."""
+        return hashlib.sha256(_canonical(self.wire())).hexdigest()[:16]
+
+
+def _canonical(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
 
 class GatewayConfig(_Frozen):
     """Every role of one gateway. Role names are unique across namespaces.
@@ -107,13 +127,8 @@ class GatewayConfig(_Frozen):
 
     def to_wire(self) -> bytes:
         """The config as canonical JSON bytes, secrets included (for the config Secret only)."""
-        data = self.model_dump(mode="json")
-        for role, raw in zip(self.roles, data["roles"], strict=True):
-            creds = role.upstream.credentials
-            raw["upstream"]["credentials"] = {
-                k: v.get_secret_value() for k, v in creds if isinstance(v, SecretStr)
-            }
-        return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+        data = {"version": self.version, "roles": [role.wire() for role in self.roles]}
+        return _canonical(data)
 
     @classmethod
     def from_wire(cls, raw: bytes) -> GatewayConfig:

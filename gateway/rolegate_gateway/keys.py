@@ -15,12 +15,16 @@ __all__ = ["RUNTIME", "SESSION", "SOURCE", "ConfigSource"]
 class ConfigSource(Protocol):
     """A source of gateway configs that feeds ``Runtime.apply``/``Runtime.refuse``."""
 
-    def load_once(self) -> bool:
-        """Load now, synchronously; True when a config was handed to the runtime."""
+    async def load_once(self) -> bool:
+        """Load now; True when a config was handed to the runtime."""
         ...
 
     async def run(self) -> None:
         """Watch for changes until cancelled."""
+        ...
+
+    async def close(self) -> None:
+        """Release what the source holds (connections); called once, at cleanup."""
         ...
 
 

@@ -229,9 +229,10 @@ class ManifestsSource:
         self.sink.apply(result)
         return True
 
-    def load_once(self) -> bool:
-        """Load the files now and feed the sink; True when a config was handed over."""
-        return self._hand_over(self._read())
+    async def load_once(self) -> bool:
+        """Load the files now (off the loop) and feed the sink; True when a config was
+        handed over."""
+        return self._hand_over(await asyncio.to_thread(self._read))
 
     async def run(self) -> None:
         """Poll forever (until cancelled), reloading on change. Reads run off the loop."""
@@ -241,3 +242,6 @@ class ManifestsSource:
             if snapshot != self._seen:
                 log.info("manifests changed, reloading", extra={"source": str(self.path)})
                 self._hand_over(await asyncio.to_thread(self._read))
+
+    async def close(self) -> None:
+        """Nothing to release: files are opened only while read."""

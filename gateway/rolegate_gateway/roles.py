@@ -14,7 +14,14 @@ from pydantic import SecretStr
 from rolegate_gateway.api import DEFAULT_HOSTS, Binding, LLMRole
 from rolegate_gateway.config import Credentials, Limits, RoleConfig, Upstream
 
-__all__ = ["MissingKey", "base_url", "credentials_from", "required_keys", "role_config"]
+__all__ = [
+    "SECRET_KEYS",
+    "MissingKey",
+    "base_url",
+    "credentials_from",
+    "required_keys",
+    "role_config",
+]
 
 #: Secret keys -> Credentials fields.
 _KEY_FIELDS = {
@@ -23,6 +30,9 @@ _KEY_FIELDS = {
     "awsSecretAccessKey": "aws_secret_access_key",
     "awsSessionToken": "aws_session_token",
 }
+
+#: Every Secret key a role may read; a config source needs no other key of a Secret.
+SECRET_KEYS = frozenset(_KEY_FIELDS)
 
 
 class MissingKey(ValueError):

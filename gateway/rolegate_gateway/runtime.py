@@ -347,6 +347,7 @@ class Runtime:
             up = role.config.upstream
             roles[name] = {
                 "namespace": role.config.namespace,
+                "configHash": role.config.hash,
                 "binding": str(up.binding),
                 "model": up.model,
                 "host": public_url(up.base_url),

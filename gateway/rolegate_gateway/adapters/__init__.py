@@ -15,6 +15,7 @@ from rolegate_gateway.api import Binding
 from rolegate_gateway.config import Upstream
 
 __all__ = [
+    "SUPPORTED_BINDINGS",
     "Adapter",
     "AzureOpenAIAdapter",
     "Endpoint",
@@ -22,6 +23,10 @@ __all__ = [
     "UpstreamRequest",
     "make_adapter",
 ]
+
+#: Bindings this gateway has an adapter for; the operator leaves roles of other bindings
+#: out of the config (and says so in their status) instead of having the config refused.
+SUPPORTED_BINDINGS = frozenset({Binding.OPENAI, Binding.VLLM, Binding.OLLAMA, Binding.AZURE_OPENAI})
 
 
 def make_adapter(upstream: Upstream) -> Adapter:

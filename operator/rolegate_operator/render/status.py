@@ -1,0 +1,98 @@
+"""Status of an LLMRole: conditions, observedGeneration, endpoint, configHash.
+
+Pure. Owns the condition rules kopf does not give us (STYLE rule 9): positive types only
+(``Ready``, ``CredentialsResolved``), each with a CamelCase reason, a message a person can
+act on and the generation it was computed from; ``lastTransitionTime`` moves only when a
+condition's status flips, so an unchanged role renders exactly the status it already has
+and the operator writes nothing.
+Reference: https://github.com/kubernetes/community/blob/master/contributors/devel/sig-architecture/api-conventions.md#typical-status-properties
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rolegate_gateway.api import Condition, ConditionStatus, LLMRoleStatus
+from rolegate_operator.render.config import Check, Outcome
+
+__all__ = ["CONDITION_TYPES", "Transition", "desired_status", "transitions"]
+
+#: The condition types, in the order they are listed.
+CONDITION_TYPES = ("Ready", "CredentialsResolved")
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A condition whose status flipped: worth a Kubernetes Event."""
+
+    condition: str
+    status: str
+    reason: str
+    message: str
+
+    @property
+    def warning(self) -> bool:
+        """True when the role got worse (an Event of type Warning)."""
+        return self.status != ConditionStatus.TRUE
+
+
+def _previous(status: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    found = status.get("conditions")
+    if not isinstance(found, list):
+        return {}
+    return {c["type"]: c for c in found if isinstance(c, Mapping) and "type" in c}
+
+
+def _condition(
+    kind: str, check: Check, before: Mapping[str, Any] | None, *, generation: int, now: str
+) -> Condition:
+    same = before is not None and before.get("status") == check.status
+    since = str(before.get("lastTransitionTime")) if same and before else now
+    return Condition(
+        type=kind,
+        status=check.status,
+        reason=check.reason,
+        message=check.message,
+        last_transition_time=since,
+        observed_generation=generation,
+    )
+
+
+def desired_status(
+    outcome: Outcome, *, now: str, previous: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The status the role should have, as its wire dict (camelCase).
+
+    ``now`` (RFC 3339, e.g. ``2026-11-21T10:00:00Z``) stamps conditions whose status
+    flipped; others keep their ``lastTransitionTime`` from ``previous`` (default: the
+    role's status as last seen).
+    """
+    role = outcome.role
+    before = _previous(role.status if previous is None else previous)
+    checks = {"Ready": outcome.ready, "CredentialsResolved": outcome.credentials}
+    status = LLMRoleStatus(
+        observed_generation=role.generation,
+        conditions=[
+            _condition(k, checks[k], before.get(k), generation=role.generation, now=now)
+            for k in CONDITION_TYPES
+        ],
+        endpoint=outcome.endpoint,
+        config_hash=outcome.config.hash if outcome.config else "",
+    )
+    return status.model_dump(mode="json", by_alias=True)
+
+
+def transitions(current: Mapping[str, Any], desired: Mapping[str, Any]) -> Sequence[Transition]:
+    """The conditions whose status or reason differs between two statuses (new ones too)."""
+    before = _previous(current)
+    out = []
+    for kind, cond in _previous(desired).items():
+        old = before.get(kind)
+        if old is None or (old.get("status"), old.get("reason")) != (
+            cond["status"],
+            cond["reason"],
+        ):
+            out.append(Transition(kind, cond["status"], cond["reason"], cond["message"]))
+    return out
