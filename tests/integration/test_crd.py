@@ -5,6 +5,7 @@ name, ``kubectl explain`` and the status subresource."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from rolegate_gateway.api import LLMRoleSpec
 from tests.cluster.fixtures import Kubectl
 from tests.llmrole_cases import ACCEPTED, REFUSED, Refused, manifest, pruned
 
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 READY = {
     "type": "Ready",
     "status": "False",
@@ -91,6 +93,18 @@ def test_invalid_roles_are_refused_with_a_readable_message(kubectl: Kubectl, cas
     assert refused.returncode != 0
     assert case.apiserver in refused.stderr
     assert kubectl("get", "llmroles", "-o", "name").stdout == ""
+
+
+@pytest.mark.usefixtures("llmrole_crd")
+def test_the_examples_apply_as_the_readme_says(kubectl: Kubectl) -> None:
+    kubectl("apply", "-f", str(EXAMPLES))
+    rows = [line.split()[:4] for line in kubectl("get", "llmr", "--no-headers").stdout.splitlines()]
+    assert rows == [
+        ["extract", "openai", "gpt-4o-mini", "8"],
+        ["keyword", "openai", "gpt-4o-mini", "4"],
+        ["query", "openai", "gpt-4o", "4"],
+        ["vlm", "openai", "gpt-4o", "2"],
+    ]
 
 
 @pytest.mark.usefixtures("llmrole_crd")
