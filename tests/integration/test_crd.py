@@ -28,6 +28,21 @@ def _apply(kubectl: Kubectl, doc: dict[str, Any], *, check: bool = True) -> Any:
     return kubectl("apply", "-f", "-", input=json.dumps(doc), check=check)
 
 
+def _patch_status(
+    kubectl: Kubectl, name: str, status: dict[str, Any], *, check: bool = True
+) -> Any:
+    return kubectl(
+        "patch",
+        "llmrole",
+        name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": status}),
+        check=check,
+    )
+
+
 def _get(kubectl: Kubectl, name: str) -> dict[str, Any]:
     role: dict[str, Any] = json.loads(kubectl("get", "llmrole", name, "-o", "json").stdout)
     return role
@@ -110,15 +125,7 @@ def test_the_examples_apply_as_the_readme_says(kubectl: Kubectl) -> None:
 @pytest.mark.usefixtures("llmrole_crd")
 def test_get_shows_the_columns_the_short_name_and_the_category(kubectl: Kubectl) -> None:
     _apply(kubectl, manifest("extract", {"binding": "openai", "model": "gpt-4o-mini"}))
-    kubectl(
-        "patch",
-        "llmrole",
-        "extract",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps({"status": {"conditions": [READY]}}),
-    )
+    _patch_status(kubectl, "extract", {"conditions": [READY]})
     header, row = kubectl("get", "llmroles").stdout.splitlines()
     assert header.split() == ["NAME", "BINDING", "MODEL", "MAXASYNC", "READY", "AGE"]
     assert row.split()[:5] == ["extract", "openai", "gpt-4o-mini", "4", "False"]
@@ -148,15 +155,7 @@ def test_status_is_written_through_the_subresource_only(kubectl: Kubectl) -> Non
     assert "status" not in _get(kubectl, "extract")
 
     status = {"observedGeneration": 1, "endpoint": "https://api.openai.com/v1"}
-    kubectl(
-        "patch",
-        "llmrole",
-        "extract",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps({"status": {**status, "conditions": [READY]}}),
-    )
+    _patch_status(kubectl, "extract", {**status, "conditions": [READY]})
     stored = _get(kubectl, "extract")["status"]
     condition = {**READY, "observedGeneration": 0}
     assert stored == {**status, "configHash": "", "conditions": [condition]}
@@ -170,16 +169,7 @@ def test_status_is_written_through_the_subresource_only(kubectl: Kubectl) -> Non
 def test_a_status_that_breaks_the_schema_is_refused(kubectl: Kubectl) -> None:
     _apply(kubectl, manifest("extract", {"binding": "openai", "model": "m"}))
     bad = {**READY, "status": "Maybe", "reason": "not camel case"}
-    refused = kubectl(
-        "patch",
-        "llmrole",
-        "extract",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps({"status": {"conditions": [bad]}}),
-        check=False,
-    )
+    refused = _patch_status(kubectl, "extract", {"conditions": [bad]}, check=False)
     assert refused.returncode != 0
     assert 'status.conditions[0].status: Unsupported value: "Maybe"' in refused.stderr
     assert "status.conditions[0].reason: Invalid value" in refused.stderr
