@@ -24,7 +24,7 @@ from pydantic_core import core_schema
 
 from rolegate_gateway import api
 
-__all__ = ["NAME", "PLURAL", "RULES", "Rule", "crd", "crd_yaml"]
+__all__ = ["HEADER", "NAME", "PLURAL", "RULES", "Rule", "crd", "crd_yaml"]
 
 PLURAL: Final = "llmroles"
 NAME: Final = f"{PLURAL}.{api.GROUP}"
