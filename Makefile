@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: venv lint test test-fast cluster gateway clean
+.PHONY: venv lint test test-fast cluster crd gateway clean
 
 $(STAMP): pyproject.toml
 	@echo ">> creating $(VENV) and installing rolegate[dev]"
@@ -33,6 +33,10 @@ test: venv cluster lint
 # Without the Kubernetes control plane: unit tests and the gateway's own integration tests.
 test-fast: venv
 	$(PY) -m pytest -m "not cluster"
+
+# Regenerate the CRD from the pydantic model (tests/unit/test_crd.py fails until you do).
+crd: venv
+	$(VENV)/bin/rolegate-operator crd > crds/llmroles.rolegate.dev.yaml
 
 # Serve examples/ standalone on 127.0.0.1:8080 (export OPENAI_CREDS_API_KEY first).
 gateway: venv

@@ -94,7 +94,12 @@ class QueueSpec(_Model):
 class SecretRef(_Model):
     """A Secret in the role's own namespace."""
 
-    name: str = Field(min_length=1, max_length=253, description="Name of the Secret.")
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+        description="Name of the Secret (a DNS subdomain, as every Secret name is).",
+    )
 
 
 class CredentialsSpec(_Model):
@@ -141,13 +146,24 @@ class ServeSpec(_Model):
     replicas: int = Field(1, ge=0, description="Pods of the backend. Default 1.")
     gpus: int = Field(1, ge=0, description="GPUs per pod, set as resources.limits[gpuResource].")
     gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource name of a GPU.")
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[dict[str, Any]] = Field(default_factory=list)
-    affinity: dict[str, Any] = Field(default_factory=dict)
-    runtime_class_name: str = ""
-    args: list[str] = Field(default_factory=list)
-    env: list[dict[str, Any]] = Field(default_factory=list)
-    cache: ServeCacheSpec | None = None
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="The pods' nodeSelector (node labels)."
+    )
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list, description="The pods' tolerations (core/v1 Toleration)."
+    )
+    affinity: dict[str, Any] = Field(
+        default_factory=dict, description="The pods' affinity (core/v1 Affinity)."
+    )
+    runtime_class_name: str = Field("", description="The pods' runtimeClassName; empty: not set.")
+    args: list[str] = Field(
+        default_factory=list, description="Arguments of the model server container."
+    )
+    env: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Environment of the model server container (core/v1 EnvVar).",
+    )
+    cache: ServeCacheSpec | None = Field(None, description="The model cache volume.")
 
 
 class LLMRoleSpec(_Model):
@@ -165,7 +181,14 @@ class LLMRoleSpec(_Model):
             "(https://NAME.openai.azure.com)."
         ),
     )
-    max_async: int = Field(4, ge=1, description="Upstream calls in flight at once. Default 4.")
+    max_async: int = Field(
+        4,
+        ge=1,
+        description=(
+            "Upstream calls this role has in flight at once, at least 1; further requests wait "
+            "in the queue. Default 4."
+        ),
+    )
     timeout_seconds: float = Field(
         180.0,
         gt=0,

@@ -1,13 +1,134 @@
-"""``rolegate-operator``: placeholder until the operator lands (see the operator issue)."""
+"""``rolegate-operator``: the command line of the control plane.
+
+Owns argument parsing and dispatch. Subcommands:
+
+- ``crd``: print the LLMRole CustomResourceDefinition (YAML) generated from the role API;
+  ``make crd`` writes it to ``crds/llmroles.rolegate.dev.yaml``.
+- ``run``: run the operator (``rolegate_operator.main.run(args)``, imported only then).
+"""
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import re
 import sys
+from collections.abc import Callable, Sequence
 
-__all__ = ["main"]
+from rolegate_operator import crd
+
+__all__ = ["main", "parser"]
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: says the operator is not built yet; exit status 2."""
-    print("rolegate-operator: the operator is not implemented yet", file=sys.stderr)
-    return 2
+def _secret_name(value: str) -> str:
+    """``NAMESPACE/NAME`` of a Secret, checked and returned as given."""
+    namespace, _, name = value.partition("/")
+    if not (
+        _DNS_LABEL.match(namespace)
+        and len(namespace) <= 63
+        and _DNS_SUBDOMAIN.match(name)
+        and len(name) <= 253
+    ):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected NAMESPACE/NAME")
+    return value
+
+
+def _host_port(value: str) -> str:
+    """``HOST:PORT`` with a port in 1..65535, returned as given."""
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected HOST:PORT")
+    return value
+
+
+def _seconds(value: str) -> float:
+    """A positive number of seconds."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a positive number of seconds")
+    return seconds
+
+
+def parser() -> argparse.ArgumentParser:
+    """The ``rolegate-operator`` argument parser; ``args.command`` is "crd" or "run".
+
+    ``run`` sets: ``namespace`` (list[str] | None), ``all_namespaces`` (bool),
+    ``gateway_config_secret`` ("NAMESPACE/NAME"), ``liveness`` ("HOST:PORT"),
+    ``resync_interval`` (float seconds), ``log_level``, ``log_format``.
+    """
+    top = argparse.ArgumentParser(
+        prog="rolegate-operator", description="rolegate's control plane for LLMRoles."
+    )
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "crd",
+        help="print the LLMRole CustomResourceDefinition (YAML)",
+        description="Print the LLMRole CRD generated from the role API (rolegate_gateway.api).",
+    )
+    run = commands.add_parser(
+        "run", help="run the operator", description="Reconcile LLMRoles into the gateway config."
+    )
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--namespace",
+        action="append",
+        metavar="NS",
+        help="watch LLMRoles in this namespace (repeatable)",
+    )
+    scope.add_argument(
+        "--all-namespaces", action="store_true", help="watch LLMRoles in every namespace"
+    )
+    run.add_argument(
+        "--gateway-config-secret",
+        required=True,
+        type=_secret_name,
+        metavar="NAMESPACE/NAME",
+        help="the Secret the operator writes the gateway's config to",
+    )
+    run.add_argument(
+        "--liveness",
+        default="127.0.0.1:8081",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="where the liveness probe is served (default: %(default)s)",
+    )
+    run.add_argument(
+        "--resync-interval",
+        default=300.0,
+        type=_seconds,
+        metavar="SECONDS",
+        help="reconcile every role at least this often (default: %(default)s)",
+    )
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--log-format", default="text", choices=["text", "json"])
+    return top
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        module = importlib.import_module("rolegate_operator.main")
+    except ModuleNotFoundError as error:
+        if error.name != "rolegate_operator.main":
+            raise
+        print("rolegate-operator: the operator is not implemented yet", file=sys.stderr)
+        return 2
+    run: Callable[[argparse.Namespace], int] = module.run
+    return run(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse ``argv`` (default ``sys.argv[1:]``) and run the command.
+
+    Returns the exit status; argparse exits with 2 on bad arguments.
+    """
+    args = parser().parse_args(argv)
+    if args.command == "crd":
+        sys.stdout.write(crd.crd_yaml())
+        return 0
+    return _run(args)

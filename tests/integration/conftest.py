@@ -4,7 +4,17 @@ The plugin's fixtures and hooks are imported rather than named in ``pytest_plugi
 refuses ``pytest_plugins`` in a conftest below the rootdir that it loads during collection
 (as plain ``pytest`` with ``testpaths = ["tests"]`` does with this one). Importing them keeps
 them visible to the tests under this directory only.
+
+Owned here: ``install_llmrole_crd`` and ``llmrole_crd``, the LLMRole CRD from crds/ in a
+control plane (cluster-scoped, so once per plane and session).
 """
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
 
 from tests.cluster.fixtures import (
     cluster,
@@ -17,15 +27,52 @@ from tests.cluster.fixtures import (
     pytest_collection_modifyitems,
     pytest_configure,
 )
+from tests.cluster.harness import ControlPlane
 
 __all__ = [
     "cluster",
     "control_plane",
     "full_control_plane",
     "helm",
+    "install_llmrole_crd",
     "k8s_bin_dir",
     "kubectl",
+    "llmrole_crd",
     "namespace",
     "pytest_collection_modifyitems",
     "pytest_configure",
 ]
+
+CRDS = Path(__file__).resolve().parents[2] / "crds"
+LLMROLE_CRD = "llmroles.rolegate.dev"
+
+
+@pytest.fixture(scope="session")
+def install_llmrole_crd() -> Callable[[ControlPlane], str]:
+    """``install(plane)`` applies crds/ to ``plane`` and waits until the LLMRole CRD is
+    Established and ``kubectl explain`` finds it (the OpenAPI schema is published a little
+    later), the first time per plane; returns the CRD's name. For session-scoped fixtures
+    that hold ``control_plane`` or ``full_control_plane`` themselves."""
+    done: set[int] = set()
+
+    def install(plane: ControlPlane) -> str:
+        if id(plane) not in done:
+            plane.kubectl(["apply", "-f", str(CRDS)])
+            plane.kubectl(
+                ["wait", "--for=condition=Established", f"crd/{LLMROLE_CRD}", "--timeout=60s"]
+            )
+            plane.wait_for(
+                "kubectl explain llmroles",
+                lambda: plane.kubectl(["explain", LLMROLE_CRD], check=False).returncode == 0,
+                timeout_s=60,
+            )
+            done.add(id(plane))
+        return LLMROLE_CRD
+
+    return install
+
+
+@pytest.fixture
+def llmrole_crd(cluster: ControlPlane, install_llmrole_crd: Callable[[ControlPlane], str]) -> str:
+    """The LLMRole CRD, installed in this test's ``cluster`` (plain or full); its name."""
+    return install_llmrole_crd(cluster)
