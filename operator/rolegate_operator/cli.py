@@ -4,18 +4,20 @@ Owns argument parsing and dispatch. Subcommands:
 
 - ``crd``: print the LLMRole CustomResourceDefinition (YAML) generated from the role API;
   ``make crd`` writes it to ``crds/llmroles.rolegate.dev.yaml``.
-- ``run``: run the operator (``rolegate_operator.main.run(args)``, imported only then).
+- ``run``: run the operator (``rolegate_operator.main``, imported only then: kopf's import
+  is not free).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from pathlib import Path
 
 from rolegate_operator import crd
+from rolegate_operator.settings import Settings
 
 __all__ = ["main", "parser"]
 
@@ -58,9 +60,10 @@ def _seconds(value: str) -> float:
 def parser() -> argparse.ArgumentParser:
     """The ``rolegate-operator`` argument parser; ``args.command`` is "crd" or "run".
 
-    ``run`` sets: ``namespace`` (list[str] | None), ``all_namespaces`` (bool),
-    ``gateway_config_secret`` ("NAMESPACE/NAME"), ``liveness`` ("HOST:PORT"),
-    ``resync_interval`` (float seconds), ``log_level``, ``log_format``.
+    ``run`` sets: ``namespace`` (list[str] | None), ``all_namespaces`` (bool; one of the
+    two is required), ``gateway_config_secret`` ("NAMESPACE/NAME"), ``liveness``
+    ("HOST:PORT"), ``resync_interval`` (float seconds), ``kubeconfig`` (Path | None),
+    ``log_level``, ``log_format``.
     """
     top = argparse.ArgumentParser(
         prog="rolegate-operator", description="rolegate's control plane for LLMRoles."
@@ -74,7 +77,7 @@ def parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run", help="run the operator", description="Reconcile LLMRoles into the gateway config."
     )
-    scope = run.add_mutually_exclusive_group()
+    scope = run.add_mutually_exclusive_group(required=True)
     scope.add_argument(
         "--namespace",
         action="append",
@@ -105,21 +108,31 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="reconcile every role at least this often (default: %(default)s)",
     )
+    run.add_argument(
+        "--kubeconfig",
+        type=Path,
+        metavar="PATH",
+        help="kubeconfig outside a pod (default: the pod's ServiceAccount, $KUBECONFIG, "
+        "~/.kube/config)",
+    )
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     run.add_argument("--log-format", default="text", choices=["text", "json"])
     return top
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
-        module = importlib.import_module("rolegate_operator.main")
-    except ModuleNotFoundError as error:
-        if error.name != "rolegate_operator.main":
-            raise
-        print("rolegate-operator: the operator is not implemented yet", file=sys.stderr)
-        return 2
-    run: Callable[[argparse.Namespace], int] = module.run
-    return run(args)
+    from rolegate_operator import main as operator
+
+    namespace, _, name = args.gateway_config_secret.partition("/")
+    settings = Settings(
+        config_secret=(namespace, name),
+        namespaces=tuple(args.namespace or ()),
+        resync_s=args.resync_interval,
+        kubeconfig=args.kubeconfig,
+    )
+    return operator.run(
+        settings, liveness=args.liveness, log_level=args.log_level, log_format=args.log_format
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

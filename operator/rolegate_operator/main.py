@@ -100,7 +100,8 @@ async def secret_changed(
 
 @kopf.on.probe(id="reconcile")
 async def probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
-    """The liveness endpoint's report: the last reconcile and the last error."""
+    """The liveness endpoint's report: the last reconcile, the last error, and the writes
+    made since start (config Secret, statuses, Events; zero while nothing changes)."""
     reconciler: Reconciler | None = getattr(memo, "reconciler", None)
     last = reconciler.last if reconciler else None
     return {
@@ -108,6 +109,7 @@ async def probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
         "served": last.served if last else None,
         "configHash": last.config_hash if last else None,
         "lastError": reconciler.last_error if reconciler else None,
+        "writes": dict(reconciler.kube.writes) if reconciler else None,
     }
 
 
@@ -122,6 +124,9 @@ def run(settings: Settings, *, liveness: str, log_level: str, log_format: str) -
     )
     if log_level in ("warning", "error"):
         logging.getLogger().setLevel(log_level.upper())
+    if log_level != "debug":
+        # kopf says "Handler 'role_changed' succeeded." for every watch event: debug only.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kopf.run(
         standalone=True,
         clusterwide=not settings.namespaces,

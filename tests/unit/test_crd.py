@@ -187,11 +187,14 @@ def test_printer_columns() -> None:
 
 
 def test_run_defaults() -> None:
-    args = cli.parser().parse_args(["run", "--gateway-config-secret", "rolegate/gateway-config"])
+    args = cli.parser().parse_args(
+        ["run", "--all-namespaces", "--gateway-config-secret", "rolegate/gateway-config"]
+    )
     assert vars(args) == {
         "command": "run",
         "namespace": None,
-        "all_namespaces": False,
+        "all_namespaces": True,
+        "kubeconfig": None,
         "gateway_config_secret": "rolegate/gateway-config",
         "liveness": "127.0.0.1:8081",
         "resync_interval": 300.0,
@@ -222,14 +225,18 @@ def test_run_flags() -> None:
     [
         ([], "the following arguments are required: COMMAND"),
         (["run"], "the following arguments are required: --gateway-config-secret"),
-        (["run", "--gateway-config-secret=cfg"], "'cfg': expected NAMESPACE/NAME"),
-        (["run", "--gateway-config-secret=a/b", "--liveness=8081"], "expected HOST:PORT"),
-        (["run", "--gateway-config-secret=a/b", "--resync-interval=0"], "positive number"),
+        (
+            ["run", "--gateway-config-secret=a/b"],
+            "one of the arguments --namespace --all-namespaces is required",
+        ),
+        (["run", "-A", "--gateway-config-secret=cfg"], "'cfg': expected NAMESPACE/NAME"),
+        (["run", "-A", "--gateway-config-secret=a/b", "--liveness=8081"], "expected HOST:PORT"),
+        (["run", "-A", "--gateway-config-secret=a/b", "--resync-interval=0"], "positive number"),
         (
             ["run", "--gateway-config-secret=a/b", "--namespace=a", "--all-namespaces"],
             "not allowed with argument --namespace",
         ),
-        (["run", "--gateway-config-secret=a/b", "--log-format=xml"], "invalid choice: 'xml'"),
+        (["run", "-A", "--gateway-config-secret=a/b", "--log-format=xml"], "invalid choice: 'xml'"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(
