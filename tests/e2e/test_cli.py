@@ -121,3 +121,22 @@ def test_missing_manifests_path_exits_2(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "no such file or directory" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        ([], "one of the arguments --config-secret --manifests is required"),
+        (["--config-secret", "gw-config"], "'gw-config' is not NAMESPACE/NAME"),
+        (["--config-secret", "a/b", "--manifests", "."], "not allowed with argument"),
+    ],
+)
+def test_config_source_arguments_are_checked(args: list[str], error: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "rolegate_gateway", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert error in done.stderr
