@@ -17,14 +17,14 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from rolegate_gateway.api import Binding
-from rolegate_gateway.config import Credentials, GatewayConfig, Limits, RoleConfig, Upstream
+from rolegate_gateway.config import GatewayConfig, RoleConfig
 from rolegate_gateway.kube import ConfigSecretSource
 from rolegate_gateway.runtime import Runtime
 from rolegate_operator.render import config_secret
 from tests.cluster.fixtures import Kubectl
 from tests.cluster.harness import ControlPlane
 from tests.conftest import until
+from tests.fakes.configs import role_config
 
 NAME = "gw-config"
 
@@ -67,18 +67,8 @@ class Relay:
             await self.server.wait_closed()
 
 
-def role(name: str, model: str = "m") -> RoleConfig:
-    return RoleConfig(
-        name=name,
-        upstream=Upstream(
-            binding=Binding.OPENAI,
-            model=model,
-            base_url="http://127.0.0.1:9/v1",
-            timeout_s=5,
-            credentials=Credentials(api_key="sk-CFGSECRET-1"),  # type: ignore[arg-type]
-        ),
-        limits=Limits(max_async=2, queue_max_size=10, queue_max_wait_s=5),
-    )
+def role(name: str) -> RoleConfig:
+    return role_config(name, key="sk-CFGSECRET-1")
 
 
 @pytest.fixture

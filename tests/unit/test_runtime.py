@@ -5,27 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
-from pydantic import SecretStr
 
-from rolegate_gateway import GatewayConfig, Limits, RoleConfig, Runtime, Upstream, errors
-from rolegate_gateway.api import Binding
-from rolegate_gateway.config import Credentials
+from rolegate_gateway import GatewayConfig, RoleConfig, Runtime, errors
+from tests.fakes.configs import role_config
 
 SECRET = "sk-RGUNIT-55e1d0c9"
 
 
 def _role(name: str, *, model: str = "m", max_async: int = 2) -> RoleConfig:
-    return RoleConfig(
-        name=name,
-        upstream=Upstream(
-            binding=Binding.OPENAI,
-            model=model,
-            base_url="https://user:pw@up.example:8443/v1?token=t",
-            timeout_s=3,
-            credentials=Credentials(api_key=SecretStr(SECRET)),
-        ),
-        limits=Limits(max_async=max_async, queue_max_size=5, queue_max_wait_s=1),
-    )
+    url = "https://user:pw@up.example:8443/v1?token=t"
+    return role_config(name, model=model, max_async=max_async, base_url=url, key=SECRET)
 
 
 def _config(*roles: RoleConfig) -> GatewayConfig:
