@@ -200,12 +200,15 @@ async def test_applied_roles_become_ready_and_are_served(
     assert [s.body["model"] for s in up.fake.seen] == ["gpt-4o-mini", "gpt-4o"]
     assert keys_seen(up) == [f"Bearer {KEY}"] * 2
 
+    await stack.run("delete", "llmrole", "query")
+    await stack.wait_served(["extract"])
+    config = await stack.config()
+    assert config is not None
+    assert [r.name for r in config.roles] == ["extract"]
+
     rows = [line.split() for line in (await stack.run("get", "llmroles")).splitlines()]
     assert rows[0] == ["NAME", "BINDING", "MODEL", "MAXASYNC", "READY", "AGE"]
-    assert [row[:5] for row in rows[1:]] == [
-        ["extract", "openai", "gpt-4o-mini", "4", "True"],
-        ["query", "openai", "gpt-4o", "2", "True"],
-    ]
+    assert [row[:5] for row in rows[1:]] == [["extract", "openai", "gpt-4o-mini", "4", "True"]]
 
 
 async def test_rebinding_under_load_loses_nothing(
