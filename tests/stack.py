@@ -23,9 +23,11 @@ from tests.cluster.processes import Component, free_ports
 __all__ = ["GatewayProcess", "OperatorProcess"]
 
 
-def _env(kubeconfig: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
-    return {**env, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
+def _env() -> dict[str, str]:
+    """The environment without a kubeconfig or a pod's: the processes get ``--kubeconfig``."""
+    drop = {"KUBECONFIG", "KUBERNETES_SERVICE_HOST"}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    return {**env, "PYTHONUNBUFFERED": "1"}
 
 
 def get_json(url: str, *, timeout_s: float = 5) -> Any:
@@ -55,7 +57,8 @@ class OperatorProcess(Component):
         for ns in namespaces:
             argv += ["--namespace", ns]
         argv += ["--gateway-config-secret", config_secret, "--liveness", f"127.0.0.1:{port}"]
-        super().__init__("operator", [*argv, *extra], log_path=log_path, env=_env(kubeconfig))
+        argv += ["--kubeconfig", str(kubeconfig)]
+        super().__init__("operator", [*argv, *extra], log_path=log_path, env=_env())
 
     def wait_live(self, timeout_s: float = 30) -> dict[str, Any]:
         """Wait for the liveness endpoint; returns its report."""
@@ -87,6 +90,8 @@ class GatewayProcess(Component):
             "rolegate_gateway",
             "--config-secret",
             config_secret,
+            "--kubeconfig",
+            str(kubeconfig),
             "--port",
             "0",
             "--drain-grace",
@@ -94,7 +99,7 @@ class GatewayProcess(Component):
             "--log-level",
             "debug",
         ]
-        super().__init__("gateway", argv, log_path=log_path, env=_env(kubeconfig))
+        super().__init__("gateway", argv, log_path=log_path, env=_env())
         self.url = ""
 
     def wait_serving(self, timeout_s: float = 30) -> str:

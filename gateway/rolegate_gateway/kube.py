@@ -29,7 +29,15 @@ from rolegate_gateway import errors
 from rolegate_gateway.config import GatewayConfig
 from rolegate_gateway.manifests import ConfigSink
 
-__all__ = ["CONFIG_KEY", "HASH_ANNOTATION", "ConfigSecretSource", "api_client", "parse_ref"]
+__all__ = [
+    "CONFIG_KEY",
+    "HASH_ANNOTATION",
+    "ConfigSecretSource",
+    "api_client",
+    "describe",
+    "load_configuration",
+    "parse_ref",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +59,10 @@ def parse_ref(text: str) -> tuple[str, str]:
     return namespace, name
 
 
-async def api_client(kubeconfig: Path | None = None) -> client.ApiClient:
-    """A Kubernetes API client: in-cluster (a pod's ServiceAccount) when running in a pod
-    and no ``kubeconfig`` is given, else the kubeconfig file (``$KUBECONFIG`` or
-    ``~/.kube/config`` when None). Close it with ``await api.close()``.
+async def load_configuration(kubeconfig: Path | None = None) -> client.Configuration:
+    """Where and how to reach the API server: in-cluster (a pod's ServiceAccount) when
+    running in a pod and no ``kubeconfig`` is given, else the kubeconfig file
+    (``$KUBECONFIG`` or ``~/.kube/config`` when None).
 
     Raises:
         kubernetes_asyncio.config.ConfigException: no usable configuration.
@@ -67,7 +75,25 @@ async def api_client(kubeconfig: Path | None = None) -> client.ApiClient:
             config_file=str(kubeconfig) if kubeconfig else None,
             client_configuration=configuration,
         )
-    return client.ApiClient(configuration)
+    return configuration
+
+
+async def api_client(kubeconfig: Path | None = None) -> client.ApiClient:
+    """A Kubernetes API client configured by :func:`load_configuration`; close it with
+    ``await api.close()``.
+
+    Raises:
+        kubernetes_asyncio.config.ConfigException: no usable configuration.
+    """
+    return client.ApiClient(await load_configuration(kubeconfig))
+
+
+def describe(exc: BaseException) -> str:
+    """An API or connection error in a few words, for logs (never a response body: an
+    API error body may quote the object, and an object may be a Secret)."""
+    if isinstance(exc, ApiException):
+        return f"HTTP {exc.status} {exc.reason}"
+    return str(exc) or type(exc).__name__
 
 
 class ConfigSecretSource:
@@ -97,8 +123,10 @@ class ConfigSecretSource:
         #: Seconds before the first retry after an API error; doubles up to the maximum.
         self.retry_delay_s = retry_delay_s
         self.max_retry_delay_s = max_retry_delay_s
-        #: Watch requests made so far, the first included (for tests and /status).
+        #: Watch requests made so far, and full reads (a start, or a start over after a
+        #: broken watch); for tests and logs.
         self.watches = 0
+        self.reads = 0
         self._api: client.ApiClient | None = None
         self._resource_version: str | None = None
         self._last_raw: bytes | None = None
@@ -139,6 +167,7 @@ class ConfigSecretSource:
     async def _get(self) -> bool:
         """Read the Secret and hand it over; remember where to watch from."""
         core = await self._core()
+        self.reads += 1
         response = cast(
             Any,
             await core.read_namespaced_secret(
@@ -166,7 +195,7 @@ class ConfigSecretSource:
         try:
             return await self._get()
         except (ApiException, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            log.warning("cannot read config Secret %s: %s", self.ref, _describe(exc))
+            log.warning("cannot read config Secret %s: %s", self.ref, describe(exc))
             return False
 
     async def _watch(self) -> None:
@@ -203,12 +232,15 @@ class ConfigSecretSource:
                     needs_get = False
                 await self._watch()
                 delay_s = self.retry_delay_s
-            except (ApiException, aiohttp.ClientError, OSError, TimeoutError) as exc:
-                log.warning(
+            except Exception as exc:  # whatever broke, watching must go on
+                expected = isinstance(exc, ApiException | aiohttp.ClientError | OSError)
+                log.log(
+                    logging.WARNING if expected else logging.ERROR,
                     "watch of config Secret %s broke (%s); starting over in %.1f s",
                     self.ref,
-                    _describe(exc),
+                    describe(exc),
                     delay_s,
+                    exc_info=not expected,
                 )
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, self.max_retry_delay_s)
@@ -219,9 +251,3 @@ class ConfigSecretSource:
         if self._api is not None:
             await self._api.close()
             self._api = None
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ApiException):
-        return f"HTTP {exc.status} {exc.reason}"
-    return str(exc) or type(exc).__name__

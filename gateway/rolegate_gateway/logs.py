@@ -12,7 +12,13 @@ import sys
 
 from pythonjsonlogger.json import JsonFormatter
 
-__all__ = ["setup_logging"]
+__all__ = ["quiet_client_bodies", "setup_logging"]
+
+
+def quiet_client_bodies() -> None:
+    """Keep the Kubernetes client's debug log off: it logs every response body, and the
+    body of a Secret holds credentials (the config Secret: every role's key)."""
+    logging.getLogger("kubernetes_asyncio").setLevel(logging.INFO)
 
 
 def setup_logging(*, level: str = "info", fmt: str = "text") -> None:
@@ -36,3 +42,4 @@ def setup_logging(*, level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    quiet_client_bodies()

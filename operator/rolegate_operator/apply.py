@@ -64,9 +64,10 @@ class Kube:
         """Create ``body``, or replace ``current`` with it (optimistically: a concurrent
         change makes this fail with 409 and the caller retries from a fresh read)."""
         meta = body["metadata"]
+        # The answer (the whole Secret) is not decoded or kept: it holds every key.
         if current is None:
             await self.core.create_namespaced_secret(
-                meta["namespace"], _raw(body), _request_timeout=_TIMEOUT_S
+                meta["namespace"], _raw(body), _preload_content=False, _request_timeout=_TIMEOUT_S
             )
         else:
             replacement = {
@@ -74,13 +75,20 @@ class Kube:
                 "metadata": {**meta, "resourceVersion": current["metadata"]["resourceVersion"]},
             }
             await self.core.replace_namespaced_secret(
-                meta["name"], meta["namespace"], _raw(replacement), _request_timeout=_TIMEOUT_S
+                meta["name"],
+                meta["namespace"],
+                _raw(replacement),
+                _preload_content=False,
+                _request_timeout=_TIMEOUT_S,
             )
         self.writes["secret"] += 1
 
-    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    async def patch_status(
+        self, namespace: str, name: str, uid: str, status: dict[str, Any]
+    ) -> bool:
         """Merge-patch an LLMRole's status subresource (lists, e.g. conditions, replaced
-        whole). A role deleted meanwhile is not an error."""
+        whole), on the object with ``uid`` only (a precondition). False when that object is
+        gone (deleted, or deleted and created anew): not an error, the next pass sees it."""
         try:
             await self.custom.patch_namespaced_custom_object_status(
                 GROUP,
@@ -88,14 +96,16 @@ class Kube:
                 namespace,
                 PLURAL,
                 name,
-                {"status": status},
+                {"metadata": {"uid": uid}, "status": status},
                 _request_timeout=_TIMEOUT_S,
                 **_MERGE_PATCH,
             )
         except ApiException as exc:
-            if exc.status != 404:
-                raise
+            if exc.status in (404, 409):
+                return False
+            raise
         self.writes["status"] += 1
+        return True
 
     async def post_event(self, body: dict[str, Any]) -> None:
         """Create an events.k8s.io/v1 Event."""

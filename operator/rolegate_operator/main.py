@@ -23,9 +23,11 @@ import logging
 from typing import Any
 
 import kopf
+from kubernetes_asyncio.config import ConfigException
 
 from rolegate_gateway.api import GROUP, VERSION
-from rolegate_gateway.kube import api_client
+from rolegate_gateway.kube import api_client, load_configuration
+from rolegate_gateway.logs import quiet_client_bodies
 from rolegate_operator.apply import PLURAL, Kube
 from rolegate_operator.reconcile import Reconciler, secret_keys
 from rolegate_operator.settings import Settings
@@ -48,6 +50,35 @@ async def secrets(body: kopf.Body, namespace: str | None, name: str | None, **_:
 
 
 # kopf passes the indices to startup handlers too; its ActivityFn protocol does not list them.
+@kopf.on.login()
+async def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    """kopf's connection, from the same configuration as the reconciler's client (in a pod:
+    its ServiceAccount, unless --kubeconfig; else --kubeconfig or $KUBECONFIG), so both
+    always talk to one cluster as one identity.
+
+    Raises:
+        kopf.LoginError: no usable configuration.
+    """
+    ours: Settings = memo.settings
+    try:
+        conf = await load_configuration(ours.kubeconfig)
+    except ConfigException as exc:
+        raise kopf.LoginError(f"cannot reach the Kubernetes API: {exc}") from exc
+    if not conf.host:
+        raise kopf.LoginError("the Kubernetes configuration names no API server")
+    header = await conf.get_api_key_with_prefix("BearerToken")
+    scheme, _space, token = (header or "").rpartition(" ")
+    return kopf.ConnectionInfo(
+        server=conf.host,
+        ca_path=conf.ssl_ca_cert,
+        insecure=not conf.verify_ssl,
+        scheme=scheme or ("Bearer" if token else None),
+        token=token or None,
+        certificate_path=conf.cert_file,
+        private_key_path=conf.key_file,
+    )
+
+
 @kopf.on.startup()  # type: ignore[arg-type]
 async def startup(
     settings: kopf.OperatorSettings,
@@ -78,8 +109,11 @@ async def startup(
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     """Stop the reconciler and close its API client."""
-    memo.task.cancel()
-    await asyncio.gather(memo.task, return_exceptions=True)
+    task: asyncio.Task[None] | None = getattr(memo, "task", None)
+    if task is None:  # startup failed before it started anything
+        return
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
     await memo.reconciler.kube.api.close()
 
 
@@ -93,9 +127,13 @@ async def role_changed(memo: kopf.Memo, **_: Any) -> None:
 async def secret_changed(
     memo: kopf.Memo, namespace: str | None, name: str | None, **_: Any
 ) -> None:
-    """A Secret changed: reconcile when some role references it."""
-    if namespace and name and memo.reconciler.references(namespace, name):
-        memo.reconciler.wake()
+    """A Secret changed: reconcile when some role references it, or when it is the config
+    Secret (edited or deleted by hand: put it right)."""
+    reconciler: Reconciler = memo.reconciler
+    reconciler.indexed()
+    ours = (namespace, name) == reconciler.settings.config_secret
+    if ours or (namespace and name and reconciler.references(namespace, name)):
+        reconciler.wake()
 
 
 @kopf.on.probe(id="reconcile")
@@ -124,6 +162,7 @@ def run(settings: Settings, *, liveness: str, log_level: str, log_format: str) -
     )
     if log_level in ("warning", "error"):
         logging.getLogger().setLevel(log_level.upper())
+    quiet_client_bodies()
     if log_level != "debug":
         # kopf says "Handler 'role_changed' succeeded." for every watch event: debug only.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)

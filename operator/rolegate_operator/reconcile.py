@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import datetime
 import logging
 import socket
@@ -30,7 +31,8 @@ from typing import Any
 import aiohttp
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from rolegate_gateway.kube import CONFIG_KEY
+from rolegate_gateway.api import ConditionStatus
+from rolegate_gateway.kube import CONFIG_KEY, describe
 from rolegate_gateway.roles import SECRET_KEYS
 from rolegate_operator import render
 from rolegate_operator.apply import Kube
@@ -82,6 +84,15 @@ class Pass:
     events_posted: int
 
 
+#: What API trouble looks like; anything else is a bug, logged with its traceback.
+_API_ERRORS = (ApiException, aiohttp.ClientError, OSError, TimeoutError)
+
+
+def _not_written(exc: BaseException, namespace: str, name: str) -> render.Check:
+    message = f"the gateway config Secret {namespace}/{name} could not be written: {describe(exc)}"
+    return render.Check(ConditionStatus.UNKNOWN, "ConfigNotWritten", message)
+
+
 def _now() -> str:
     """RFC 3339 in UTC with microseconds (a metav1.MicroTime): 2026-11-21T10:00:00.123456Z."""
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -112,6 +123,7 @@ class Reconciler:
         self._roles = roles
         self._secrets = secrets
         self._wake = asyncio.Event()
+        self._indexed = False
         self._instance = socket.gethostname()
         #: (namespace, name) -> (uid, status) as last written or confirmed.
         self._written: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
@@ -119,8 +131,14 @@ class Reconciler:
         self.last: Pass | None = None
         self.last_error: str | None = None
 
+    def indexed(self) -> None:
+        """Say that kopf's indices hold every object (any handler call means so); timed
+        passes wait for it, so a slow first listing never renders a partial config."""
+        self._indexed = True
+
     def wake(self) -> None:
         """Ask for a reconcile soon (changes within ``debounce_s`` share one pass)."""
+        self._indexed = True
         self._wake.set()
 
     def references(self, namespace: str, name: str) -> bool:
@@ -131,42 +149,43 @@ class Reconciler:
     async def reconcile(self) -> Pass:
         """One pass: render everything, write what differs.
 
+        A failed config write does not stop the statuses: roles that would be served say
+        ``Ready=Unknown, ConfigNotWritten``. A failed status write does not stop the other
+        roles'. The first such error is raised at the end, so the loop retries.
+
         Raises:
-            ApiException, aiohttp.ClientError, OSError: API trouble; nothing is lost, the
-                next pass starts over from a fresh read.
+            ApiException, aiohttp.ClientError, OSError, TimeoutError: API trouble; nothing
+                is lost, the next pass starts over from a fresh read.
         """
         objects = [role_object(body) for body in self._roles()]
         ns, name = self.settings.config_secret
         rendered = render.render(
             objects, self._secrets(), config_secret=self.settings.config_secret_ref
         )
-        wrote = await self._write_config(rendered, ns, name)
+        failures: list[Exception] = []
+        try:
+            wrote = await self._write_config(rendered, ns, name)
+        except _API_ERRORS as exc:
+            failures.append(exc)
+            wrote = False
         now = _now()
         statuses = events = 0
-        written = {}
         for outcome in rendered.outcomes:
-            role = outcome.role
-            # What this operator last wrote is newer than a watch that has not caught up.
-            mine = self._written.get((role.namespace, role.name))
-            previous = mine[1] if mine and mine[0] == role.uid else role.status
-            desired = render.desired_status(outcome, now=_seconds(now), previous=previous)
-            written[role.namespace, role.name] = (role.uid, desired)
-            if desired == role.status:
+            if failures and outcome.config is not None:
+                outcome = dataclasses.replace(outcome, ready=_not_written(failures[0], ns, name))
+            try:
+                posted = await self._status(outcome, now)
+            except _API_ERRORS as exc:
+                log.warning("cannot write the status of %s: %s", outcome.role.ref, describe(exc))
+                failures.append(exc)
                 continue
-            await self.kube.patch_status(role.namespace, role.name, desired)
-            statuses += 1
-            for change in render.transitions(previous, desired):
-                body = render.event(role, change, now=now, instance=self._instance)
-                events += await self._post(body)
-                log.info(
-                    "role %s: %s=%s (%s)",
-                    role.ref,
-                    change.condition,
-                    change.status,
-                    change.reason,
-                    extra={"role": role.ref, "reason": change.reason},
-                )
-        self._written = written
+            if posted is not None:
+                statuses += 1
+                events += posted
+        live = {(o.namespace, o.name) for o in objects}
+        self._written = {k: v for k, v in self._written.items() if k in live}
+        if failures:
+            raise failures[0]
         return Pass(
             roles=len(objects),
             served=len(rendered.config.roles),
@@ -176,12 +195,44 @@ class Reconciler:
             events_posted=events,
         )
 
+    async def _status(self, outcome: render.Outcome, now: str) -> int | None:
+        """Write one role's status if it differs, and an Event per condition that changed.
+
+        Returns None when nothing was written, else the number of Events posted.
+        """
+        role = outcome.role
+        key = (role.namespace, role.name)
+        # What this operator last wrote is newer than a watch that has not caught up.
+        mine = self._written.get(key)
+        previous = mine[1] if mine and mine[0] == role.uid else role.status
+        desired = render.desired_status(outcome, now=_seconds(now), previous=previous)
+        if desired == role.status:
+            self._written[key] = (role.uid, desired)
+            return None
+        if not await self.kube.patch_status(role.namespace, role.name, role.uid, desired):
+            return None  # gone meanwhile
+        self._written[key] = (role.uid, desired)
+        log.info("wrote the status of role %s", role.ref, extra={"role": role.ref})
+        events = 0
+        for change in render.transitions(previous, desired):
+            body = render.event(role, change, now=now, instance=self._instance)
+            events += await self._post(body)
+            log.info(
+                "role %s: %s=%s (%s)",
+                role.ref,
+                change.condition,
+                change.status,
+                change.reason,
+                extra={"role": role.ref, "reason": change.reason},
+            )
+        return events
+
     async def _post(self, body: dict[str, Any]) -> int:
         """Post an Event; 1 when posted. Events are best effort: a failure is logged only."""
         try:
             await self.kube.post_event(body)
-        except (ApiException, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            log.warning("cannot post an Event: %s", _describe(exc))
+        except _API_ERRORS as exc:
+            log.warning("cannot post an Event: %s", describe(exc))
             return 0
         return 1
 
@@ -204,9 +255,8 @@ class Reconciler:
     async def run(self) -> None:
         """Reconcile on every wake-up and every ``resync_s``, until cancelled.
 
-        The first pass waits for the first wake-up (kopf wakes it only once its indices
-        hold every object, so a restarted operator never writes a partial config) or for
-        ``resync_s`` (nothing at all to watch: the config is empty).
+        No pass runs before kopf's indices hold every object (see :meth:`indexed`), so a
+        restarted operator never writes a partial config.
         """
         delay_s = self.settings.retry_delay_s
         while True:
@@ -214,13 +264,14 @@ class Reconciler:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.settings.resync_s)
                 await asyncio.sleep(self.settings.debounce_s)
             except TimeoutError:
-                pass
+                if not self._indexed:
+                    continue
             self._wake.clear()
             try:
                 self.last = await self.reconcile()
             except Exception as exc:  # a bug must not stop reconciling for good
-                self.last_error = f"{type(exc).__name__}: {_describe(exc)}"
-                expected = isinstance(exc, ApiException | aiohttp.ClientError | OSError)
+                self.last_error = f"{type(exc).__name__}: {describe(exc)}"
+                expected = isinstance(exc, _API_ERRORS)
                 log.log(
                     logging.WARNING if expected else logging.ERROR,
                     "reconcile failed, retrying in %.1f s: %s",
@@ -234,8 +285,7 @@ class Reconciler:
                 continue
             self.last_error = None
             delay_s = self.settings.retry_delay_s
-            if self.last.wrote_config or self.last.statuses_written:
-                log.debug("reconciled: %s", self.last)
+            log.debug("reconciled: %s", self.last)
 
 
 def _same(current: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
@@ -248,9 +298,3 @@ def _same(current: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
         and all((meta.get("labels") or {}).get(k) == v for k, v in want["labels"].items())
         and all((meta.get("annotations") or {}).get(k) == v for k, v in want["annotations"].items())
     )
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ApiException):
-        return f"HTTP {exc.status} {exc.reason}"
-    return str(exc) or type(exc).__name__

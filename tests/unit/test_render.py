@@ -97,6 +97,15 @@ def test_of_two_roles_with_one_name_the_older_is_served() -> None:
     assert "namespace 'a'" in dup.ready.message
 
 
+def test_a_broken_older_role_keeps_its_name() -> None:
+    older = obj("extract", "a", created="2026-11-21T09:00:00Z", **with_secret("nope"))
+    newer = obj("extract", "team", created="2026-11-21T10:00:00Z", **with_secret())
+    rendered = render.render([newer, older], SECRETS, config_secret=CS)
+    assert rendered.config.roles == ()
+    assert outcome(rendered, "extract", "a").ready.reason == "CredentialsNotResolved"
+    assert outcome(rendered, "extract", "team").ready.reason == "DuplicateRole"
+
+
 def test_roles_are_in_the_config_by_name_whatever_the_order_seen() -> None:
     objects = [obj(n, **with_secret()) for n in ("query", "extract", "summarize")]
     first = render.render(objects, SECRETS, config_secret=CS).config

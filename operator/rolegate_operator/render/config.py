@@ -136,14 +136,16 @@ def _outcome(
     if credentials is None:
         message = f"left out of the gateway config: {creds_check.message}"
         return Outcome(obj, creds_check, _false("CredentialsNotResolved", message))
-    try:
-        config = roles.role_config(role, credentials)
-    except ValueError:
+    if role.spec.serve is not None and not role.spec.host:
         message = (
             "serve: backends are not run by this operator version yet; "
             "set spec.host to the model server's URL"
         )
         return Outcome(obj, creds_check, _false("BackendNotSupported", message))
+    try:
+        config = roles.role_config(role, credentials)
+    except ValueError as exc:  # pydantic's ValidationError included
+        return Outcome(obj, creds_check, _false("InvalidSpec", str(exc)))
     message = f"served through the gateway config in Secret {config_secret}"
     return Outcome(obj, creds_check, Check(ConditionStatus.TRUE, "Served", message), config)
 
@@ -159,22 +161,21 @@ def render(
     ``secrets`` maps (namespace, name) to a Secret's decoded keys (only those in
     ``rolegate_gateway.roles.SECRET_KEYS`` are needed). ``config_secret`` names the config
     Secret in messages. Role names are unique in a gateway: of two roles with one name
-    (in two namespaces), the older one is served and the other reports ``DuplicateRole``.
+    (in two namespaces) the older one owns the name, served or not, and the other reports
+    ``DuplicateRole``; so a broken role's clients never reach another team's upstream.
     """
     ordered = sorted(objects, key=lambda o: (o.created, o.namespace, o.name))
     outcomes: list[Outcome] = []
-    served: dict[str, RoleObject] = {}
+    owners: dict[str, RoleObject] = {}
     for obj in ordered:
         outcome = _outcome(obj, secrets, config_secret=config_secret)
-        if outcome.config is not None and obj.name in served:
-            first = served[obj.name]
+        owner = owners.setdefault(obj.name, obj)
+        if owner is not obj:
             message = (
-                f"role name {obj.name!r} is already served from namespace {first.namespace!r}; "
-                "role names are unique per gateway (rename one of them)"
+                f"role name {obj.name!r} belongs to the older role in namespace "
+                f"{owner.namespace!r}; role names are unique per gateway (rename one of them)"
             )
             outcome = Outcome(obj, outcome.credentials, _false("DuplicateRole", message))
-        elif outcome.config is not None:
-            served[obj.name] = obj
         outcomes.append(outcome)
     configs = sorted((o.config for o in outcomes if o.config), key=lambda c: c.name)
     return Rendered(GatewayConfig(roles=tuple(configs)), tuple(outcomes))
