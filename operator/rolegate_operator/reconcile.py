@@ -163,16 +163,18 @@ class Reconciler:
             objects, self._secrets(), config_secret=self.settings.config_secret_ref
         )
         failures: list[Exception] = []
+        not_written: render.Check | None = None
         try:
             wrote = await self._write_config(rendered, ns, name)
         except _API_ERRORS as exc:
             failures.append(exc)
+            not_written = _not_written(exc, ns, name)
             wrote = False
         now = _now()
         statuses = events = 0
         for outcome in rendered.outcomes:
-            if failures and outcome.config is not None:
-                outcome = dataclasses.replace(outcome, ready=_not_written(failures[0], ns, name))
+            if not_written is not None and outcome.config is not None:
+                outcome = dataclasses.replace(outcome, ready=not_written)
             try:
                 posted = await self._status(outcome, now)
             except _API_ERRORS as exc:
