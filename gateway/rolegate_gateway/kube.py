@@ -123,8 +123,8 @@ class ConfigSecretSource:
         #: Seconds before the first retry after an API error; doubles up to the maximum.
         self.retry_delay_s = retry_delay_s
         self.max_retry_delay_s = max_retry_delay_s
-        #: Watch requests made so far, and full reads (a start, or a start over after a
-        #: broken watch); for tests and logs.
+        #: Watch requests made so far, and Secrets read whole (a start, or a start over
+        #: after a broken watch); for tests and logs.
         self.watches = 0
         self.reads = 0
         self._api: client.ApiClient | None = None
@@ -167,7 +167,6 @@ class ConfigSecretSource:
     async def _get(self) -> bool:
         """Read the Secret and hand it over; remember where to watch from."""
         core = await self._core()
-        self.reads += 1
         response = cast(
             Any,
             await core.read_namespaced_secret(
@@ -184,6 +183,7 @@ class ConfigSecretSource:
             secret = await response.json()
             if response.status >= 400:
                 raise ApiException(status=response.status, reason=secret.get("message"))
+        self.reads += 1
         self._resource_version = secret["metadata"]["resourceVersion"]
         return self._hand_over(secret)
 

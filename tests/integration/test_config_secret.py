@@ -10,6 +10,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -30,12 +31,14 @@ NAME = "gw-config"
 
 
 class Relay:
-    """A TCP relay on loopback to one address; :meth:`cut` drops every open connection."""
+    """A TCP relay on loopback to one address; :meth:`cut` drops every open connection,
+    ``refusing`` drops new ones."""
 
     def __init__(self, host: str, port: int) -> None:
         self.target = (host, port)
         self.writers: list[asyncio.StreamWriter] = []
         self.server: asyncio.Server | None = None
+        self.refusing = False  # drop new connections at once (the API server "down")
 
     async def start(self) -> int:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -43,6 +46,9 @@ class Relay:
         return port
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            writer.transport.abort()
+            return
         up_reader, up_writer = await asyncio.open_connection(*self.target)
         self.writers += [writer, up_writer]
 
@@ -92,6 +98,7 @@ async def test_watch_resumes_and_reconnects_without_reloading(
     kubectl: Kubectl,
     relay: tuple[Relay, Path],
     tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     cut, kubeconfig = relay
 
@@ -117,15 +124,29 @@ async def test_watch_resumes_and_reconnects_without_reloading(
         await until(lambda: runtime.config_hash == first.hash, timeout_s=10)
         wrapper, report = runtime.roles["extract"].wrapper, runtime.last_reload
 
-        # The server ends each watch after 1 s: resumed from its resourceVersion, no reload.
-        watches = source.watches
+        # The server ends each watch after 1 s: resumed from its resourceVersion (no new
+        # read), no reload.
+        watches, reads = source.watches, source.reads
         await until(lambda: source.watches >= watches + 3, timeout_s=15)
+        assert source.reads == reads
         assert runtime.last_reload is report
 
-        # A dropped connection: started over with a get of the same content, no reload.
+        # A dropped watch is resumed from its resourceVersion, like one the server ended.
         watches = source.watches
         cut.cut()
         await until(lambda: source.watches > watches + 1, timeout_s=15)
+        assert source.reads == reads
+        assert runtime.last_reload is report
+
+        # The API server unreachable for a while: started over with a read of the same
+        # content once it is back; no reload.
+        cut.refusing = True
+        cut.cut()
+        await asyncio.sleep(1.5)
+        cut.refusing = False
+        await until(lambda: source.reads == reads + 1, timeout_s=15)
+        watches = source.watches
+        await until(lambda: source.watches > watches, timeout_s=15)
         assert runtime.last_reload is report
 
         # A real change still arrives, and the unchanged role keeps its wrapper.
@@ -146,9 +167,10 @@ async def test_watch_resumes_and_reconnects_without_reloading(
         assert "v0" in runtime.last_reload.error
         assert sorted(runtime.roles) == ["extract", "query"]
 
-        # The Secret deleted: keep serving.
-        await asyncio.to_thread(kubectl, "delete", "secret", NAME)
-        await asyncio.sleep(1.5)
+        # The Secret deleted: seen, and the roles keep serving.
+        with caplog.at_level(logging.WARNING, logger="rolegate_gateway.kube"):
+            await asyncio.to_thread(kubectl, "delete", "secret", NAME)
+            await until(lambda: "was deleted" in caplog.text, timeout_s=10)
         assert sorted(runtime.roles) == ["extract", "query"]
     finally:
         task.cancel()
