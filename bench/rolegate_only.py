@@ -28,7 +28,15 @@ from bench.compare import LoadGen, measure, request_body
 from bench.loadgen import Load
 from bench.procs import Meter, Service, http_get, wait_until
 from bench.stats import percentile
-from bench.targets import MODEL, UPSTREAM_MODEL, Target, role, start_rolegate, write_roles
+from bench.targets import (
+    MODEL,
+    UPSTREAM_MODEL,
+    Target,
+    role,
+    stage_roles,
+    start_rolegate,
+    write_roles,
+)
 from rolegate_gateway import Runtime, load_manifests
 
 __all__ = ["apply_time", "reloads_under_load", "rss_by_roles"]
@@ -92,10 +100,12 @@ def rss_by_roles(
 
 
 def _timed_write(service: Service, path: Path, docs: list[dict[str, Any]]) -> float:
-    """Seconds from writing ``docs`` to ``path`` until the gateway serves the new config."""
+    """Seconds from renaming a file of ``docs`` onto ``path`` until the gateway serves the
+    new config."""
     before = _config_hash(service)
+    staged = stage_roles(path, docs)
     started = time.perf_counter()
-    write_roles(path, docs)
+    staged.replace(path)
     wait_until(lambda: _config_hash(service) != before, timeout_s=60)
     return time.perf_counter() - started
 

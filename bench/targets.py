@@ -34,6 +34,7 @@ __all__ = [
     "Target",
     "gateway_cli",
     "role",
+    "stage_roles",
     "start_litellm",
     "start_rolegate",
     "start_upstream",
@@ -101,12 +102,18 @@ def role(name: str, host: str, *, model: str = UPSTREAM_MODEL) -> dict[str, Any]
     }
 
 
-def write_roles(path: Path, docs: Sequence[dict[str, Any]]) -> Path:
-    """Write manifests as one multi-document YAML file, atomically (rename), so a polling
-    gateway never reads half a file."""
+def stage_roles(path: Path, docs: Sequence[dict[str, Any]]) -> Path:
+    """Write manifests as one multi-document YAML file beside ``path``; renaming the file
+    returned onto ``path`` publishes it atomically, so a polling gateway never reads half
+    a file."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(yaml.safe_dump_all(docs, sort_keys=False))
-    tmp.replace(path)
+    return tmp
+
+
+def write_roles(path: Path, docs: Sequence[dict[str, Any]]) -> Path:
+    """Write manifests to ``path`` atomically (see :func:`stage_roles`)."""
+    stage_roles(path, docs).replace(path)
     return path
 
 
