@@ -179,7 +179,8 @@ def markdown(doc: dict[str, Any]) -> str:
     ]
     for goal in doc["goals"]:
         met = {True: "yes", False: "**no**", None: "n/a"}[goal["met"]]
-        lines.append(f"| {goal['goal']} | {_num(goal['value'])} {goal['unit']} | {met} |")
+        digits = 0 if goal["unit"] == "requests" else 2
+        lines.append(f"| {goal['goal']} | {_num(goal['value'], digits)} {goal['unit']} | {met} |")
     return "\n".join(lines) + "\n"
 
 

@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import secrets
+import subprocess
 import sys
 import tempfile
 import time
@@ -58,11 +59,28 @@ class Settings:
     reload_concurrency: int = 32
 
 
+def _commit() -> str:
+    """The checkout's commit (short), ``+dirty`` when it has changes; ``unknown`` outside git."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
 def _versions() -> dict[str, str]:
     import aiohttp
 
     return {
-        "rolegate": metadata.version("rolegate"),
+        "rolegate": f"{metadata.version('rolegate')} ({_commit()})",
         "litellm": litellm_env.LITELLM_VERSION,
         "aiohttp": aiohttp.__version__,
     }
