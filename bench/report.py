@@ -222,9 +222,10 @@ def chart(doc: dict[str, Any], path: Path) -> Path:
         ax.set_xticklabels([f"{'stream' if s else 'plain'}\nc={c}" for s, c in cases])
         ax.set_yscale("log")
         ax.grid(axis="y", alpha=0.3)
-    axes.flat[0].legend()
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(targets))
     fig.suptitle(f"rolegate vs direct vs LiteLLM proxy, {doc['date']} (log scales)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
