@@ -51,13 +51,20 @@ class UpstreamSettings:
     chunk_interval_s: float = 0.001
 
 
-def _completion(model: str) -> bytes:
-    body = {
+def _envelope(model: str, object_: str) -> dict[str, Any]:
+    """The fields every chat completion (``object_``) or chunk of one carries."""
+    return {
         "id": "chatcmpl-bench",
-        "object": "chat.completion",
+        "object": object_,
         "created": int(time.time()),
         "model": model,
         "system_fingerprint": "bench",
+    }
+
+
+def _completion(model: str) -> bytes:
+    body = {
+        **_envelope(model, "chat.completion"),
         "choices": [
             {
                 "index": 0,
@@ -73,13 +80,7 @@ def _completion(model: str) -> bytes:
 
 def _events(model: str, chunks: int) -> list[bytes]:
     """The SSE events of one stream, each already framed as one HTTP chunk."""
-    base = {
-        "id": "chatcmpl-bench",
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": model,
-        "system_fingerprint": "bench",
-    }
+    base = _envelope(model, "chat.completion.chunk")
     deltas: list[dict[str, Any]] = [
         {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None},
         *(
