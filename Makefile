@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: venv lint test test-fast cluster crd gateway clean
+.PHONY: venv lint test test-fast cluster crd gateway bench clean
 
 $(STAMP): pyproject.toml
 	@echo ">> creating $(VENV) and installing rolegate[dev]"
@@ -22,6 +22,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy bench
 
 cluster:
 	bash tests/cluster/build.sh
@@ -41,6 +42,11 @@ crd: venv
 # Serve examples/ standalone on 127.0.0.1:8080 (export OPENAI_CREDS_API_KEY first).
 gateway: venv
 	$(VENV)/bin/rolegate-gateway --manifests examples/ --env-secrets
+
+# Benchmark against a direct call and LiteLLM's proxy (a few minutes; LiteLLM's virtualenv
+# is built under ~/.cache/rolegate/ the first time); writes bench/results/<date>.{json,md,png}.
+bench: venv
+	$(PY) -m bench.run
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

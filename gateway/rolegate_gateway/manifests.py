@@ -31,6 +31,9 @@ __all__ = ["ConfigSink", "ManifestsSource", "env_var_name", "load_manifests"]
 log = logging.getLogger(__name__)
 
 _SUFFIXES = (".yaml", ".yml", ".json")
+#: libyaml's safe loader when PyYAML was built with it (its wheels are): the pure-Python
+#: one takes ~0.55 s for 1,000 LLMRoles, this one ~0.08 s.
+_YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +70,7 @@ def _documents(files: Iterable[Path]) -> list[_Doc]:
     docs = []
     for path in files:
         try:
-            loaded = list(yaml.safe_load_all(path.read_text()))
+            loaded = list(yaml.load_all(path.read_text(), Loader=_YAML_LOADER))
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
             raise errors.ConfigError(f"{path}: cannot read YAML: {exc}") from exc
         for index, body in enumerate(loaded):

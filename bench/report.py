@@ -1,0 +1,231 @@
+"""The results of a run as people read them: the goals, a markdown report, a PNG chart.
+
+Owns :func:`goals` (each goal of the benchmark issue with the measured value; reported,
+never asserted), :func:`markdown` and :func:`chart`. Input is the run's JSON document
+(see :func:`bench.run.run`); nothing here measures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["chart", "goals", "markdown"]
+
+_MB = 1_000_000
+
+
+def _find(doc: dict[str, Any], target: str, stream: bool, concurrency: int) -> dict[str, Any]:
+    for row in doc["results"]:
+        if (row["target"], row["stream"], row["concurrency"]) == (target, stream, concurrency):
+            return dict(row)
+    return {}
+
+
+def _goal(name: str, value: float | None, unit: str, ok: Callable[[float], bool]) -> dict[str, Any]:
+    return {"goal": name, "value": value, "unit": unit, "met": None if value is None else ok(value)}
+
+
+def goals(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """``[{"goal", "value", "unit", "met"}]``: ``met`` is None where a figure is missing
+    (e.g. LiteLLM did not run). Throughput and latency goals are read at concurrency 32, or
+    the highest concurrency measured when 32 was not."""
+    measured = doc["settings"]["concurrency"]
+    concurrency = 32 if 32 in measured else max(measured)
+    out = []
+    for stream in (False, True):
+        kind = "stream" if stream else "plain"
+        mine = _find(doc, "rolegate", stream, concurrency)
+        theirs = _find(doc, "litellm", stream, concurrency)
+        ratio = None
+        if mine.get("throughput_rps") and theirs.get("throughput_rps"):
+            ratio = mine["throughput_rps"] / theirs["throughput_rps"]
+        out.append(
+            _goal(
+                f"{kind} c={concurrency}: throughput >= 10x LiteLLM's",
+                ratio,
+                "x",
+                lambda v: v >= 10,
+            )
+        )
+        out.append(
+            _goal(
+                f"{kind} c={concurrency}: added latency p50 <= 1 ms",
+                mine.get("added_p50_ms"),
+                "ms",
+                lambda v: v <= 1,
+            )
+        )
+        out.append(
+            _goal(
+                f"{kind} c={concurrency}: added latency p99 <= 5 ms",
+                mine.get("added_p99_ms"),
+                "ms",
+                lambda v: v <= 5,
+            )
+        )
+    stream_row = _find(doc, "rolegate", True, concurrency)
+    out.append(
+        _goal(
+            f"stream c={concurrency}: added time to first token p50 <= 1 ms",
+            stream_row.get("added_ttft_p50_ms"),
+            "ms",
+            lambda v: v <= 1,
+        )
+    )
+    alone = doc.get("rolegate_alone", {})
+    by_roles = {row["roles"]: row for row in alone.get("rss_by_roles", [])}
+    most = max(by_roles) if by_roles else None
+    peak = by_roles[most]["peak_rss_bytes"] / _MB if most else None
+    out.append(_goal(f"peak RSS with {most} roles <= 150 MB", peak, "MB", lambda v: v <= 150))
+    apply = alone.get("apply", {})
+    out.append(
+        _goal(
+            f"{apply.get('roles')}-role config applied in < 1 s",
+            apply.get("apply_s"),
+            "s",
+            lambda v: v < 1,
+        )
+    )
+    reloads = alone.get("reloads_under_load", {})
+    out.append(
+        _goal(
+            f"failed requests during {reloads.get('reloads')} reloads under load == 0",
+            reloads.get("failed"),
+            "requests",
+            lambda v: v == 0,
+        )
+    )
+    return out
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value / _MB:,.0f}"
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The report: setup, the side-by-side table, rolegate alone, the goals."""
+    machine, settings, up = doc["machine"], doc["settings"], doc["settings"]["upstream"]
+    lines = [
+        f"# rolegate benchmark, {doc['date']}",
+        "",
+        f"One machine, loopback only: {machine['cpu_count']} CPUs, load average "
+        f"{' / '.join(f'{x:.2f}' for x in machine['loadavg_before'])} before and "
+        f"{' / '.join(f'{x:.2f}' for x in machine['loadavg_after'])} after (1/5/15 min); "
+        f"Python {machine['python']}. Versions: "
+        + ", ".join(f"{k} {v}" for k, v in doc["versions"].items())
+        + ".",
+        "",
+        f"Upstream: delay {up['delay_s']:g} s; streams of {up['chunks']} content events "
+        f"{up['chunk_interval_s'] * 1000:g} ms apart. Load: one load generator process, closed "
+        f"loop at the given concurrency; each measurement at most {settings['max_requests']} "
+        f"requests or {settings['max_duration_s']:g} s after a warm-up; targets take turns, "
+        f"{settings['rounds']} rounds; figures are medians over rounds, *added* is over the "
+        "direct call of the same round. CPU and RSS are the proxy process's (psutil).",
+        "",
+    ]
+    for name, info in doc["targets"].items():
+        if info.get("error"):
+            lines.append(f"**{name} did not run:** {info['error']}")
+            lines.append("")
+    lines += [
+        "## Side by side",
+        "",
+        "| case | target | req/s | p50 ms | p99 ms | +p50 ms | +p99 ms | TTFT p50 ms "
+        "| +TTFT p50 ms | CPU s / 1k req | peak RSS MB | failed |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for row in doc["results"]:
+        case = f"{'stream' if row['stream'] else 'plain'} c={row['concurrency']}"
+        lines.append(
+            f"| {case} | {row['target']} | {_num(row['throughput_rps'], 0)} "
+            f"| {_num(row['latency_p50_ms'])} | {_num(row['latency_p99_ms'])} "
+            f"| {_num(row['added_p50_ms'])} | {_num(row['added_p99_ms'])} "
+            f"| {_num(row['ttft_p50_ms'])} | {_num(row['added_ttft_p50_ms'])} "
+            f"| {_num(row['cpu_s_per_1000'], 3)} | {_mb(row['peak_rss_bytes'])} | {row['failed']} |"
+        )
+    alone = doc["rolegate_alone"]
+    lines += ["", "## rolegate alone", "", "| roles | RSS MB | peak RSS MB | startup s |"]
+    lines.append("|--:|--:|--:|--:|")
+    for row in alone["rss_by_roles"]:
+        lines.append(
+            f"| {row['roles']} | {_mb(row['rss_bytes'])} | {_mb(row['peak_rss_bytes'])} "
+            f"| {_num(row['startup_s'])} |"
+        )
+    apply, reloads = alone["apply"], alone["reloads_under_load"]
+    lines += [
+        "",
+        f"- Config of {apply['roles']} roles applied (1 -> {apply['roles']}, file renamed into "
+        f"place -> `/readyz` shows the new hash; the gateway polls every "
+        f"{apply['reload_interval_s'] * 1000:g} ms): **{_num(apply['apply_s'], 3)} s**; all "
+        f"{apply['roles']} rebound: {_num(apply['rebind_s'], 3)} s. In process: parse and "
+        f"validate {_num(apply['load_manifests_s'], 3)} s, `Runtime.apply` "
+        f"{_num(apply['runtime_apply_s'], 3)} s.",
+        f"- {reloads['applied']} of {reloads['reloads']} reloads (rebinds) applied under load "
+        f"(c={reloads['concurrency']}, every other request streamed): "
+        f"**{reloads['failed']} failed** of {reloads['requests']} requests; a reload took "
+        f"{_num(reloads['reload_p50_s'], 3)} s (median), {_num(reloads['reload_max_s'], 3)} s "
+        "at most.",
+        "",
+        "## Goals (reported, not asserted)",
+        "",
+        "| goal | measured | met |",
+        "|---|--:|---|",
+    ]
+    for goal in doc["goals"]:
+        met = {True: "yes", False: "**no**", None: "n/a"}[goal["met"]]
+        digits = 0 if goal["unit"] == "requests" else 2
+        lines.append(f"| {goal['goal']} | {_num(goal['value'], digits)} {goal['unit']} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(doc: dict[str, Any], path: Path) -> Path:
+    """A PNG of throughput, p50 and p99 latency and CPU per request, by case and target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = doc["results"]
+    cases = list(dict.fromkeys((r["stream"], r["concurrency"]) for r in rows))
+    targets = list(dict.fromkeys(r["target"] for r in rows))
+    panels = [
+        ("throughput_rps", "throughput, req/s (higher is better)"),
+        ("latency_p50_ms", "latency p50, ms"),
+        ("latency_p99_ms", "latency p99, ms"),
+        ("cpu_s_per_1000", "proxy CPU s per 1,000 requests"),
+    ]
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8))
+    width = 0.8 / max(1, len(targets))
+    for ax, (key, title) in zip(axes.flat, panels, strict=True):
+        for t_index, target in enumerate(targets):
+            values = []
+            for stream, concurrency in cases:
+                row: dict[str, Any] = next(
+                    (
+                        r
+                        for r in rows
+                        if (r["target"], r["stream"], r["concurrency"])
+                        == (target, stream, concurrency)
+                    ),
+                    {},
+                )
+                values.append(row.get(key) or float("nan"))
+            ax.bar([i + t_index * width for i in range(len(cases))], values, width, label=target)
+        ax.set_title(title)
+        ax.set_xticks([i + width * (len(targets) - 1) / 2 for i in range(len(cases))])
+        ax.set_xticklabels([f"{'stream' if s else 'plain'}\nc={c}" for s, c in cases])
+        ax.set_yscale("log")
+        ax.grid(axis="y", alpha=0.3)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(targets))
+    fig.suptitle(f"rolegate vs direct vs LiteLLM proxy, {doc['date']} (log scales)")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,240 @@
+"""``python -m bench.run`` (``make bench``): one whole benchmark run, written to files.
+
+Owns :class:`Settings`, :func:`run` and the command line. A run starts the upstream, the
+load generator and the three targets (direct, rolegate, LiteLLM; a LiteLLM that cannot be
+installed or started is reported in the results and the others still run), measures them
+side by side (:mod:`bench.compare`), stops the proxies, measures rolegate alone
+(:mod:`bench.rolegate_only`), and writes ``<out>/<name>.json``, ``.md`` and ``.png``.
+Logs and manifests go to a temporary directory, removed at the end unless ``--keep``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench import litellm_env, report, rolegate_only
+from bench.compare import Budget, Case, LoadGen, aggregate, compare
+from bench.procs import Meter, Service
+from bench.targets import (
+    MODEL,
+    Target,
+    role,
+    start_litellm,
+    start_rolegate,
+    start_upstream,
+    write_roles,
+)
+from bench.upstream import UpstreamSettings
+
+__all__ = ["Settings", "main", "run"]
+
+SCHEMA = "rolegate.dev/bench/v1"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a run varies. Counts are requests or roles; durations are seconds."""
+
+    rounds: int = 3
+    concurrency: tuple[int, ...] = (1, 32, 256)
+    budget: Budget = field(default_factory=Budget)
+    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
+    role_counts: tuple[int, ...] = (1, 100, 1000)
+    apply_roles: int = 1000
+    reloads: int = 20
+    reload_concurrency: int = 32
+
+
+def _commit() -> str:
+    """The checkout's commit (short), ``+dirty`` when it has changes; ``unknown`` outside git."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def _versions() -> dict[str, str]:
+    import aiohttp
+
+    return {
+        "rolegate": f"{metadata.version('rolegate')} ({_commit()})",
+        "litellm": litellm_env.LITELLM_VERSION,
+        "aiohttp": aiohttp.__version__,
+    }
+
+
+def _say(line: str) -> None:
+    print(f"bench: {line}", file=sys.stderr, flush=True)
+
+
+def _start_targets(
+    workdir: Path, upstream: Service, key: str
+) -> tuple[list[Target], dict[str, dict[str, Any]]]:
+    """Direct, rolegate and (when it starts) LiteLLM; and what the results say of each."""
+    upstream_v1 = f"{upstream.url}/v1"
+    auth = {"Authorization": f"Bearer {key}"}  # sent to all: same request everywhere
+    targets = [Target("direct", f"{upstream_v1}/chat/completions", auth)]
+    info: dict[str, dict[str, Any]] = {"direct": {"url": upstream_v1}}
+    manifests = write_roles(workdir / "roles.yaml", [role(MODEL, upstream_v1)])
+    gateway = start_rolegate(manifests, log_path=workdir / "rolegate.log")
+    targets.append(
+        Target(
+            "rolegate", f"{gateway.url}/v1/chat/completions", auth, gateway, Meter(gateway.proc.pid)
+        )
+    )
+    info["rolegate"] = {"url": f"{gateway.url}/v1", "command": "rolegate-gateway --manifests FILE"}
+    _say(f"rolegate serving on {gateway.url}; starting LiteLLM {litellm_env.LITELLM_VERSION} ...")
+    try:
+        litellm = start_litellm(workdir, upstream_v1)
+    except (litellm_env.InstallError, RuntimeError) as exc:
+        _say(f"LiteLLM did not run: {exc}")
+        info["litellm"] = {"error": str(exc)[-2000:]}
+    else:
+        targets.append(litellm)
+        assert litellm.service is not None
+        info["litellm"] = {"url": f"{litellm.service.url}/v1", "command": "litellm --config FILE"}
+    return targets, info
+
+
+def run(settings: Settings, *, out_dir: Path, name: str, keep: bool = False) -> dict[str, Any]:
+    """Run the benchmark; returns the JSON document also written to ``out_dir/name.json``
+    (with ``name.md`` and ``name.png`` beside it).
+
+    Raises:
+        RuntimeError: the upstream, rolegate or the load generator failed to start.
+    """
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="rolegate-bench-"))
+    loadavg_before = os.getloadavg()
+    upstream = start_upstream(workdir, settings.upstream)
+    loadgen = LoadGen(workdir / "loadgen.log")
+    services: list[Service] = [upstream]
+    try:
+        targets, info = _start_targets(workdir, upstream, "sk-" + secrets.token_urlsafe(32))
+        services += [t.service for t in targets if t.service is not None]
+        cases = [Case(s, c) for s in (False, True) for c in settings.concurrency]
+        runs = compare(
+            loadgen, targets, cases, rounds=settings.rounds, budget=settings.budget, progress=_say
+        )
+        for target in targets:
+            if target.meter is not None:
+                info[target.name]["peak_rss_bytes"] = target.meter.hwm_bytes()
+            if target.service is not None:
+                target.service.stop()
+        _say("rolegate alone: memory by role count, reload time, reloads under load ...")
+        upstream_v1 = f"{upstream.url}/v1"
+        alone = {
+            "rss_by_roles": rolegate_only.rss_by_roles(
+                list(settings.role_counts), upstream_v1, workdir, loadgen
+            ),
+            "apply": rolegate_only.apply_time(settings.apply_roles, upstream_v1, workdir),
+            "reloads_under_load": rolegate_only.reloads_under_load(
+                upstream_v1,
+                workdir,
+                loadgen,
+                reloads=settings.reloads,
+                concurrency=settings.reload_concurrency,
+            ),
+        }
+    finally:
+        loadgen.close()
+        for service in services:
+            service.stop()
+        if not keep:
+            import shutil
+
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            _say(f"logs kept in {workdir}")
+    doc: dict[str, Any] = {
+        "schema": SCHEMA,
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "loadavg_before": list(loadavg_before),
+            "loadavg_after": list(os.getloadavg()),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "versions": _versions(),
+        "settings": {
+            "rounds": settings.rounds,
+            "concurrency": list(settings.concurrency),
+            **dataclasses.asdict(settings.budget),
+            "upstream": dataclasses.asdict(settings.upstream),
+        },
+        "targets": info,
+        "results": aggregate(runs, cases),
+        "rolegate_alone": alone,
+        "runs": runs,
+        "duration_s": time.monotonic() - started,
+    }
+    doc["goals"] = report.goals(doc)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (out_dir / f"{name}.md").write_text(report.markdown(doc))
+    report.chart(doc, out_dir / f"{name}.png")
+    _say(f"done in {doc['duration_s']:.0f} s: {out_dir / name}.{{json,md,png}}")
+    return doc
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line; see ``--help``."""
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    d = Settings()
+    p.add_argument("--out", type=Path, default=Path("bench/results"), help="(bench/results)")
+    p.add_argument("--name", default=datetime.now(UTC).strftime("%Y-%m-%d"), help="file stem")
+    p.add_argument("--rounds", type=int, default=d.rounds)
+    p.add_argument("--concurrency", type=_ints, default=d.concurrency, help="e.g. 1,32,256")
+    p.add_argument("--max-requests", type=int, default=d.budget.max_requests)
+    p.add_argument("--max-duration-s", type=float, default=d.budget.max_duration_s)
+    p.add_argument("--delay-s", type=float, default=d.upstream.delay_s)
+    p.add_argument("--chunks", type=int, default=d.upstream.chunks)
+    p.add_argument("--chunk-interval-s", type=float, default=d.upstream.chunk_interval_s)
+    p.add_argument("--role-counts", type=_ints, default=d.role_counts, help="e.g. 1,100,1000")
+    p.add_argument("--apply-roles", type=int, default=d.apply_roles)
+    p.add_argument("--reloads", type=int, default=d.reloads)
+    p.add_argument("--keep", action="store_true", help="keep logs and manifests")
+    args = p.parse_args(argv)
+    settings = Settings(
+        rounds=args.rounds,
+        concurrency=args.concurrency,
+        budget=Budget(max_requests=args.max_requests, max_duration_s=args.max_duration_s),
+        upstream=UpstreamSettings(args.delay_s, args.chunks, args.chunk_interval_s),
+        role_counts=args.role_counts,
+        apply_roles=args.apply_roles,
+        reloads=args.reloads,
+    )
+    run(settings, out_dir=args.out, name=args.name, keep=args.keep)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

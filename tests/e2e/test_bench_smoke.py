@@ -1,0 +1,101 @@
+"""The benchmark harness on a tiny run: every target answers, the results hold every figure.
+
+The run is real (upstream, load generator, the ``rolegate-gateway`` CLI and LiteLLM's proxy
+as processes on loopback) but a few hundred requests long; the figures' values are not
+checked, only that each was measured. LiteLLM's virtualenv is built first when it is not
+cached (``bench/litellm_env.py``, 1-2 minutes once, progress on the terminal): a harness
+that silently skipped a target would prove nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import litellm_env
+from bench.compare import Budget
+from bench.run import Settings, run
+
+TARGETS = ["direct", "rolegate", "litellm"]
+CONCURRENCY = (1, 8)
+ROLE_COUNTS = (1, 10)
+
+
+@pytest.fixture(scope="module")
+def litellm_ready(pytestconfig: pytest.Config) -> None:
+    """LiteLLM's pinned virtualenv, built (progress on the terminal) when missing."""
+    if litellm_env.is_installed():
+        return
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        litellm_env.ensure()
+
+
+@pytest.fixture(scope="module")
+def results(litellm_ready: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench")
+    settings = Settings(
+        rounds=1,
+        concurrency=CONCURRENCY,
+        budget=Budget(max_requests=25, max_duration_s=2.0, warmup_per_connection=1),
+        role_counts=ROLE_COUNTS,
+        apply_roles=50,
+        reloads=3,
+        reload_concurrency=4,
+    )
+    doc = run(settings, out_dir=out, name="smoke")
+    assert json.loads((out / "smoke.json").read_text()) == json.loads(json.dumps(doc))
+    doc["_out"] = str(out)
+    return doc
+
+
+def test_every_target_answered_in_every_case(results: dict[str, Any]) -> None:
+    for name in TARGETS:
+        assert "error" not in results["targets"][name], results["targets"][name]
+    cases = {(r["target"], r["stream"], r["concurrency"]): r for r in results["results"]}
+    for name in TARGETS:
+        for stream in (False, True):
+            for concurrency in CONCURRENCY:
+                row = cases[name, stream, concurrency]
+                assert row["ok"] > 0, row
+
+
+def _present(row: dict[str, Any], *keys: str) -> None:
+    missing = [k for k in keys if row.get(k) is None]
+    assert not missing, (missing, row)
+
+
+def test_results_hold_every_figure(results: dict[str, Any]) -> None:
+    _present(results["machine"], "cpu_count", "loadavg_before", "loadavg_after")
+    for row in results["results"]:
+        _present(row, "throughput_rps", "latency_p50_ms", "latency_p99_ms")
+        if row["stream"]:
+            _present(row, "ttft_p50_ms", "ttft_p99_ms")
+        if row["target"] != "direct":
+            _present(row, "added_p50_ms", "added_p99_ms", "cpu_s_per_1000", "peak_rss_bytes")
+            if row["stream"]:
+                _present(row, "added_ttft_p50_ms")
+    for name in ("rolegate", "litellm"):
+        _present(results["targets"][name], "peak_rss_bytes")
+
+    alone = results["rolegate_alone"]
+    assert [r["roles"] for r in alone["rss_by_roles"]] == list(ROLE_COUNTS)
+    for row in alone["rss_by_roles"]:
+        _present(row, "rss_bytes", "peak_rss_bytes", "startup_s")
+    _present(alone["apply"], "apply_s", "rebind_s", "load_manifests_s", "runtime_apply_s")
+    reloads = alone["reloads_under_load"]
+    _present(reloads, "failed", "requests", "reload_p50_s")
+    assert reloads["applied"] == reloads["reloads"] == 3
+    assert all(goal["met"] is not None for goal in results["goals"]), results["goals"]
+
+
+def test_markdown_and_chart_are_written(results: dict[str, Any]) -> None:
+    out = Path(results["_out"])
+    table = (out / "smoke.md").read_text()
+    for name in TARGETS:
+        assert f"| {name} |" in table
+    assert (out / "smoke.png").read_bytes().startswith(b"\x89PNG")
