@@ -95,7 +95,9 @@ class RoleConfig(_Frozen):
     @property
     def hash(self) -> str:
         """sha256 of the role's wire form, first 16 hex digits: changes when anything of
-        the role changes, a rotated key included, and reveals nothing of the key."""
+        the role changes, a rotated key included. It is shown (in /status and the role's
+        status) because a real API key has too much entropy to be guessed from it; a
+        low-entropy "key" (``EMPTY`` for a local server) could be."""
         return hashlib.sha256(_canonical(self.wire())).hexdigest()[:16]
 
 

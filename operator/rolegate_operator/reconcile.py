@@ -13,6 +13,10 @@ A :class:`Reconciler` runs this level-triggered loop: handlers only :meth:`~Reco
 it, a burst of changes is batched into one pass, a failed pass is retried with backoff, and
 a pass every ``resync_s`` repairs edits made behind the operator's back. It never writes a
 role's spec, and never writes anything when nothing changed.
+
+Errors: a spec problem is a False condition on that role, never an exception. API trouble
+is retried by the loop with backoff (kopf's TemporaryError/PermanentError retry kopf's own
+per-object change handlers, which this operator does not use; see ``main``).
 """
 
 from __future__ import annotations
@@ -116,7 +120,7 @@ class Reconciler:
         kube: Kube,
         *,
         roles: Callable[[], Iterable[Mapping[str, Any]]],
-        secrets: Callable[[], Mapping[render.config.SecretKey, Mapping[str, str]]],
+        secrets: Callable[[], Mapping[render.SecretKey, Mapping[str, str]]],
     ) -> None:
         self.settings = settings
         self.kube = kube
@@ -239,6 +243,8 @@ class Reconciler:
         return 1
 
     async def _write_config(self, rendered: render.Rendered, ns: str, name: str) -> bool:
+        """Write the config Secret ``ns/name`` unless it already holds ``rendered``'s
+        config; True when written."""
         body = render.config_secret(rendered.config, namespace=ns, name=name)
         current = await self.kube.read_secret(ns, name)
         if current is not None and _same(current, body):

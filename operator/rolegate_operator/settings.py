@@ -22,8 +22,10 @@ class Settings:
     #: Seconds a reconcile waits after a change for more changes to batch with it
     #: (``kubectl apply -f roles/`` of four roles is one config write). Default 0.1.
     debounce_s: float = 0.1
-    #: Seconds before the first retry of a failed reconcile; doubles up to the maximum.
+    #: Seconds before the first retry of a failed reconcile (default 1); doubles each time.
     retry_delay_s: float = 1.0
+    #: Seconds between retries at most (default 60): an API server down for long is asked
+    #: once a minute.
     max_retry_delay_s: float = 60.0
     #: kubeconfig outside a pod; None: the pod's ServiceAccount, $KUBECONFIG or ~/.kube/config.
     kubeconfig: Path | None = None

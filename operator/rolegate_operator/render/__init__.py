@@ -1,6 +1,13 @@
 """Pure renderers: typed values in, dicts out; no I/O, no kopf, no globals, no clock."""
 
-from rolegate_operator.render.config import Check, Outcome, Rendered, RoleObject, render
+from rolegate_operator.render.config import (
+    Check,
+    Outcome,
+    Rendered,
+    RoleObject,
+    SecretKey,
+    render,
+)
 from rolegate_operator.render.events import event
 from rolegate_operator.render.secret import config_secret
 from rolegate_operator.render.status import Transition, desired_status, transitions
@@ -10,6 +17,7 @@ __all__ = [
     "Outcome",
     "Rendered",
     "RoleObject",
+    "SecretKey",
     "Transition",
     "config_secret",
     "desired_status",
