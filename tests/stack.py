@@ -40,7 +40,7 @@ def get_json(url: str, *, timeout_s: float = 5) -> Any:
 
 
 class OperatorProcess(Component):
-    """``rolegate-operator run`` for some namespaces, writing one config Secret."""
+    """``rolegate-operator run`` for some namespaces (none: all), writing one config Secret."""
 
     def __init__(
         self,
@@ -56,6 +56,8 @@ class OperatorProcess(Component):
         argv = [sys.executable, "-m", "rolegate_operator", "run"]
         for ns in namespaces:
             argv += ["--namespace", ns]
+        if not namespaces:
+            argv += ["--all-namespaces"]
         argv += ["--gateway-config-secret", config_secret, "--liveness", f"127.0.0.1:{port}"]
         argv += ["--kubeconfig", str(kubeconfig)]
         super().__init__("operator", [*argv, *extra], log_path=log_path, env=_env())

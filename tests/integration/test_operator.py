@@ -428,3 +428,64 @@ async def test_no_credential_in_log_status_or_events(
             assert KEY not in found
             assert ROTATED not in found
     assert "wrote gateway config" in seen[0]
+
+
+async def test_all_namespaces_serves_every_namespace(
+    cluster: ControlPlane,
+    namespace: str,
+    kubectl: Kubectl,
+    llmrole_crd: None,
+    tmp_path: Path,
+    start_upstream: Callable[..., Awaitable[Upstream]],
+) -> None:
+    up = await start_upstream()
+    other = f"{namespace}-b"
+    suffix = namespace.rsplit("-", 1)[-1]
+    await asyncio.to_thread(cluster.kubectl, ["create", "namespace", other])
+    operator = OperatorProcess(
+        kubeconfig=cluster.kubeconfig,
+        namespaces=[],
+        config_secret=f"{namespace}/{CONFIG}",
+        log_path=tmp_path / "operator.log",
+    )
+    operator.start()
+    try:
+        for ns, role in ((namespace, f"a-{suffix}"), (other, f"b-{suffix}")):
+            docs = [creds(), openai_role(role, up)]
+            for doc in docs:
+                doc["metadata"]["namespace"] = ns
+            path = m.write(tmp_path / f"{ns}.yaml", *docs)
+            await asyncio.to_thread(cluster.kubectl, ["apply", "-f", str(path)])
+
+        async def both_served() -> bool:
+            found = await asyncio.to_thread(
+                kubectl, "get", "secret", CONFIG, "-o", "json", check=False
+            )
+            if found.returncode != 0:
+                return False
+            raw = base64.b64decode(json.loads(found.stdout)["data"]["config.json"])
+            names = {(r.namespace, r.name) for r in GatewayConfig.from_wire(raw).roles}
+            return {(namespace, f"a-{suffix}"), (other, f"b-{suffix}")} <= names
+
+        await eventually(both_served)
+    finally:
+        operator.stop()
+        await asyncio.to_thread(
+            cluster.kubectl, ["delete", "namespace", other, "--wait=false"], check=False
+        )
+
+
+async def test_a_config_secret_deleted_by_hand_is_written_again(
+    stack: Stack, start_upstream: Callable[..., Awaitable[Upstream]]
+) -> None:
+    up = await start_upstream()
+    await stack.apply(creds(), openai_role("extract", up))
+    await stack.wait_served(["extract"])
+    config = await stack.config()
+    await stack.run("delete", "secret", CONFIG)
+
+    async def restored() -> bool:
+        return await stack.config() == config
+
+    await eventually(restored, timeout_s=10)
+    await stack.wait_served(["extract"])
