@@ -2,9 +2,10 @@
 
 Owns :class:`Case`, :class:`Budget`, :class:`LoadGen` (the client of the load generator
 process), :func:`measure` (one target, one case: the load generator's figures plus the
-proxy's CPU seconds and peak RSS over the measured phase only), :func:`compare` (the
-round-robin) and :func:`aggregate` (medians per target and case, latency added over the
-direct call of the same round).
+proxy's CPU seconds and peak RSS over the measured phase and the work it does after it),
+:func:`compare` (the round-robin), :func:`aggregate` (per target and case: percentiles of
+the samples pooled over rounds, latency added over the direct call of the same round) and
+:func:`lookup` (one row by target and case).
 
 Order: for each round, for each case, every target once, the order rotated by round and
 case, so that drift of the shared machine (other jobs, thermal) hits all targets alike.
@@ -23,10 +24,25 @@ from pathlib import Path
 from typing import IO, Any
 
 from bench.loadgen import Load
-from bench.stats import median
+from bench.stats import median, percentile
 from bench.targets import MODEL, Target
+from tests.cluster.processes import _die_with_parent
 
-__all__ = ["Budget", "Case", "LoadGen", "aggregate", "compare", "measure", "request_body"]
+__all__ = [
+    "Budget",
+    "Case",
+    "LoadGen",
+    "added_ms",
+    "aggregate",
+    "compare",
+    "lookup",
+    "measure",
+    "request_body",
+]
+
+#: Fewer pooled samples than this and a p99 is not shown (its rank would rest on a handful
+#: of the slowest requests).
+MIN_P99_SAMPLES = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +60,12 @@ class Case:
 
 @dataclass(frozen=True, slots=True)
 class Budget:
-    """Bounds of one measurement: at most ``max_requests`` requests or ``max_duration_s``
-    seconds, after ``warmup_per_connection`` unrecorded requests per connection."""
+    """Bounds of one measurement: requests started within ``max_duration_s`` seconds, the
+    same window for every target; ``max_requests`` is only a safety cap. Before it,
+    ``warmup_per_connection`` unrecorded requests per connection, without draining."""
 
-    max_requests: int = 3000
-    max_duration_s: float = 2.0
+    max_requests: int = 1_000_000
+    max_duration_s: float = 3.0
     warmup_per_connection: int = 2
     timeout_s: float = 30.0
 
@@ -74,6 +91,7 @@ class LoadGen:
             stderr=self._log,
             text=True,
             bufsize=1,
+            preexec_fn=_die_with_parent,
         )
         self.log_path = log_path
 
@@ -116,9 +134,10 @@ class LoadGen:
         return result
 
     def close(self) -> None:
-        """Close its stdin (it exits) and wait for it."""
+        """Close its stdin (it stops and exits) and wait for it."""
         if self.proc.stdin is not None:
-            self.proc.stdin.close()
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
         try:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -148,32 +167,43 @@ def measure(
     load: Load,
     *,
     during: Callable[[], None] | None = None,
+    reset_peak: bool = True,
 ) -> dict[str, Any]:
     """One measured phase of ``load`` against ``target``; ``during`` runs while it does
     (then the phase is stopped).
 
-    Returns the load generator's result plus ``cpu_s`` (proxy CPU seconds in the phase),
-    ``cpu_s_per_1000`` (per 1,000 answered requests) and ``peak_rss_bytes`` (largest
-    sampled RSS of the proxy's process tree); the three are None for the direct call.
+    Returns the load generator's result plus, for a proxy (None for the direct call):
+    ``cpu_s`` (the proxy tree's CPU seconds from the window's start until it is idle
+    again), ``cpu_s_per_1000`` (per 1,000 answered requests), ``settle_s`` (how long it
+    took to become idle: below 2% of a CPU over 100 ms, at most 5 s), ``peak_rss_bytes``
+    (:meth:`bench.procs.Meter.peak_rss_bytes`, reset just before the window unless
+    ``reset_peak`` is False) and ``processes`` (the tree's process count).
     """
     meter = target.meter
     loadgen.begin(load)
-    cpu_before = meter.cpu_s() if meter else 0.0
-    with meter.sampling() if meter else contextlib.nullcontext():
-        loadgen.go()
-        if during is not None:
-            try:
-                during()
-            finally:
-                loadgen.stop()
-        result = loadgen.finish()
-    cpu_s = meter.cpu_s() - cpu_before if meter else None
-    result["cpu_s"] = cpu_s
-    result["cpu_s_per_1000"] = (
-        1000 * cpu_s / result["ok"] if cpu_s is not None and result["ok"] else None
+    cpu_before = 0.0
+    if meter is not None:
+        if reset_peak:
+            meter.reset_peak()
+        cpu_before = meter.cpu_s()
+    loadgen.go()
+    if during is not None:
+        try:
+            during()
+        finally:
+            loadgen.stop()
+    result = loadgen.finish()
+    extra: dict[str, Any] = dict.fromkeys(
+        ("cpu_s", "cpu_s_per_1000", "settle_s", "peak_rss_bytes", "processes")
     )
-    result["peak_rss_bytes"] = meter.peak_rss_bytes if meter else None
-    return result
+    if meter is not None:
+        extra["settle_s"] = meter.settle()
+        cpu_s = meter.cpu_s() - cpu_before
+        extra["cpu_s"] = cpu_s
+        extra["cpu_s_per_1000"] = 1000 * cpu_s / result["ok"] if result["ok"] else None
+        extra["peak_rss_bytes"] = meter.peak_rss_bytes()
+        extra["processes"] = meter.process_count()
+    return {**result, **extra}
 
 
 def compare(
@@ -218,6 +248,16 @@ def _fmt_ms(seconds: float | None) -> str:
     return "    n/a" if seconds is None else f"{seconds * 1000:7.2f} ms"
 
 
+def lookup(
+    rows: Sequence[dict[str, Any]], target: str, stream: bool, concurrency: int
+) -> dict[str, Any] | None:
+    """The first row of ``target`` in the case (``stream``, ``concurrency``), or None."""
+    for row in rows:
+        if (row["target"], row["stream"], row["concurrency"]) == (target, stream, concurrency):
+            return row
+    return None
+
+
 def _stat(run: dict[str, Any] | None, key: str, stat: str) -> float | None:
     """``run[key][stat]`` (e.g. latency_s / p50) as a float, None when absent."""
     value = (run or {}).get(key)
@@ -229,37 +269,60 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else seconds * 1000
 
 
-def _median_ms(runs: Sequence[dict[str, Any]], key: str, stat: str) -> float | None:
-    return _ms(median([_stat(r, key, stat) for r in runs]))
-
-
-def _added_ms(
+def added_ms(
     runs: Sequence[dict[str, Any]],
-    direct: dict[tuple[int, bool, int], dict[str, Any]],
+    direct: Sequence[dict[str, Any]],
     key: str,
     stat: str,
 ) -> float | None:
-    """Median over rounds of (this run's figure - the direct call's in the same round)."""
+    """Median over rounds of (this run's ``key``/``stat`` - that of the direct call of the
+    same round and case), ms; rounds without a direct figure are left out."""
     deltas: list[float | None] = []
     for run in runs:
         mine = _stat(run, key, stat)
-        base = _stat(direct.get((run["round"], run["stream"], run["concurrency"])), key, stat)
+        base = _stat(
+            next(
+                (
+                    d
+                    for d in direct
+                    if (d["round"], d["stream"], d["concurrency"])
+                    == (run["round"], run["stream"], run["concurrency"])
+                ),
+                None,
+            ),
+            key,
+            stat,
+        )
         deltas.append(None if mine is None or base is None else mine - base)
     return _ms(median(deltas))
 
 
-def aggregate(runs: Sequence[dict[str, Any]], cases: Sequence[Case]) -> list[dict[str, Any]]:
-    """Per target and case, medians over rounds: ``throughput_rps``, ``latency_p50_ms``,
-    ``latency_p99_ms``, ``ttft_p50_ms``, ``ttft_p99_ms`` (streams), ``added_p50_ms``,
-    ``added_p99_ms``, ``added_ttft_p50_ms`` (over the direct call of the same round; None
-    for direct), ``cpu_s_per_1000``; the maximum ``peak_rss_bytes``; summed ``ok`` and
-    ``failed``."""
-    direct = {
-        (r["round"], r["stream"], r["concurrency"]): r for r in runs if r["target"] == "direct"
-    }
+def _pooled(runs: Sequence[dict[str, Any]], key: str) -> list[float]:
+    return [x for r in runs for x in r.get(key) or ()]
+
+
+def aggregate(
+    runs: Sequence[dict[str, Any]],
+    cases: Sequence[Case],
+    *,
+    min_p99_samples: int = MIN_P99_SAMPLES,
+) -> list[dict[str, Any]]:
+    """Per target and case: ``n`` (latency samples pooled over rounds), ``latency_p50_ms``,
+    ``latency_p99_ms``, ``ttft_p50_ms``, ``ttft_p99_ms`` (streams) of the pooled samples
+    (``runs`` carry raw ``latencies_s`` and ``ttfts_s``); ``added_p50_ms`` and
+    ``added_ttft_p50_ms``: median over rounds of the difference to the direct call of the
+    same round; ``added_p99_ms``: pooled p99 minus the direct call's pooled p99 (None for
+    direct); ``p99_reliable``: both pools hold ``min_p99_samples`` or more; medians over
+    rounds of ``throughput_rps`` and ``cpu_s_per_1000``; the maximum ``peak_rss_bytes``,
+    ``settle_s`` and ``processes``; summed ``ok`` and ``failed``."""
+    direct = [r for r in runs if r["target"] == "direct"]
     names = list(dict.fromkeys(r["target"] for r in runs))
     results = []
     for case in cases:
+        base = [
+            r for r in direct if (r["stream"], r["concurrency"]) == (case.stream, case.concurrency)
+        ]
+        base_lat = _pooled(base, "latencies_s")
         for name in names:
             mine = [
                 r
@@ -270,27 +333,41 @@ def aggregate(runs: Sequence[dict[str, Any]], cases: Sequence[Case]) -> list[dic
             if not mine:
                 continue
             proxy = name != "direct"
-            rss = [r["peak_rss_bytes"] for r in mine if r["peak_rss_bytes"] is not None]
+            lat, ttft = _pooled(mine, "latencies_s"), _pooled(mine, "ttfts_s")
+            p99 = _ms(percentile(lat, 0.99))
+            base_p99 = _ms(percentile(base_lat, 0.99))
+
+            def most(key: str, of: list[dict[str, Any]] = mine) -> Any:
+                values = [r[key] for r in of if r.get(key) is not None]
+                return max(values) if values else None
+
             results.append(
                 {
                     "target": name,
                     "stream": case.stream,
                     "concurrency": case.concurrency,
                     "rounds": len(mine),
+                    "n": len(lat),
                     "ok": sum(r["ok"] for r in mine),
                     "failed": sum(r["failed"] for r in mine),
                     "throughput_rps": median([r["throughput_rps"] for r in mine]),
-                    "latency_p50_ms": _median_ms(mine, "latency_s", "p50"),
-                    "latency_p99_ms": _median_ms(mine, "latency_s", "p99"),
-                    "ttft_p50_ms": _median_ms(mine, "ttft_s", "p50"),
-                    "ttft_p99_ms": _median_ms(mine, "ttft_s", "p99"),
-                    "added_p50_ms": _added_ms(mine, direct, "latency_s", "p50") if proxy else None,
-                    "added_p99_ms": _added_ms(mine, direct, "latency_s", "p99") if proxy else None,
-                    "added_ttft_p50_ms": _added_ms(mine, direct, "ttft_s", "p50")
+                    "latency_p50_ms": _ms(percentile(lat, 0.5)),
+                    "latency_p99_ms": p99,
+                    "ttft_p50_ms": _ms(percentile(ttft, 0.5)),
+                    "ttft_p99_ms": _ms(percentile(ttft, 0.99)),
+                    "added_p50_ms": added_ms(mine, base, "latency_s", "p50") if proxy else None,
+                    "added_p99_ms": p99 - base_p99
+                    if proxy and p99 is not None and base_p99 is not None
+                    else None,
+                    "added_ttft_p50_ms": added_ms(mine, base, "ttft_s", "p50")
                     if proxy and case.stream
                     else None,
+                    "p99_reliable": min(len(lat), len(base_lat) if proxy else len(lat))
+                    >= min_p99_samples,
                     "cpu_s_per_1000": median([r["cpu_s_per_1000"] for r in mine]),
-                    "peak_rss_bytes": max(rss) if rss else None,
+                    "peak_rss_bytes": most("peak_rss_bytes"),
+                    "settle_s": most("settle_s"),
+                    "processes": most("processes"),
                 }
             )
     return results

@@ -3,11 +3,14 @@
 Owns the client side of every measurement. ``python -m bench.loadgen`` reads one
 :class:`Load` per line (as JSON) and for each:
 
-1. sends ``warmup_requests`` requests (not recorded) and prints ``{"event": "warm"}``;
-2. waits for the line ``go`` (the orchestrator starts its CPU and memory meters), then
-   keeps ``concurrency`` requests in flight until ``max_requests`` were sent,
-   ``max_duration_s`` passed or the line ``stop`` arrives;
-3. prints ``{"event": "done", ...}``: a :func:`run_load` result.
+1. starts ``concurrency`` workers, each sending one request after another, and prints
+   ``{"event": "warm"}`` once ``warmup_requests`` of them were answered (not recorded);
+2. waits for the line ``go`` (the orchestrator starts its CPU and memory meters) while the
+   workers keep going: nothing drains, so the measured phase starts in the steady state;
+3. from ``go``, records every request *started* within the window of ``max_duration_s``
+   seconds (ended early by ``stop``, end of input, or ``max_requests``, a safety cap),
+   then waits for those in flight and prints ``{"event": "done", ...}``: a :func:`run_load`
+   result, raw latencies included so that the orchestrator can pool rounds.
 
 Bounded in count and time, and loopback only: a URL whose host is not 127.0.0.1 is refused.
 A request counts as answered when its status is 200 and its body is a chat completion, or,
@@ -25,7 +28,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 import aiohttp
 from yarl import URL
@@ -123,32 +126,60 @@ async def _one(
         tally.ttfts_s.append(ttft_s)
 
 
-async def _drive(
-    session: aiohttp.ClientSession,
-    load: Load,
-    *,
-    requests: int,
-    duration_s: float,
-    stop: asyncio.Event,
-) -> tuple[_Tally, float]:
-    """Keep ``load.concurrency`` requests in flight; returns the tally and elapsed seconds."""
-    bodies = _bodies(load)
-    models = load.models or (str(load.body.get("model")),)
-    tally = _Tally()
-    issued = 0
-    started = time.perf_counter()
-    deadline = started + duration_s
+class _Run:
+    """The workers of one load: unrecorded until :meth:`open_window`, then recording the
+    requests started before the window closes."""
 
-    async def worker() -> None:
-        nonlocal issued
-        while issued < requests and not stop.is_set() and time.perf_counter() < deadline:
-            stream = issued % 2 == 1 if load.stream == "mixed" else bool(load.stream)
-            model = models[issued % len(models)]
-            issued += 1
-            await _one(session, load, bodies[model, stream], stream, tally)
+    def __init__(self, session: aiohttp.ClientSession, load: Load) -> None:
+        self.session = session
+        self.load = load
+        self.bodies = _bodies(load)
+        self.models = load.models or (str(load.body.get("model")),)
+        self.tally = _Tally()
+        self.warm = asyncio.Event()
+        self.closed = asyncio.Event()
+        self.window: tuple[float, float] | None = None  # (start, deadline), perf_counter
+        self.closed_at = 0.0
+        self._issued = 0
+        self._recorded = 0
+        self._answered_unrecorded = 0
+        if load.warmup_requests <= 0:
+            self.warm.set()
 
-    await asyncio.gather(*(worker() for _ in range(load.concurrency)))
-    return tally, time.perf_counter() - started
+    def open_window(self) -> None:
+        start = time.perf_counter()
+        self.window = (start, start + self.load.max_duration_s)
+
+    def close(self, at: float | None = None) -> None:
+        if not self.closed.is_set():
+            self.closed_at = time.perf_counter() if at is None else at
+            self.closed.set()
+
+    async def worker(self) -> None:
+        scratch = _Tally()
+        while not self.closed.is_set():
+            now = time.perf_counter()
+            record = self.window is not None
+            if self.window is not None:
+                if now >= self.window[1]:
+                    self.close(self.window[1])
+                    break
+                if self._recorded >= self.load.max_requests:
+                    self.close(now)
+                    break
+                self._recorded += 1
+            index = self._issued
+            self._issued += 1
+            stream = index % 2 == 1 if self.load.stream == "mixed" else bool(self.load.stream)
+            body = self.bodies[self.models[index % len(self.models)], stream]
+            await _one(self.session, self.load, body, stream, self.tally if record else scratch)
+            if not record:
+                self._answered_unrecorded += 1
+                if self._answered_unrecorded >= self.load.warmup_requests:
+                    self.warm.set()
+
+    def elapsed_s(self) -> float:
+        return 0.0 if self.window is None else max(0.0, self.closed_at - self.window[0])
 
 
 def _result(tally: _Tally, elapsed_s: float) -> dict[str, Any]:
@@ -161,15 +192,22 @@ def _result(tally: _Tally, elapsed_s: float) -> dict[str, Any]:
         "throughput_rps": ok / elapsed_s if elapsed_s > 0 else 0.0,
         "latency_s": summary(tally.latencies_s),
         "ttft_s": summary(tally.ttfts_s) if tally.ttfts_s else None,
+        "latencies_s": tally.latencies_s,
+        "ttfts_s": tally.ttfts_s,
     }
 
 
-async def run_load(load: Load, lines: asyncio.Queue[str], out: Any = None) -> dict[str, Any]:
-    """Warm up, report ``warm`` on ``out`` (a text stream; default stdout), wait for ``go``
-    on ``lines``, run the measured phase (``stop`` on ``lines`` ends it early).
+async def run_load(
+    load: Load, lines: asyncio.Queue[str], out: TextIO | None = None
+) -> dict[str, Any]:
+    """Warm up, report ``warm`` on ``out`` (default stdout), wait for ``go`` on ``lines``
+    (the workers keep running), record the measured window (``stop`` or ``""``, end of
+    input, on ``lines`` ends it early; ``""`` is put back for the caller to see).
 
-    Returns ``{"ok", "failed", "errors": {kind: count}, "elapsed_s", "throughput_rps",
-    "latency_s": {"p50", "p99", "mean", "max"}, "ttft_s": same or None}``, seconds.
+    Returns ``{"ok", "failed", "errors": {kind: count}, "elapsed_s" (the window),
+    "throughput_rps", "latency_s": {"p50", "p99", "mean", "max"}, "ttft_s": same or None,
+    "latencies_s": [every answered request's], "ttfts_s": [every stream's]}``, seconds;
+    requests count when started inside the window.
 
     Raises:
         ValueError: the URL is not on 127.0.0.1.
@@ -179,32 +217,35 @@ async def run_load(load: Load, lines: asyncio.Queue[str], out: Any = None) -> di
     connector = aiohttp.TCPConnector(limit=load.concurrency, limit_per_host=load.concurrency)
     timeout = aiohttp.ClientTimeout(total=load.timeout_s)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        never = asyncio.Event()
-        await _drive(
-            session, load, requests=load.warmup_requests, duration_s=load.timeout_s, stop=never
-        )
-        print(json.dumps({"event": "warm"}), file=out, flush=True)
-        if await lines.get() != "go":
-            return _result(_Tally(), 0.0)
-        stop = asyncio.Event()
-        watcher = asyncio.create_task(_watch_stop(lines, stop))
+        run = _Run(session, load)
+        workers = asyncio.gather(*(run.worker() for _ in range(load.concurrency)))
+        watcher: asyncio.Task[None] | None = None
         try:
-            tally, elapsed_s = await _drive(
-                session,
-                load,
-                requests=load.max_requests,
-                duration_s=load.max_duration_s,
-                stop=stop,
-            )
+            await run.warm.wait()
+            print(json.dumps({"event": "warm"}), file=out, flush=True)
+            line = await lines.get()
+            if line != "go":
+                if line == "":
+                    lines.put_nowait("")
+                return _result(_Tally(), 0.0)
+            run.open_window()
+            watcher = asyncio.create_task(_watch_stop(lines, run))
         finally:
-            watcher.cancel()
-        return _result(tally, elapsed_s)
+            if run.window is None:
+                run.close()
+                await workers
+        await workers
+        assert watcher is not None
+        watcher.cancel()
+        return _result(run.tally, run.elapsed_s())
 
 
-async def _watch_stop(lines: asyncio.Queue[str], stop: asyncio.Event) -> None:
-    while await lines.get() != "stop":
+async def _watch_stop(lines: asyncio.Queue[str], run: _Run) -> None:
+    while (line := await lines.get()) not in ("stop", ""):
         pass
-    stop.set()
+    if line == "":
+        lines.put_nowait("")
+    run.close()
 
 
 def _stdin_lines(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str]:
@@ -213,7 +254,8 @@ def _stdin_lines(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str]:
 
     def pump() -> None:
         for line in sys.stdin:
-            loop.call_soon_threadsafe(queue.put_nowait, line.strip())
+            if line.strip():
+                loop.call_soon_threadsafe(queue.put_nowait, line.strip())
         loop.call_soon_threadsafe(queue.put_nowait, "")
 
     threading.Thread(target=pump, name="stdin", daemon=True).start()

@@ -2,8 +2,11 @@
 
 Owns :class:`Service` (a server process with its log file and base URL), :func:`spawn`,
 :func:`free_port`, :func:`http_get` and :class:`Meter`, which reads a process tree's CPU
-seconds and resident memory with psutil (peak: sampled every ``interval_s`` while metering,
-and the kernel's own high-water mark ``VmHWM`` from /proc).
+seconds (psutil) and resident memory. Peak memory has one definition throughout the
+harness: the sum over the tree of each process's kernel high-water mark ``VmHWM``, since
+:meth:`Meter.reset_peak` (``5`` written to ``/proc/<pid>/clear_refs``) or since the
+process started. Services run in a session of their own, are stopped by process group and
+get SIGKILL from the kernel when the harness dies (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
@@ -14,15 +17,16 @@ import re
 import signal
 import socket
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+
+from tests.cluster.processes import _die_with_parent
 
 __all__ = ["Meter", "Service", "free_port", "http_get", "spawn", "wait_until"]
 
@@ -44,14 +48,21 @@ class Service:
             return ""
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        """SIGTERM, then SIGKILL after ``timeout_s`` seconds; idempotent."""
+        """SIGTERM to its process group, then SIGKILL after ``timeout_s`` seconds; idempotent.
+        The group (its own session) holds the children it started, e.g. LiteLLM's workers."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            _killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                _killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        _killpg(self.proc.pid, signal.SIGKILL)  # children that outlived the leader
+
+
+def _killpg(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
 
 
 def free_port() -> int:
@@ -92,6 +103,7 @@ def spawn(
     *,
     log_path: Path,
     env: dict[str, str] | None = None,
+    inherit_env: bool = True,
     url_pattern: str | None = None,
     url: str | None = None,
     ready_path: str = "",
@@ -99,7 +111,8 @@ def spawn(
 ) -> Service:
     """Start ``argv`` (stdout and stderr to ``log_path``) and wait until it serves.
 
-    The base URL is ``url``, or the first match of ``url_pattern`` (one group: the URL) in
+    The environment is ours plus ``env``, or with ``inherit_env=False`` only ``env``. The
+    base URL is ``url``, or the first match of ``url_pattern`` (one group: the URL) in
     the log. Ready means: that URL is known and, with ``ready_path``, GET url+ready_path
     answers 200.
 
@@ -113,7 +126,9 @@ def spawn(
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        env={**(os.environ if inherit_env else {}), "PYTHONUNBUFFERED": "1", **(env or {})},
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
     )
     log.close()
     service = Service(name, proc, log_path, url or "")
@@ -143,15 +158,9 @@ def spawn(
 
 @dataclass
 class Meter:
-    """CPU seconds and resident memory of a process and its children.
-
-    ``with meter.sampling(): ...`` records the largest tree RSS seen every ``interval_s``
-    seconds in :attr:`peak_rss_bytes` (reset at each ``sampling``).
-    """
+    """CPU seconds and resident memory of a process and its children (its "tree")."""
 
     pid: int
-    interval_s: float = 0.05
-    peak_rss_bytes: int = 0
     _proc: psutil.Process = field(init=False)
 
     def __post_init__(self) -> None:
@@ -163,6 +172,10 @@ class Meter:
         except psutil.NoSuchProcess:
             return []
 
+    def process_count(self) -> int:
+        """How many processes the tree has now."""
+        return len(self._tree())
+
     def cpu_s(self) -> float:
         """User + system CPU seconds used so far by the process and its live children."""
         total = 0.0
@@ -172,6 +185,22 @@ class Meter:
                 total += times.user + times.system
         return total
 
+    def settle(
+        self, *, below: float = 0.02, window_s: float = 0.1, timeout_s: float = 5.0
+    ) -> float:
+        """Wait until the tree uses less than ``below`` of a CPU over ``window_s`` seconds
+        (work it does after answering: logging, background tasks), at most ``timeout_s``
+        seconds; returns the seconds waited."""
+        started = time.perf_counter()
+        before = self.cpu_s()
+        while time.perf_counter() - started < timeout_s:
+            time.sleep(window_s)
+            now = self.cpu_s()
+            if now - before < below * window_s:
+                break
+            before = now
+        return time.perf_counter() - started
+
     def rss_bytes(self) -> int:
         """Resident memory of the process tree now, bytes."""
         total = 0
@@ -180,30 +209,21 @@ class Meter:
                 total += proc.memory_info().rss
         return total
 
-    def hwm_bytes(self) -> int:
-        """The kernel's peak resident memory (VmHWM) of the process itself, bytes."""
-        try:
-            status = Path(f"/proc/{self.pid}/status").read_text()
-        except OSError:
-            return 0
-        found = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
-        return int(found.group(1)) * 1024 if found else 0
+    def reset_peak(self) -> None:
+        """Reset every tree process's VmHWM to its current RSS (``5`` -> ``clear_refs``)."""
+        for proc in self._tree():
+            with contextlib.suppress(OSError):
+                Path(f"/proc/{proc.pid}/clear_refs").write_text("5")
 
-    @contextlib.contextmanager
-    def sampling(self) -> Iterator[None]:
-        """Sample the tree's RSS in a thread while the block runs."""
-        self.peak_rss_bytes = self.rss_bytes()
-        done = threading.Event()
-
-        def sample() -> None:
-            while not done.wait(self.interval_s):
-                self.peak_rss_bytes = max(self.peak_rss_bytes, self.rss_bytes())
-
-        thread = threading.Thread(target=sample, name="rss-sampler", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            done.set()
-            thread.join()
-            self.peak_rss_bytes = max(self.peak_rss_bytes, self.rss_bytes())
+    def peak_rss_bytes(self) -> int:
+        """The sum over the tree of each process's VmHWM (peak RSS since :meth:`reset_peak`
+        or since it started), bytes."""
+        total = 0
+        for proc in self._tree():
+            try:
+                status = Path(f"/proc/{proc.pid}/status").read_text()
+            except OSError:
+                continue
+            found = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+            total += int(found.group(1)) * 1024 if found else 0
+        return total

@@ -5,9 +5,13 @@ its own ``rolegate-gateway`` process (the real CLI, ``--manifests FILE``) so the
 comparison's gateway is never disturbed, and stops it when done.
 
 - memory: a gateway serving N roles, after one request to every role (so every role's
-  metrics exist), its RSS now and its peak (VmHWM);
+  metrics exist), its RSS now and its peak since it started (VmHWM summed over its
+  process tree: :meth:`bench.procs.Meter.peak_rss_bytes`, never reset here, so loading
+  the config counts);
 - reload: from the moment a new manifest file is renamed into place until ``/readyz``
-  reports the new config hash (polled every 2 ms; the gateway polls its files every
+  reports a new config hash and ``/status`` says that reload was applied (polled every
+  2 ms; a refusal or no new hash within the timeout is a failed reload, counted, not
+  raised; the gateway polls its files every
   ``reload_interval_s``), for 1 -> N roles (all added) and N -> N (all rebound); plus the
   same config parsed and applied in this process, to split parse/validate from apply;
 - reloads under load: ``reloads`` rebinds (the role's model alternates, so each builds a
@@ -18,8 +22,10 @@ comparison's gateway is never disturbed, and stops it when done.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,6 +61,12 @@ def _config_hash(service: Service) -> str | None:
     return str(json.loads(body).get("config")) if status == 200 else None
 
 
+def _last_reload(service: Service) -> dict[str, Any]:
+    """``lastReload`` of ``/status`` (``{"outcome", "at", "config_hash", ...}``), or {}."""
+    status, body = http_get(service.url + "/status", timeout_s=5)
+    return (json.loads(body).get("lastReload") or {}) if status == 200 else {}
+
+
 def _target(service: Service) -> Target:
     return Target(
         "rolegate", f"{service.url}/v1/chat/completions", {}, service, Meter(service.proc.pid)
@@ -64,8 +76,9 @@ def _target(service: Service) -> Target:
 def rss_by_roles(
     counts: list[int], upstream_v1: str, workdir: Path, loadgen: LoadGen
 ) -> list[dict[str, Any]]:
-    """Per role count: ``{"roles", "rss_bytes", "peak_rss_bytes", "startup_s"}`` (RSS after
-    one request to every role; peak: VmHWM; startup: process start to /readyz 200)."""
+    """Per role count: ``{"roles", "rss_bytes", "peak_rss_bytes", "startup_s"}`` (RSS of the
+    tree after one request to every role; peak: VmHWM summed over the tree, since start;
+    startup: process start to /readyz 200)."""
     out = []
     for count in counts:
         manifests = write_roles(workdir / f"roles-{count}.yaml", _roles(count, upstream_v1))
@@ -82,7 +95,7 @@ def rss_by_roles(
                 max_duration_s=60,
                 models=tuple(_names(count)),
             )
-            result = measure(loadgen, target, load)
+            result = measure(loadgen, target, load, reset_peak=False)
             assert target.meter is not None
             out.append(
                 {
@@ -90,7 +103,7 @@ def rss_by_roles(
                     "requests_ok": result["ok"],
                     "requests_failed": result["failed"],
                     "rss_bytes": target.meter.rss_bytes(),
-                    "peak_rss_bytes": target.meter.hwm_bytes(),
+                    "peak_rss_bytes": result["peak_rss_bytes"],
                     "startup_s": startup_s,
                 }
             )
@@ -99,15 +112,43 @@ def rss_by_roles(
     return out
 
 
-def _timed_write(service: Service, path: Path, docs: list[dict[str, Any]]) -> float:
-    """Seconds from renaming a file of ``docs`` onto ``path`` until the gateway serves the
-    new config."""
+def _timed_write(
+    service: Service, path: Path, docs: list[dict[str, Any]], *, timeout_s: float = 30
+) -> tuple[float, str]:
+    """Rename a file of ``docs`` onto ``path``; returns (seconds until the gateway serves
+    it, outcome): ``applied`` (``/readyz`` shows a hash other than before, and
+    ``/status`` lastReload says applied), ``refused`` (lastReload is a newer refusal),
+    ``timeout`` or ``not applied: <outcome>``."""
     before = _config_hash(service)
+    before_at = _last_reload(service).get("at")
     staged = stage_roles(path, docs)
     started = time.perf_counter()
     staged.replace(path)
-    wait_until(lambda: _config_hash(service) != before, timeout_s=60)
-    return time.perf_counter() - started
+    outcome = "timeout"
+    next_status = started
+
+    def settled() -> bool:
+        nonlocal outcome, next_status
+        current = _config_hash(service)
+        if current not in (None, before):
+            last = _last_reload(service)
+            applied = last.get("outcome") == "applied" and last.get("config_hash") in (
+                None,
+                current,
+            )
+            outcome = "applied" if applied else f"not applied: {last.get('outcome')}"
+            return True
+        if time.perf_counter() >= next_status:  # a refusal leaves the hash as it was
+            next_status = time.perf_counter() + 0.05
+            last = _last_reload(service)
+            if last.get("at") != before_at and last.get("outcome") == "refused":
+                outcome = "refused"
+                return True
+        return False
+
+    with contextlib.suppress(TimeoutError):
+        wait_until(settled, timeout_s=timeout_s)
+    return time.perf_counter() - started, outcome
 
 
 def _in_process(path: Path) -> tuple[float, float]:
@@ -126,17 +167,20 @@ def _in_process(path: Path) -> tuple[float, float]:
 
 
 def apply_time(count: int, upstream_v1: str, workdir: Path) -> dict[str, Any]:
-    """``{"roles", "apply_s", "rebind_s", "reload_interval_s", "load_manifests_s",
-    "runtime_apply_s"}``: end to end through the CLI (1 -> ``count`` roles, then all of
-    them rebound), and the in-process split of the first."""
+    """``{"roles", "apply_s", "rebind_s", "outcomes", "reload_interval_s",
+    "load_manifests_s", "runtime_apply_s"}``: end to end through the CLI (1 -> ``count``
+    roles, then all of them rebound; None where not applied), and the in-process split of
+    the first."""
     interval_s = 0.01
     path = write_roles(workdir / "apply.yaml", _roles(1, upstream_v1))
     service = start_rolegate(
         path, log_path=workdir / "rolegate-apply.log", reload_interval_s=interval_s
     )
     try:
-        apply_s = _timed_write(service, path, _roles(count, upstream_v1))
-        rebind_s = _timed_write(service, path, _roles(count, upstream_v1, model="rebound"))
+        apply_s, apply_outcome = _timed_write(service, path, _roles(count, upstream_v1))
+        rebind_s, rebind_outcome = _timed_write(
+            service, path, _roles(count, upstream_v1, model="rebound")
+        )
     finally:
         service.stop()
     load_s, runtime_s = _in_process(
@@ -144,8 +188,9 @@ def apply_time(count: int, upstream_v1: str, workdir: Path) -> dict[str, Any]:
     )
     return {
         "roles": count,
-        "apply_s": apply_s,
-        "rebind_s": rebind_s,
+        "apply_s": apply_s if apply_outcome == "applied" else None,
+        "rebind_s": rebind_s if rebind_outcome == "applied" else None,
+        "outcomes": [apply_outcome, rebind_outcome],
         "reload_interval_s": interval_s,
         "load_manifests_s": load_s,
         "runtime_apply_s": runtime_s,
@@ -153,13 +198,14 @@ def apply_time(count: int, upstream_v1: str, workdir: Path) -> dict[str, Any]:
 
 
 def _reloader(
-    service: Service, path: Path, upstream_v1: str, reloads: int, times_s: list[float]
+    service: Service, path: Path, upstream_v1: str, reloads: int, done: list[tuple[float, str]]
 ) -> Callable[[], None]:
     def run() -> None:
         time.sleep(0.2)  # let the load settle first
         for i in range(reloads):
             model = f"{UPSTREAM_MODEL}-{'ab'[i % 2]}"
-            times_s.append(_timed_write(service, path, [role(MODEL, upstream_v1, model=model)]))
+            docs = [role(MODEL, upstream_v1, model=model)]
+            done.append(_timed_write(service, path, docs, timeout_s=10))
             time.sleep(0.05)  # let requests run on this config before the next
 
     return run
@@ -173,11 +219,12 @@ def reloads_under_load(
     reloads: int = 20,
     concurrency: int = 32,
 ) -> dict[str, Any]:
-    """``{"reloads", "applied", "concurrency", "requests", "failed", "errors",
-    "duration_s", "reload_p50_s", "reload_max_s"}``; ``failed`` must be 0."""
+    """``{"reloads", "applied", "failed_reloads": {outcome: count}, "concurrency",
+    "requests", "failed", "errors", "duration_s", "reload_p50_s", "reload_max_s"}``
+    (reload times of the applied ones); ``failed`` must be 0."""
     path = write_roles(workdir / "reload.yaml", [role(MODEL, upstream_v1)])
     service = start_rolegate(path, log_path=workdir / "rolegate-reload.log", reload_interval_s=0.02)
-    times_s: list[float] = []
+    done: list[tuple[float, str]] = []
     try:
         target = _target(service)
         load = Load(
@@ -190,15 +237,15 @@ def reloads_under_load(
             max_duration_s=120,
         )
         result = measure(
-            loadgen, target, load, during=_reloader(service, path, upstream_v1, reloads, times_s)
+            loadgen, target, load, during=_reloader(service, path, upstream_v1, reloads, done)
         )
-        status = json.loads(http_get(service.url + "/status")[1])
     finally:
         service.stop()
+    times_s = [seconds for seconds, outcome in done if outcome == "applied"]
     return {
         "reloads": reloads,
         "applied": len(times_s),
-        "last_reload": status.get("lastReload", {}).get("outcome"),
+        "failed_reloads": dict(Counter(o for _, o in done if o != "applied")),
         "concurrency": concurrency,
         "requests": result["ok"] + result["failed"],
         "failed": result["failed"],

@@ -6,16 +6,20 @@ installed or started is reported in the results and the others still run), measu
 side by side (:mod:`bench.compare`), stops the proxies, measures rolegate alone
 (:mod:`bench.rolegate_only`), and writes ``<out>/<name>.json``, ``.md`` and ``.png``.
 Logs and manifests go to a temporary directory, removed at the end unless ``--keep``.
+Every process is stopped on the way out, whatever ends the run (an error, Ctrl-C, SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import platform
 import secrets
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -24,10 +28,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from bench import litellm_env, report, rolegate_only
-from bench.compare import Budget, Case, LoadGen, aggregate, compare
+from bench.compare import MIN_P99_SAMPLES, Budget, Case, LoadGen, aggregate, compare
 from bench.procs import Meter, Service
 from bench.targets import (
     MODEL,
@@ -57,6 +62,7 @@ class Settings:
     apply_roles: int = 1000
     reloads: int = 20
     reload_concurrency: int = 32
+    min_p99_samples: int = MIN_P99_SAMPLES
 
 
 def _commit() -> str:
@@ -91,15 +97,17 @@ def _say(line: str) -> None:
 
 
 def _start_targets(
-    workdir: Path, upstream: Service, key: str
+    workdir: Path, upstream: Service, key: str, stack: contextlib.ExitStack
 ) -> tuple[list[Target], dict[str, dict[str, Any]]]:
-    """Direct, rolegate and (when it starts) LiteLLM; and what the results say of each."""
+    """Direct, rolegate and (when it starts) LiteLLM, each stopped by ``stack``; and what
+    the results say of each."""
     upstream_v1 = f"{upstream.url}/v1"
     auth = {"Authorization": f"Bearer {key}"}  # sent to all: same request everywhere
     targets = [Target("direct", f"{upstream_v1}/chat/completions", auth)]
     info: dict[str, dict[str, Any]] = {"direct": {"url": upstream_v1}}
     manifests = write_roles(workdir / "roles.yaml", [role(MODEL, upstream_v1)])
     gateway = start_rolegate(manifests, log_path=workdir / "rolegate.log")
+    stack.callback(gateway.stop)
     targets.append(
         Target(
             "rolegate", f"{gateway.url}/v1/chat/completions", auth, gateway, Meter(gateway.proc.pid)
@@ -113,8 +121,9 @@ def _start_targets(
         _say(f"LiteLLM did not run: {exc}")
         info["litellm"] = {"error": str(exc)[-2000:]}
     else:
-        targets.append(litellm)
         assert litellm.service is not None
+        stack.callback(litellm.service.stop)
+        targets.append(litellm)
         info["litellm"] = {"url": f"{litellm.service.url}/v1", "command": "litellm --config FILE"}
     return targets, info
 
@@ -127,21 +136,28 @@ def run(settings: Settings, *, out_dir: Path, name: str, keep: bool = False) -> 
         RuntimeError: the upstream, rolegate or the load generator failed to start.
     """
     started = time.monotonic()
-    workdir = Path(tempfile.mkdtemp(prefix="rolegate-bench-"))
     loadavg_before = os.getloadavg()
-    upstream = start_upstream(workdir, settings.upstream)
-    loadgen = LoadGen(workdir / "loadgen.log")
-    services: list[Service] = [upstream]
-    try:
-        targets, info = _start_targets(workdir, upstream, "sk-" + secrets.token_urlsafe(32))
-        services += [t.service for t in targets if t.service is not None]
+    with contextlib.ExitStack() as stack:
+        workdir = Path(tempfile.mkdtemp(prefix="rolegate-bench-"))
+        if keep:
+            stack.callback(_say, f"logs kept in {workdir}")
+        else:
+            stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+        upstream = start_upstream(workdir, settings.upstream)
+        stack.callback(upstream.stop)
+        loadgen = LoadGen(workdir / "loadgen.log")
+        stack.callback(loadgen.close)
+        targets, info = _start_targets(workdir, upstream, "sk-" + secrets.token_urlsafe(32), stack)
         cases = [Case(s, c) for s in (False, True) for c in settings.concurrency]
         runs = compare(
             loadgen, targets, cases, rounds=settings.rounds, budget=settings.budget, progress=_say
         )
+        results = aggregate(runs, cases, min_p99_samples=settings.min_p99_samples)
         for target in targets:
             if target.meter is not None:
-                info[target.name]["peak_rss_bytes"] = target.meter.hwm_bytes()
+                mine = [r for r in runs if r["target"] == target.name]
+                info[target.name]["peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in mine)
+                info[target.name]["processes"] = max(r["processes"] for r in mine)
             if target.service is not None:
                 target.service.stop()
         _say("rolegate alone: memory by role count, reload time, reloads under load ...")
@@ -159,16 +175,8 @@ def run(settings: Settings, *, out_dir: Path, name: str, keep: bool = False) -> 
                 concurrency=settings.reload_concurrency,
             ),
         }
-    finally:
-        loadgen.close()
-        for service in services:
-            service.stop()
-        if not keep:
-            import shutil
-
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            _say(f"logs kept in {workdir}")
+    for run_ in runs:  # the raw samples are pooled in "results"; too many to keep
+        del run_["latencies_s"], run_["ttfts_s"]
     doc: dict[str, Any] = {
         "schema": SCHEMA,
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -184,10 +192,11 @@ def run(settings: Settings, *, out_dir: Path, name: str, keep: bool = False) -> 
             "rounds": settings.rounds,
             "concurrency": list(settings.concurrency),
             **dataclasses.asdict(settings.budget),
+            "min_p99_samples": settings.min_p99_samples,
             "upstream": dataclasses.asdict(settings.upstream),
         },
         "targets": info,
-        "results": aggregate(runs, cases),
+        "results": results,
         "rolegate_alone": alone,
         "runs": runs,
         "duration_s": time.monotonic() - started,
@@ -232,8 +241,17 @@ def main(argv: list[str] | None = None) -> int:
         apply_roles=args.apply_roles,
         reloads=args.reloads,
     )
-    run(settings, out_dir=args.out, name=args.name, keep=args.keep)
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        run(settings, out_dir=args.out, name=args.name, keep=args.keep)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM ends the run as Ctrl-C does: ``with`` blocks stop every process."""
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

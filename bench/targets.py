@@ -7,8 +7,11 @@ Owns :class:`Target` and the starting of each real process with its configuratio
   LLMRole ``bench`` (binding vllm, maxAsync high enough never to queue);
 - LiteLLM: its proxy CLI from :func:`bench.litellm_env.ensure`, one uvicorn worker, one
   model ``bench`` (``openai/bench-model`` at the upstream), offline
-  (``LITELLM_LOCAL_MODEL_COST_MAP=True``), a random ``sk-`` master key, no callbacks,
-  ``LITELLM_LOG=ERROR`` and uvicorn's access log off (rolegate writes none either).
+  (``LITELLM_LOCAL_MODEL_COST_MAP=True``), a random ``sk-`` master key, empty
+  ``callbacks``/``success_callback``/``failure_callback``, ``LITELLM_LOG=ERROR`` and
+  uvicorn's access log off (rolegate writes none either); a minimal environment (PATH,
+  HOME, LANG and those settings; ``NO_PROXY`` for loopback), so nothing of ours (proxy
+  variables, API keys, callback settings) reaches it.
 
 Every client asks for model ``bench``; rolegate and LiteLLM send ``bench-model`` upstream.
 """
@@ -16,6 +19,7 @@ Every client asks for model ``bench``; rolegate and LiteLLM send ``bench-model``
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sys
 from collections.abc import Sequence
@@ -132,7 +136,8 @@ def gateway_cli() -> Path:
 def start_rolegate(
     manifests: Path, *, log_path: Path, reload_interval_s: float = 1.0, timeout_s: float = 60
 ) -> Service:
-    """``rolegate-gateway --manifests FILE --port 0``; ready when /readyz answers 200.
+    """``rolegate-gateway --manifests FILE --host 127.0.0.1 --port 0``; ready when /readyz
+    answers 200.
 
     Raises:
         RuntimeError: it did not start (the message holds its log).
@@ -141,6 +146,8 @@ def start_rolegate(
         str(gateway_cli()),
         "--manifests",
         str(manifests),
+        "--host",
+        "127.0.0.1",
         "--port",
         "0",
         "--reload-interval",
@@ -169,7 +176,12 @@ def _litellm_files(workdir: Path, upstream_v1: str, master_key: str) -> tuple[Pa
             }
         ],
         "general_settings": {"master_key": master_key},
-        "litellm_settings": {"telemetry": False},
+        "litellm_settings": {
+            "telemetry": False,
+            "callbacks": [],
+            "success_callback": [],
+            "failure_callback": [],
+        },
     }
     log_config = {
         "version": 1,
@@ -221,12 +233,19 @@ def start_litellm(workdir: Path, upstream_v1: str, *, timeout_s: float = 120) ->
         "--log_config",
         str(log_config_path),
     ]
-    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+    env = {
+        **{k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ},
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_LOG": "ERROR",
+    }
     service = spawn(
         "litellm",
         argv,
         log_path=workdir / "litellm.log",
         env=env,
+        inherit_env=False,
         url=f"http://127.0.0.1:{port}",
         ready_path="/health/liveliness",
         timeout_s=timeout_s,

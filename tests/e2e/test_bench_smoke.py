@@ -1,7 +1,7 @@
 """The benchmark harness on a tiny run: every target answers, the results hold every figure.
 
 The run is real (upstream, load generator, the ``rolegate-gateway`` CLI and LiteLLM's proxy
-as processes on loopback) but a few hundred requests long; the figures' values are not
+as processes on loopback) but a few seconds long; the figures' values are not
 checked, only that each was measured. LiteLLM's virtualenv is built first when it is not
 cached (``bench/litellm_env.py``, 1-2 minutes once, progress on the terminal): a harness
 that silently skipped a target would prove nothing.
@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from bench import litellm_env
@@ -41,13 +42,15 @@ def results(litellm_ready: None, tmp_path_factory: pytest.TempPathFactory) -> di
     settings = Settings(
         rounds=1,
         concurrency=CONCURRENCY,
-        budget=Budget(max_requests=25, max_duration_s=2.0, warmup_per_connection=1),
+        budget=Budget(max_duration_s=0.5, warmup_per_connection=1),
         role_counts=ROLE_COUNTS,
         apply_roles=50,
         reloads=3,
         reload_concurrency=4,
+        min_p99_samples=1,
     )
     doc = run(settings, out_dir=out, name="smoke")
+    assert psutil.Process().children(recursive=True) == []  # every process stopped
     assert json.loads((out / "smoke.json").read_text()) == json.loads(json.dumps(doc))
     doc["_out"] = str(out)
     return doc
@@ -62,6 +65,8 @@ def test_every_target_answered_in_every_case(results: dict[str, Any]) -> None:
             for concurrency in CONCURRENCY:
                 row = cases[name, stream, concurrency]
                 assert row["ok"] > 0, row
+                assert row["n"] == row["ok"], row
+                assert row["failed"] == 0, row
 
 
 def _present(row: dict[str, Any], *keys: str) -> None:
@@ -75,12 +80,18 @@ def test_results_hold_every_figure(results: dict[str, Any]) -> None:
         _present(row, "throughput_rps", "latency_p50_ms", "latency_p99_ms")
         if row["stream"]:
             _present(row, "ttft_p50_ms", "ttft_p99_ms")
+        assert row["throughput_rps"] > 0, row
         if row["target"] != "direct":
             _present(row, "added_p50_ms", "added_p99_ms", "cpu_s_per_1000", "peak_rss_bytes")
+            assert row["cpu_s_per_1000"] > 0, row
+            assert row["peak_rss_bytes"] > 0, row
+            assert row["processes"] >= 1, row
             if row["stream"]:
                 _present(row, "added_ttft_p50_ms")
     for name in ("rolegate", "litellm"):
-        _present(results["targets"][name], "peak_rss_bytes")
+        _present(results["targets"][name], "peak_rss_bytes", "processes")
+        assert results["targets"][name]["peak_rss_bytes"] > 0
+    assert all("latencies_s" not in r for r in results["runs"])  # pooled, not kept
 
     alone = results["rolegate_alone"]
     assert [r["roles"] for r in alone["rss_by_roles"]] == list(ROLE_COUNTS)
@@ -89,7 +100,9 @@ def test_results_hold_every_figure(results: dict[str, Any]) -> None:
     _present(alone["apply"], "apply_s", "rebind_s", "load_manifests_s", "runtime_apply_s")
     reloads = alone["reloads_under_load"]
     _present(reloads, "failed", "requests", "reload_p50_s")
-    assert reloads["applied"] == reloads["reloads"] == 3
+    assert reloads["applied"] == reloads["reloads"] == 3, reloads
+    assert reloads["failed_reloads"] == {}, reloads
+    assert reloads["failed"] == 0, reloads
     assert all(goal["met"] is not None for goal in results["goals"]), results["goals"]
 
 
