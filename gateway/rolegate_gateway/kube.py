@@ -36,7 +36,6 @@ __all__ = [
     "api_client",
     "describe",
     "load_configuration",
-    "parse_ref",
 ]
 
 log = logging.getLogger(__name__)
@@ -45,18 +44,6 @@ log = logging.getLogger(__name__)
 CONFIG_KEY = "config.json"
 #: An annotation of the config Secret: ``GatewayConfig.hash`` of what it holds.
 HASH_ANNOTATION = "rolegate.dev/config-hash"
-
-
-def parse_ref(text: str) -> tuple[str, str]:
-    """``NAMESPACE/NAME`` -> (namespace, name).
-
-    Raises:
-        ValueError: not two non-empty parts separated by one slash.
-    """
-    namespace, sep, name = text.partition("/")
-    if not sep or not namespace or not name or "/" in name:
-        raise ValueError(f"{text!r} is not NAMESPACE/NAME")
-    return namespace, name
 
 
 async def load_configuration(kubeconfig: Path | None = None) -> client.Configuration:
