@@ -13,6 +13,7 @@ A role splits into two parts so a reload can tell what changed:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Any, Literal
@@ -92,7 +93,7 @@ class RoleConfig(_Frozen):
         }
         return data
 
-    @property
+    @functools.cached_property
     def hash(self) -> str:
         """sha256 of the role's wire form, first 16 hex digits: changes when anything of
         the role changes, a rotated key included. It is shown (in /status and the role's

@@ -30,12 +30,15 @@ from rolegate_gateway.config import GatewayConfig
 from rolegate_gateway.manifests import ConfigSink
 
 __all__ = [
+    "API_ERRORS",
     "CONFIG_KEY",
     "HASH_ANNOTATION",
     "ConfigSecretSource",
     "api_client",
     "describe",
     "load_configuration",
+    "log_failure",
+    "read_secret",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,12 +78,57 @@ async def api_client(kubeconfig: Path | None = None) -> client.ApiClient:
     return client.ApiClient(await load_configuration(kubeconfig))
 
 
+#: What trouble with the API server looks like; anything else raised is a bug.
+API_ERRORS = (ApiException, aiohttp.ClientError, OSError, TimeoutError)
+
+
 def describe(exc: BaseException) -> str:
     """An API or connection error in a few words, for logs (never a response body: an
     API error body may quote the object, and an object may be a Secret)."""
     if isinstance(exc, ApiException):
         return f"HTTP {exc.status} {exc.reason}"
     return str(exc) or type(exc).__name__
+
+
+def log_failure(logger: logging.Logger, exc: BaseException, message: str, *args: object) -> None:
+    """Log a failed step that will be retried: a warning for API trouble, an error with
+    its traceback for anything else (a bug). ``message`` gets ``args`` and then
+    ``describe(exc)`` as its last %-argument."""
+    expected = isinstance(exc, API_ERRORS)
+    logger.log(
+        logging.WARNING if expected else logging.ERROR,
+        message,
+        *args,
+        describe(exc),
+        exc_info=not expected,
+    )
+
+
+async def read_secret(
+    core: client.CoreV1Api, namespace: str, name: str, *, timeout_s: float = 30
+) -> dict[str, Any] | None:
+    """The Secret as a raw dict (``data`` still base64), or None when it does not exist.
+
+    Read without the client's model classes (``_preload_content=False``), which would
+    also log the body at debug level. With that, the client raises no error for an HTTP
+    error status, so this does.
+
+    Raises:
+        ApiException: any other HTTP error; see :data:`API_ERRORS` for the rest.
+    """
+    response = cast(
+        Any,
+        await core.read_namespaced_secret(
+            name, namespace, _preload_content=False, _request_timeout=timeout_s
+        ),
+    )
+    async with response:
+        if response.status == 404:
+            return None
+        body: dict[str, Any] = await response.json()
+        if response.status >= 400:
+            raise ApiException(status=response.status, reason=body.get("message"))
+        return body
 
 
 class ConfigSecretSource:
@@ -116,7 +164,7 @@ class ConfigSecretSource:
         self.reads = 0
         self._api: client.ApiClient | None = None
         self._resource_version: str | None = None
-        self._last_raw: bytes | None = None
+        self._last_encoded: str | None = None  # config.json as last handed over
 
     @property
     def ref(self) -> str:
@@ -130,20 +178,19 @@ class ConfigSecretSource:
 
     def _hand_over(self, secret: dict[str, Any]) -> bool:
         """Feed the sink the config in ``secret`` (a raw Secret); True when applied."""
-        encoded = (secret.get("data") or {}).get(CONFIG_KEY)
-        try:
-            raw = base64.b64decode(encoded or "", validate=True)
-        except (binascii.Error, ValueError):
-            raw = b"\x00not base64"
-        if raw == self._last_raw:
+        encoded = (secret.get("data") or {}).get(CONFIG_KEY, "")
+        if encoded == self._last_encoded:
             log.debug("config Secret %s unchanged", self.ref)
             return False
-        self._last_raw = raw
+        self._last_encoded = encoded
         where = f"Secret {self.ref}"
-        if encoded is None:
-            self.sink.refuse(f"{where} has no key {CONFIG_KEY!r}", source=where)
-            return False
         try:
+            if not encoded:
+                raise errors.ConfigError(f"no key {CONFIG_KEY!r}")
+            try:
+                raw = base64.b64decode(encoded, validate=True)
+            except binascii.Error as exc:
+                raise errors.ConfigError(f"{CONFIG_KEY} is not base64: {exc}") from exc
             parsed = GatewayConfig.from_wire(raw)
         except errors.ConfigError as exc:
             self.sink.refuse(f"{where}: {exc}", source=where)
@@ -153,23 +200,13 @@ class ConfigSecretSource:
 
     async def _get(self) -> bool:
         """Read the Secret and hand it over; remember where to watch from."""
-        core = await self._core()
-        response = cast(
-            Any,
-            await core.read_namespaced_secret(
-                self.name, self.namespace, _preload_content=False, _request_timeout=30
-            ),
-        )
-        async with response:
-            if response.status == 404:
-                self._resource_version = None
-                log.warning(
-                    "config Secret %s not found; waiting for the operator to write it", self.ref
-                )
-                return False
-            secret = await response.json()
-            if response.status >= 400:
-                raise ApiException(status=response.status, reason=secret.get("message"))
+        secret = await read_secret(await self._core(), self.namespace, self.name)
+        if secret is None:
+            self._resource_version = None
+            log.warning(
+                "config Secret %s not found; waiting for the operator to write it", self.ref
+            )
+            return False
         self.reads += 1
         self._resource_version = secret["metadata"]["resourceVersion"]
         return self._hand_over(secret)
@@ -181,7 +218,7 @@ class ConfigSecretSource:
         """
         try:
             return await self._get()
-        except (ApiException, aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except API_ERRORS as exc:
             log.warning("cannot read config Secret %s: %s", self.ref, describe(exc))
             return False
 
@@ -205,7 +242,7 @@ class ConfigSecretSource:
                     log.info("config Secret %s changed", self.ref)
                     self._hand_over(obj)
                 elif kind == "DELETED":
-                    self._last_raw = None
+                    self._last_encoded = None
                     log.warning("config Secret %s was deleted; keeping the config in use", self.ref)
 
     async def run(self) -> None:
@@ -220,14 +257,12 @@ class ConfigSecretSource:
                 await self._watch()
                 delay_s = self.retry_delay_s
             except Exception as exc:  # whatever broke, watching must go on
-                expected = isinstance(exc, ApiException | aiohttp.ClientError | OSError)
-                log.log(
-                    logging.WARNING if expected else logging.ERROR,
-                    "watch of config Secret %s broke (%s); starting over in %.1f s",
+                log_failure(
+                    log,
+                    exc,
+                    "watch of config Secret %s broke, starting over in %.1f s: %s",
                     self.ref,
-                    describe(exc),
                     delay_s,
-                    exc_info=not expected,
                 )
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, self.max_retry_delay_s)

@@ -7,11 +7,12 @@ by the caller's decision; this module does not compare.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from rolegate_gateway import kube
 from rolegate_gateway.api import GROUP, VERSION
 
 __all__ = ["PLURAL", "Kube"]
@@ -46,19 +47,7 @@ class Kube:
 
     async def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The Secret as a raw dict, or None when it does not exist."""
-        response = cast(
-            Any,
-            await self.core.read_namespaced_secret(
-                name, namespace, _preload_content=False, _request_timeout=_TIMEOUT_S
-            ),
-        )
-        async with response:
-            if response.status == 404:
-                return None
-            body: dict[str, Any] = await response.json()
-            if response.status >= 400:
-                raise ApiException(status=response.status, reason=body.get("message"))
-            return body
+        return await kube.read_secret(self.core, namespace, name, timeout_s=_TIMEOUT_S)
 
     async def write_secret(self, body: dict[str, Any], *, current: dict[str, Any] | None) -> None:
         """Create ``body``, or replace ``current`` with it (optimistically: a concurrent

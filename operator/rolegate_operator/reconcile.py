@@ -32,11 +32,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-from kubernetes_asyncio.client.exceptions import ApiException
-
 from rolegate_gateway.api import ConditionStatus
-from rolegate_gateway.kube import CONFIG_KEY, describe
+from rolegate_gateway.kube import API_ERRORS, CONFIG_KEY, describe, log_failure
 from rolegate_gateway.roles import SECRET_KEYS
 from rolegate_operator import render
 from rolegate_operator.apply import Kube
@@ -86,10 +83,6 @@ class Pass:
     wrote_config: bool
     statuses_written: int
     events_posted: int
-
-
-#: What API trouble looks like; anything else is a bug, logged with its traceback.
-_API_ERRORS = (ApiException, aiohttp.ClientError, OSError, TimeoutError)
 
 
 def _not_written(exc: BaseException, namespace: str, name: str) -> render.Check:
@@ -170,7 +163,7 @@ class Reconciler:
         not_written: render.Check | None = None
         try:
             wrote = await self._write_config(rendered, ns, name)
-        except _API_ERRORS as exc:
+        except API_ERRORS as exc:
             failures.append(exc)
             not_written = _not_written(exc, ns, name)
             wrote = False
@@ -181,7 +174,7 @@ class Reconciler:
                 outcome = dataclasses.replace(outcome, ready=not_written)
             try:
                 posted = await self._status(outcome, now)
-            except _API_ERRORS as exc:
+            except API_ERRORS as exc:
                 log.warning("cannot write the status of %s: %s", outcome.role.ref, describe(exc))
                 failures.append(exc)
                 continue
@@ -237,7 +230,7 @@ class Reconciler:
         """Post an Event; 1 when posted. Events are best effort: a failure is logged only."""
         try:
             await self.kube.post_event(body)
-        except _API_ERRORS as exc:
+        except API_ERRORS as exc:
             log.warning("cannot post an Event: %s", describe(exc))
             return 0
         return 1
@@ -279,14 +272,7 @@ class Reconciler:
                 self.last = await self.reconcile()
             except Exception as exc:  # a bug must not stop reconciling for good
                 self.last_error = f"{type(exc).__name__}: {describe(exc)}"
-                expected = isinstance(exc, _API_ERRORS)
-                log.log(
-                    logging.WARNING if expected else logging.ERROR,
-                    "reconcile failed, retrying in %.1f s: %s",
-                    delay_s,
-                    self.last_error,
-                    exc_info=not expected,
-                )
+                log_failure(log, exc, "reconcile failed, retrying in %.1f s: %s", delay_s)
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, self.settings.max_retry_delay_s)
                 self._wake.set()
