@@ -13,15 +13,14 @@ lock keeps two runs from building it at once.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import TextIO
+
+from tests.cache import BuildFailed, cache_root, locked, run_with_progress, stamped
 
 __all__ = ["LITELLM_VERSION", "InstallError", "cache_root", "ensure", "is_installed", "venv_dir"]
 
@@ -30,21 +29,11 @@ __all__ = ["LITELLM_VERSION", "InstallError", "cache_root", "ensure", "is_instal
 LITELLM_VERSION = "1.100.5"
 CONSTRAINTS = Path(__file__).with_name("litellm-constraints.txt")
 _REQUIREMENT = f"litellm[proxy]=={LITELLM_VERSION}"
+_PREFIX = "rolegate bench: "
 
-
-class InstallError(RuntimeError):
-    """The LiteLLM virtualenv could not be built; the message holds the failing command and
-    the end of its output."""
-
-
-def cache_root() -> Path:
-    """``$ROLEGATE_CACHE``, else ``$XDG_CACHE_HOME/rolegate``, else ``~/.cache/rolegate``
-    (the same root as the Kubernetes binaries of the tests)."""
-    root = os.environ.get("ROLEGATE_CACHE")
-    if root:
-        return Path(root)
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "rolegate"
+#: The LiteLLM virtualenv could not be built; the message holds the failing command and the
+#: end of its output.
+InstallError = BuildFailed
 
 
 def venv_dir() -> Path:
@@ -57,28 +46,9 @@ def _stamp_text() -> str:
     return f"{_REQUIREMENT} constraints={digest} python={sys.version_info[:2]}\n"
 
 
-def _run(argv: list[str], out: TextIO) -> None:
-    """Run ``argv``, passing its output on line by line to ``out``."""
-    print(f"rolegate bench: $ {' '.join(argv)}", file=out, flush=True)
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-    )
-    assert proc.stdout is not None
-    tail: list[str] = []
-    for line in proc.stdout:
-        print(f"  {line.rstrip()}", file=out, flush=True)
-        tail = [*tail[-30:], line]
-    if proc.wait() != 0:
-        raise InstallError(
-            f"{' '.join(argv)} exited with {proc.returncode}:\n{''.join(tail)}".rstrip()
-        )
-
-
 def is_installed() -> bool:
     """Whether the pinned virtualenv is complete (its stamp matches the pins)."""
-    stamp = venv_dir() / "stamp"
-    cli = venv_dir() / "bin" / "litellm"
-    return stamp.is_file() and stamp.read_text() == _stamp_text() and cli.is_file()
+    return stamped(venv_dir(), _stamp_text()) and (venv_dir() / "bin" / "litellm").is_file()
 
 
 def ensure(out: TextIO | None = None) -> Path:
@@ -91,30 +61,24 @@ def ensure(out: TextIO | None = None) -> Path:
     out = out or sys.stderr
     target = venv_dir()
     cli = target / "bin" / "litellm"
-    stamp = target / "stamp"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with (target.parent / f"litellm-{LITELLM_VERSION}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(target):
         if is_installed():
             return cli
         started = time.monotonic()
         print(
-            f"rolegate bench: installing {_REQUIREMENT} into {target} (1-2 min, ~700 MB) ...",
+            f"{_PREFIX}installing {_REQUIREMENT} into {target} (1-2 min, ~700 MB) ...",
             file=out,
             flush=True,
         )
         shutil.rmtree(target, ignore_errors=True)
-        _run([sys.executable, "-m", "venv", str(target)], out)
+        run_with_progress([sys.executable, "-m", "venv", str(target)], out, prefix=_PREFIX)
         pip = [str(target / "bin" / "python"), "-m", "pip"]
-        _run([*pip, "install", "--progress-bar", "off", "-c", str(CONSTRAINTS), _REQUIREMENT], out)
+        install = [*pip, "install", "--progress-bar", "off", "-c", str(CONSTRAINTS), _REQUIREMENT]
+        run_with_progress(install, out, prefix=_PREFIX)
         if not cli.is_file():
             raise InstallError(f"pip installed {_REQUIREMENT} but {cli} is missing")
-        stamp.write_text(_stamp_text())
-        print(
-            f"rolegate bench: LiteLLM ready in {time.monotonic() - started:.0f} s",
-            file=out,
-            flush=True,
-        )
+        (target / "stamp").write_text(_stamp_text())
+        print(f"{_PREFIX}LiteLLM ready in {time.monotonic() - started:.0f} s", file=out, flush=True)
         return cli
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Final, TextIO
+
+from tests.cache import BuildFailed, cache_root, run_with_progress
 
 __all__ = [
     "BINARIES",
@@ -83,13 +84,9 @@ HELM_VERSION: Final = _VERSIONS["HELM_VERSION"]
 
 
 def cache_dir() -> Path:
-    """The cache of this pin set: ``$ROLEGATE_CACHE`` (default ``$XDG_CACHE_HOME/rolegate``,
-    itself defaulting to ``~/.cache/rolegate``) joined with ``k8s-<version>``, as build.sh."""
-    root = os.environ.get("ROLEGATE_CACHE")
-    if not root:
-        xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        root = str(Path(xdg) / "rolegate")
-    return Path(root) / f"k8s-{KUBE_VERSION}"
+    """The cache of this pin set: :func:`tests.cache.cache_root` joined with
+    ``k8s-<version>``, as build.sh."""
+    return cache_root() / f"k8s-{KUBE_VERSION}"
 
 
 def bin_dir() -> Path:
@@ -136,29 +133,13 @@ def ensure_built(*, progress: TextIO | None = None) -> Path:
         return bin_dir()
     out = progress if progress is not None else sys.stderr
     print(f"rolegate: building the test control plane into {cache_dir()} ...", file=out)
-    tail: list[str] = []
-    with subprocess.Popen(
-        ["bash", str(BUILD_SCRIPT)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        bufsize=1,
-    ) as proc:
-        assert proc.stdout is not None
-        try:
-            for line in proc.stdout:
-                out.write(line)
-                out.flush()
-                tail = [*tail[-39:], line]
-            proc.wait()
-        except BaseException:
-            proc.terminate()
-            proc.wait()
-            raise
-    if proc.returncode != 0 or not is_built():
+    try:
+        run_with_progress(["bash", str(BUILD_SCRIPT)], out, prefix="")
+    except BuildFailed as failed:
+        raise BuildError(f"{BUILD_SCRIPT} failed; run it by hand to see more. {failed}") from None
+    if not is_built():
         raise BuildError(
-            f"{BUILD_SCRIPT} exited with {proc.returncode} and the cache at {cache_dir()} is "
-            f"incomplete; run it by hand to see why. Last output:\n{''.join(tail)}"
+            f"{BUILD_SCRIPT} finished but the cache at {cache_dir()} is incomplete; "
+            "run it by hand to see why"
         )
     return bin_dir()

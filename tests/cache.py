@@ -1,0 +1,99 @@
+"""The build cache shared by the tests, the demo and the benchmark.
+
+Owns the cache root (``$ROLEGATE_CACHE``, else ``$XDG_CACHE_HOME/rolegate``, else
+``~/.cache/rolegate``) and the mechanism every expensive build under it uses: an exclusive
+file lock per entry, a ``stamp`` file written last (so an interrupted build never looks
+complete), and subprocesses whose output is passed on as progress while they run.
+Entries: ``k8s-<version>/`` (tests/cluster/build.sh), ``litellm-<version>/``
+(bench/litellm_env.py), ``llama-cpp-python-<version>/`` (tests/llama/env.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TextIO
+
+__all__ = ["BuildFailed", "cache_root", "locked", "run_with_progress", "stamped"]
+
+
+class BuildFailed(RuntimeError):
+    """A build step exited non-zero; the message holds the command and its last lines."""
+
+
+def cache_root() -> Path:
+    """``$ROLEGATE_CACHE``, else ``$XDG_CACHE_HOME/rolegate``, else ``~/.cache/rolegate``."""
+    root = os.environ.get("ROLEGATE_CACHE")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "rolegate"
+
+
+@contextlib.contextmanager
+def locked(entry: Path) -> Iterator[None]:
+    """Hold ``<entry>.lock`` exclusively (blocking), so two runs never build one entry."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with entry.with_name(f"{entry.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def stamped(entry: Path, text: str) -> bool:
+    """Whether ``<entry>/stamp`` holds exactly ``text`` (the build finished for these pins)."""
+    try:
+        return (entry / "stamp").read_text() == text
+    except OSError:
+        return False
+
+
+def run_with_progress(
+    argv: Sequence[str],
+    out: TextIO | None = None,
+    *,
+    prefix: str,
+    show: Callable[[str], str | None] = lambda line: line,
+    env: Mapping[str, str] | None = None,
+) -> None:
+    """Run ``argv``, writing ``prefix`` plus what ``show`` makes of each output line to ``out``
+    (default stderr) as it comes; ``show`` returns None to hide a line. On any exception
+    (KeyboardInterrupt too) the command is terminated before it propagates.
+
+    Raises:
+        BuildFailed: the command exited non-zero (the message holds its last 30 lines,
+            hidden ones included).
+        OSError: the command cannot be started.
+    """
+    out = out or sys.stderr
+    print(f"{prefix}$ {' '.join(argv)}", file=out, flush=True)
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        errors="replace",
+        bufsize=1,
+        env=None if env is None else dict(env),
+    )
+    assert proc.stdout is not None
+    tail: list[str] = []
+    try:
+        for line in proc.stdout:
+            tail = [*tail[-29:], line.rstrip()]
+            shown = show(line.rstrip())
+            if shown is not None:
+                print(f"{prefix}{shown}", file=out, flush=True)
+        proc.wait()
+    except BaseException:  # Ctrl-C included: the build stops with us
+        proc.terminate()
+        proc.wait()
+        raise
+    if proc.returncode != 0:
+        lines = "\n".join(tail)
+        raise BuildFailed(f"{' '.join(argv)} exited with {proc.returncode}:\n{lines}")
