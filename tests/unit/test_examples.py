@@ -10,7 +10,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def test_lightrag_roles_load() -> None:
-    config = load_manifests(EXAMPLES)
+    config = load_manifests(EXAMPLES / "lightrag")
     roles = {r.name: r for r in config.roles}
     assert sorted(roles) == ["extract", "keyword", "query", "vlm"]
     assert all(r.upstream.base_url == "https://api.openai.com/v1" for r in roles.values())
@@ -19,6 +19,17 @@ def test_lightrag_roles_load() -> None:
 
 def test_env_secret_overrides_the_placeholder() -> None:
     config = load_manifests(
-        EXAMPLES, env_secrets=True, environ={"OPENAI_CREDS_API_KEY": "sk-from-env"}
+        EXAMPLES / "lightrag", env_secrets=True, environ={"OPENAI_CREDS_API_KEY": "sk-from-env"}
     )
     assert {v for r in config.roles for v in r.upstream.credentials.values()} == {"sk-from-env"}
+
+
+def test_local_roles_are_the_same_roles_on_the_demo_server() -> None:
+    local = {r.name: r for r in load_manifests(EXAMPLES / "local").roles}
+    remote = {r.name: r for r in load_manifests(EXAMPLES / "lightrag").roles}
+    assert sorted(local) == sorted(remote)
+    assert {r.upstream.base_url for r in local.values()} == {"http://127.0.0.1:8001/v1"}
+    assert {r.upstream.model for r in local.values()} == {"tiny-a"}
+    assert {v for r in local.values() for v in r.upstream.credentials.values()} == {"sk-local-demo"}
+    for name, role in local.items():
+        assert role.limits.max_async == remote[name].limits.max_async, name
