@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: venv lint test test-fast cluster crd gateway bench clean
+.PHONY: venv lint test test-fast cluster llama demo crd gateway bench clean
 
 $(STAMP): pyproject.toml
 	@echo ">> creating $(VENV) and installing rolegate[dev]"
@@ -22,13 +22,22 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/mypy bench
+	$(VENV)/bin/mypy bench demo
 
 cluster:
 	bash tests/cluster/build.sh
 
+# llama.cpp's OpenAI-compatible server, compiled once (3-5 min) into ~/.cache/rolegate/.
+llama: venv
+	$(PY) -m tests.llama.env
+
+# Everything on this machine, from nothing: control plane, operator, gateway, llama.cpp
+# server, LightRAG's roles, chat and a live rebind. KEEP=1 leaves it running until Ctrl-C.
+demo: venv
+	$(PY) -m demo $(if $(KEEP),--keep)
+
 # The whole suite: lint, then unit, integration (real kube-apiserver) and e2e tests.
-test: venv cluster lint
+test: venv cluster llama lint
 	$(PY) -m pytest
 
 # Without the Kubernetes control plane: unit tests and the gateway's own integration tests.
@@ -39,9 +48,9 @@ test-fast: venv
 crd: venv
 	$(VENV)/bin/rolegate-operator crd > crds/llmroles.rolegate.dev.yaml
 
-# Serve examples/ standalone on 127.0.0.1:8080 (export OPENAI_CREDS_API_KEY first).
+# Serve examples/lightrag/ standalone on 127.0.0.1:8080 (export OPENAI_CREDS_API_KEY first).
 gateway: venv
-	$(VENV)/bin/rolegate-gateway --manifests examples/ --env-secrets
+	$(VENV)/bin/rolegate-gateway --manifests examples/lightrag/ --env-secrets
 
 # Benchmark against a direct call and LiteLLM's proxy (a few minutes; LiteLLM's virtualenv
 # is built under ~/.cache/rolegate/ the first time); writes bench/results/<date>.{json,md,png}.

@@ -16,11 +16,33 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
+from tests.cluster.harness import ControlPlane
 from tests.cluster.processes import Component, free_ports
 
-__all__ = ["GatewayProcess", "OperatorProcess"]
+__all__ = ["CRDS", "LLMROLE_CRD", "GatewayProcess", "OperatorProcess", "install_crd"]
+
+CRDS: Final = Path(__file__).resolve().parents[1] / "crds"
+LLMROLE_CRD: Final = "llmroles.rolegate.dev"
+
+
+def install_crd(plane: ControlPlane) -> str:
+    """Apply crds/ to ``plane`` and wait until the LLMRole CRD is Established and ``kubectl
+    explain`` finds it (the OpenAPI schema is published a little later); returns its name.
+
+    Raises:
+        tests.cluster.harness.CommandError: kubectl failed.
+        TimeoutError: the CRD was not served within 60 s.
+    """
+    plane.kubectl(["apply", "-f", str(CRDS)])
+    plane.kubectl(["wait", "--for=condition=Established", f"crd/{LLMROLE_CRD}", "--timeout=60s"])
+    plane.wait_for(
+        "kubectl explain llmroles",
+        lambda: plane.kubectl(["explain", LLMROLE_CRD], check=False).returncode == 0,
+        timeout_s=60,
+    )
+    return LLMROLE_CRD
 
 
 def _env() -> dict[str, str]:
@@ -81,10 +103,17 @@ class OperatorProcess(Component):
 
 
 class GatewayProcess(Component):
-    """``rolegate-gateway --config-secret NAMESPACE/NAME`` on a free loopback port."""
+    """``rolegate-gateway --config-secret NAMESPACE/NAME`` on a loopback port (0: a free one)."""
 
     def __init__(
-        self, *, kubeconfig: Path, config_secret: str, log_path: Path, drain_grace_s: float = 5
+        self,
+        *,
+        kubeconfig: Path,
+        config_secret: str,
+        log_path: Path,
+        drain_grace_s: float = 5,
+        port: int = 0,
+        log_level: str = "debug",
     ) -> None:
         argv = [
             sys.executable,
@@ -95,11 +124,11 @@ class GatewayProcess(Component):
             "--kubeconfig",
             str(kubeconfig),
             "--port",
-            "0",
+            str(port),
             "--drain-grace",
             str(drain_grace_s),
             "--log-level",
-            "debug",
+            log_level,
         ]
         super().__init__("gateway", argv, log_path=log_path, env=_env())
         self.url = ""

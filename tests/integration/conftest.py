@@ -12,7 +12,6 @@ control plane (cluster-scoped, so once per plane and session).
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
@@ -28,6 +27,7 @@ from tests.cluster.fixtures import (
     pytest_configure,
 )
 from tests.cluster.harness import ControlPlane
+from tests.stack import LLMROLE_CRD, install_crd
 
 __all__ = [
     "cluster",
@@ -43,9 +43,6 @@ __all__ = [
     "pytest_configure",
 ]
 
-CRDS = Path(__file__).resolve().parents[2] / "crds"
-LLMROLE_CRD = "llmroles.rolegate.dev"
-
 
 @pytest.fixture(scope="session")
 def install_llmrole_crd() -> Callable[[ControlPlane], str]:
@@ -57,15 +54,7 @@ def install_llmrole_crd() -> Callable[[ControlPlane], str]:
 
     def install(plane: ControlPlane) -> str:
         if id(plane) not in done:
-            plane.kubectl(["apply", "-f", str(CRDS)])
-            plane.kubectl(
-                ["wait", "--for=condition=Established", f"crd/{LLMROLE_CRD}", "--timeout=60s"]
-            )
-            plane.wait_for(
-                "kubectl explain llmroles",
-                lambda: plane.kubectl(["explain", LLMROLE_CRD], check=False).returncode == 0,
-                timeout_s=60,
-            )
+            install_crd(plane)
             done.add(id(plane))
         return LLMROLE_CRD
 

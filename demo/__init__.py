@@ -1,0 +1,1 @@
+"""``make demo``: the whole of rolegate on this machine, from nothing (see :mod:`demo.run`)."""
