@@ -1,4 +1,4 @@
-"""``make demo``: rolegate end to end on this machine, from nothing, in about 20 seconds warm.
+"""``make demo``: rolegate end to end on this machine, from nothing (15 s once built).
 
 It builds what is missing (the pinned Kubernetes binaries and llama.cpp's server, both cached
 under ``~/.cache/rolegate/``, with progress), then starts on 127.0.0.1: a real control plane
@@ -67,7 +67,10 @@ class Say:
 
 
 def _port_free(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:``port`` (with SO_REUSEADDR, as uvicorn and
+    aiohttp do, so a just-closed server's TIME_WAIT connections do not count)."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError as exc:
@@ -113,30 +116,34 @@ def _build(say: Say) -> None:
     if binaries.is_built():
         say(f"Kubernetes {binaries.KUBE_VERSION} binaries: cached in {binaries.cache_dir()}")
     else:
-        say(f"Kubernetes {binaries.KUBE_VERSION} binaries: building (once, ~7-30 min) ...")
+        say(f"Kubernetes {binaries.KUBE_VERSION} binaries: building (once, ~7 min on 2 cores) ...")
         binaries.ensure_built(progress=sys.stdout)
     if env.is_built():
         say(f"llama.cpp server (llama-cpp-python {env.VERSION}): cached in {env.home()}")
     else:
-        say(f"llama.cpp server (llama-cpp-python {env.VERSION}): building (once, 3-5 min) ...")
+        say(f"llama.cpp server (llama-cpp-python {env.VERSION}): building (once, ~3 min) ...")
         env.ensure(sys.stdout)
 
 
-def _run(args: argparse.Namespace, say: Say, stack: contextlib.ExitStack) -> int:
+def _check_ports(args: argparse.Namespace) -> None:
     for port, flag in ((args.gateway_port, "--gateway-port"), (args.model_port, "--model-port")):
         if not _port_free(port):
             raise DemoFailed(f"port {port} on 127.0.0.1 is in use: free it or pass {flag} N")
+
+
+def _run(args: argparse.Namespace, say: Say, stack: contextlib.ExitStack) -> int:
     _build(say)
     workdir = Path(tempfile.mkdtemp(prefix="rolegate-demo-"))
-    ok = False
+    failed = False
 
-    def clean_up() -> None:
-        if ok:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
+    def clean_up(kind: type[BaseException] | None, *_: object) -> None:
+        """Remove the models and logs, unless something failed (then say where they are)."""
+        if failed or (kind is not None and not issubclass(kind, KeyboardInterrupt)):
             print(f"  logs kept in {workdir}", file=sys.stderr, flush=True)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
-    stack.callback(clean_up)
+    stack.push(clean_up)
     models = {
         alias: write_model(workdir / f"{alias}.gguf", seed=seed) for alias, seed in MODELS.items()
     }
@@ -224,8 +231,8 @@ def _run(args: argparse.Namespace, say: Say, stack: contextlib.ExitStack) -> int
         with contextlib.suppress(KeyboardInterrupt):
             while True:
                 signal.pause()
-    ok = not result.failed
-    return 0 if ok else 1
+    failed = result.failed > 0
+    return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -236,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 1
     with sigterm_raises_interrupt():
         try:
+            _check_ports(args)
             with contextlib.ExitStack() as stack:
                 try:
                     status = _run(args, say, stack)

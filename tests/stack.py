@@ -1,4 +1,5 @@
-"""rolegate's own processes for tests: the operator and the gateway, run as a user runs them.
+"""rolegate's own processes for tests: the operator and the gateway, run as a user runs them,
+and :class:`Stack`, the two of them serving one namespace of a control plane.
 
 Each is a :class:`~tests.cluster.processes.Component` (own session, log file, SIGTERM then
 SIGKILL on stop) started with the installed console scripts' modules, so what a test sees
@@ -7,6 +8,9 @@ is what ``rolegate-operator run`` and ``rolegate-gateway --config-secret`` do.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
 import json
 import os
 import re
@@ -14,14 +18,32 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
+import openai
+
+from rolegate_gateway.config import GatewayConfig
 from tests.cluster.harness import ControlPlane
 from tests.cluster.processes import Component, free_ports
+from tests.fakes import manifests as m
 
-__all__ = ["CRDS", "LLMROLE_CRD", "GatewayProcess", "OperatorProcess", "install_crd"]
+if TYPE_CHECKING:
+    from tests.cluster.fixtures import Kubectl
+
+__all__ = [
+    "CONFIG",
+    "CRDS",
+    "LLMROLE_CRD",
+    "GatewayProcess",
+    "OperatorProcess",
+    "Stack",
+    "eventually",
+    "install_crd",
+    "running_stack",
+]
 
 CRDS: Final = Path(__file__).resolve().parents[1] / "crds"
 LLMROLE_CRD: Final = "llmroles.rolegate.dev"
@@ -150,3 +172,128 @@ class GatewayProcess(Component):
         """GET /status."""
         report: dict[str, Any] = get_json(f"{self.url}/status")
         return report
+
+
+#: The config Secret's name in a :class:`Stack`'s namespace.
+CONFIG: Final = "gw-config"
+
+
+async def eventually(check: Callable[[], Awaitable[object]], *, timeout_s: float = 30) -> None:
+    """Poll an async ``check`` until it returns something true; TimeoutError past the bound."""
+    async with asyncio.timeout(timeout_s):
+        while not await check():  # noqa: ASYNC110 - polling the API server and the gateway
+            await asyncio.sleep(0.1)
+
+
+@dataclass
+class Stack:
+    """One namespace with its operator and gateway processes."""
+
+    kubectl: Kubectl
+    namespace: str
+    operator: OperatorProcess
+    gateway: GatewayProcess
+    cluster: ControlPlane
+    tmp: Path
+
+    async def run(self, *args: str, check: bool = True) -> str:
+        """kubectl off the event loop (the fake upstreams live on it)."""
+        done = await asyncio.to_thread(self.kubectl, *args, check=check)
+        return done.stdout + done.stderr
+
+    async def apply(self, *docs: dict[str, Any]) -> str:
+        """``kubectl apply -f`` of ``docs`` (namespaced to the test's namespace)."""
+        for doc in docs:
+            doc["metadata"]["namespace"] = self.namespace
+        path = m.write(self.tmp / "apply.yaml", *docs)
+        return await self.run("apply", "-f", str(path))
+
+    async def role(self, name: str) -> dict[str, Any]:
+        body: dict[str, Any] = json.loads(await self.run("get", "llmrole", name, "-o", "json"))
+        return body
+
+    async def condition(self, name: str, kind: str) -> tuple[str, str]:
+        status = (await self.role(name)).get("status") or {}
+        for cond in status.get("conditions", []):
+            if cond["type"] == kind:
+                return cond["status"], cond["reason"]
+        return "", ""
+
+    async def wait_condition(
+        self, name: str, kind: str, want: tuple[str, str], timeout_s: float = 30
+    ) -> None:
+        async def reached() -> bool:
+            return await self.condition(name, kind) == want
+
+        await eventually(reached, timeout_s=timeout_s)
+
+    async def config(self) -> GatewayConfig | None:
+        found = await asyncio.to_thread(
+            self.kubectl, "get", "secret", CONFIG, "-o", "json", check=False
+        )
+        if found.returncode != 0:
+            return None
+        data = json.loads(found.stdout)["data"]["config.json"]
+        return GatewayConfig.from_wire(base64.b64decode(data))
+
+    async def served(self) -> list[str]:
+        return sorted(await asyncio.to_thread(lambda: self.gateway.status()["roles"]))
+
+    async def wait_served(self, names: list[str], timeout_s: float = 30) -> None:
+        async def served() -> bool:
+            return await self.served() == sorted(names)
+
+        await eventually(served, timeout_s=timeout_s)
+
+    def sdk(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(
+            base_url=f"{self.gateway.url}/v1", api_key="unused", max_retries=0, timeout=30
+        )
+
+    async def versions(self) -> dict[str, str]:
+        """resourceVersion of every LLMRole and Secret in the namespace."""
+        out = {}
+        for kind in ("llmroles", "secrets"):
+            items = json.loads(await self.run("get", kind, "-o", "json"))["items"]
+            for item in items:
+                out[f"{kind}/{item['metadata']['name']}"] = item["metadata"]["resourceVersion"]
+        return out
+
+
+@contextlib.asynccontextmanager
+async def running_stack(
+    cluster: ControlPlane,
+    namespace: str,
+    kubectl: Kubectl,
+    tmp_path: Path,
+    *,
+    operator_args: Sequence[str] = (),
+) -> AsyncIterator[Stack]:
+    """An operator for ``namespace`` writing Secret :data:`CONFIG` there, and a gateway
+    serving it, both live; stopped on exit. Logs go to ``tmp_path``.
+
+    Raises:
+        TimeoutError: the operator's liveness probe or the gateway did not come up in 30 s.
+        tests.cluster.processes.ComponentDied: one of them exited (its log tail attached).
+    """
+    operator = OperatorProcess(
+        kubeconfig=cluster.kubeconfig,
+        namespaces=[namespace],
+        config_secret=f"{namespace}/{CONFIG}",
+        log_path=tmp_path / "operator.log",
+        extra=operator_args,
+    )
+    gateway = GatewayProcess(
+        kubeconfig=cluster.kubeconfig,
+        config_secret=f"{namespace}/{CONFIG}",
+        log_path=tmp_path / "gateway.log",
+    )
+    operator.start()
+    gateway.start()
+    try:
+        await asyncio.to_thread(operator.wait_live)
+        await asyncio.to_thread(gateway.wait_serving)
+        yield Stack(kubectl, namespace, operator, gateway, cluster, tmp_path)
+    finally:
+        gateway.stop()
+        operator.stop()

@@ -151,8 +151,15 @@ class ReloadReport:
     resized: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready, empty fields left out."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, ())}
+        """JSON-ready with camelCase keys, as the rest of /status; empty fields left out."""
+        return {
+            _camel(k): v for k, v in dataclasses.asdict(self).items() if v not in (None, ())
+        }
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
 
 
 def _now() -> str:

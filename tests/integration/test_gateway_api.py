@@ -206,6 +206,7 @@ async def test_health_ready_status_and_metrics(
     assert role["queue"]["completed_total"] == 1
     assert status["config"]["hash"] == gateway.runtime.config_hash
     assert status["lastReload"]["outcome"] == "applied"
+    assert status["lastReload"]["configHash"] == gateway.runtime.config_hash
     line = (
         'rolegate_requests_total{binding="vllm",code="200",model="tiny-a",'
         'namespace="default",role="extract"} 1.0'

@@ -13,7 +13,6 @@ import contextlib
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,120 +25,19 @@ from tests.cluster.fixtures import Kubectl
 from tests.cluster.harness import ControlPlane
 from tests.conftest import Upstream
 from tests.fakes import manifests as m
-from tests.stack import GatewayProcess, OperatorProcess
+from tests.stack import CONFIG, OperatorProcess, Stack, eventually, running_stack
 
 KEY = "sk-OPERATOR-7f3c9a41d2"
 ROTATED = "sk-ROTATED-0be21c77e5"
-CONFIG = "gw-config"
-
-
-async def eventually(check: Callable[[], Awaitable[object]], *, timeout_s: float = 30) -> None:
-    """Poll an async ``check`` until it returns something true; TimeoutError past the bound."""
-    async with asyncio.timeout(timeout_s):
-        while not await check():  # noqa: ASYNC110 - polling the API server and the gateway
-            await asyncio.sleep(0.1)
-
-
-@dataclass
-class Stack:
-    """One namespace with its operator and gateway processes."""
-
-    kubectl: Kubectl
-    namespace: str
-    operator: OperatorProcess
-    gateway: GatewayProcess
-    cluster: ControlPlane
-    tmp: Path
-
-    async def run(self, *args: str, check: bool = True) -> str:
-        """kubectl off the event loop (the fake upstreams live on it)."""
-        done = await asyncio.to_thread(self.kubectl, *args, check=check)
-        return done.stdout + done.stderr
-
-    async def apply(self, *docs: dict[str, Any]) -> str:
-        """``kubectl apply -f`` of ``docs`` (namespaced to the test's namespace)."""
-        for doc in docs:
-            doc["metadata"]["namespace"] = self.namespace
-        path = m.write(self.tmp / "apply.yaml", *docs)
-        return await self.run("apply", "-f", str(path))
-
-    async def role(self, name: str) -> dict[str, Any]:
-        body: dict[str, Any] = json.loads(await self.run("get", "llmrole", name, "-o", "json"))
-        return body
-
-    async def condition(self, name: str, kind: str) -> tuple[str, str]:
-        status = (await self.role(name)).get("status") or {}
-        for cond in status.get("conditions", []):
-            if cond["type"] == kind:
-                return cond["status"], cond["reason"]
-        return "", ""
-
-    async def wait_condition(
-        self, name: str, kind: str, want: tuple[str, str], timeout_s: float = 30
-    ) -> None:
-        async def reached() -> bool:
-            return await self.condition(name, kind) == want
-
-        await eventually(reached, timeout_s=timeout_s)
-
-    async def config(self) -> GatewayConfig | None:
-        found = await asyncio.to_thread(
-            self.kubectl, "get", "secret", CONFIG, "-o", "json", check=False
-        )
-        if found.returncode != 0:
-            return None
-        data = json.loads(found.stdout)["data"]["config.json"]
-        return GatewayConfig.from_wire(base64.b64decode(data))
-
-    async def served(self) -> list[str]:
-        return sorted(await asyncio.to_thread(lambda: self.gateway.status()["roles"]))
-
-    async def wait_served(self, names: list[str], timeout_s: float = 30) -> None:
-        async def served() -> bool:
-            return await self.served() == sorted(names)
-
-        await eventually(served, timeout_s=timeout_s)
-
-    def sdk(self) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(
-            base_url=f"{self.gateway.url}/v1", api_key="unused", max_retries=0, timeout=30
-        )
-
-    async def versions(self) -> dict[str, str]:
-        """resourceVersion of every LLMRole and Secret in the namespace."""
-        out = {}
-        for kind in ("llmroles", "secrets"):
-            items = json.loads(await self.run("get", kind, "-o", "json"))["items"]
-            for item in items:
-                out[f"{kind}/{item['metadata']['name']}"] = item["metadata"]["resourceVersion"]
-        return out
 
 
 @pytest.fixture
 async def stack(
     cluster: ControlPlane, namespace: str, kubectl: Kubectl, llmrole_crd: None, tmp_path: Path
 ) -> AsyncIterator[Stack]:
-    operator = OperatorProcess(
-        kubeconfig=cluster.kubeconfig,
-        namespaces=[namespace],
-        config_secret=f"{namespace}/{CONFIG}",
-        log_path=tmp_path / "operator.log",
-        extra=["--log-level", "debug", "--resync-interval", "1"],
-    )
-    gateway = GatewayProcess(
-        kubeconfig=cluster.kubeconfig,
-        config_secret=f"{namespace}/{CONFIG}",
-        log_path=tmp_path / "gateway.log",
-    )
-    operator.start()
-    gateway.start()
-    try:
-        await asyncio.to_thread(operator.wait_live)
-        await asyncio.to_thread(gateway.wait_serving)
-        yield Stack(kubectl, namespace, operator, gateway, cluster, tmp_path)
-    finally:
-        gateway.stop()
-        operator.stop()
+    extra = ["--log-level", "debug", "--resync-interval", "1"]
+    async with running_stack(cluster, namespace, kubectl, tmp_path, operator_args=extra) as up:
+        yield up
 
 
 def creds(key: str = KEY, name: str = "llm-creds") -> dict[str, Any]:
