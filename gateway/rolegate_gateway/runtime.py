@@ -152,9 +152,7 @@ class ReloadReport:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready with camelCase keys, as the rest of /status; empty fields left out."""
-        return {
-            _camel(k): v for k, v in dataclasses.asdict(self).items() if v not in (None, ())
-        }
+        return {_camel(k): v for k, v in dataclasses.asdict(self).items() if v not in (None, ())}
 
 
 def _camel(name: str) -> str:
