@@ -34,7 +34,7 @@ import pytest
 from tests.cluster import binaries
 from tests.cluster.harness import ControlPlane
 
-__all__ = ["Helm", "Kubectl"]
+__all__ = ["Helm", "Kubectl", "capture_suspended"]
 
 _CLUSTER_FIXTURES: Final = frozenset(
     {"control_plane", "full_control_plane", "cluster", "namespace", "kubectl", "helm"}
@@ -59,17 +59,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.cluster)
 
 
+def capture_suspended(config: pytest.Config) -> contextlib.AbstractContextManager[None]:
+    """Output capture off for the block, so a long build's progress reaches the terminal."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is None:
+        return contextlib.nullcontext()
+    suspended: contextlib.AbstractContextManager[None] = capture.global_and_fixture_disabled()
+    return suspended
+
+
 @pytest.fixture(scope="session")
 def k8s_bin_dir(pytestconfig: pytest.Config) -> Path:
     """The directory of the pinned binaries, built first (progress on the terminal) if needed."""
     if not binaries.is_built():
-        capture = pytestconfig.pluginmanager.getplugin("capturemanager")
-        suspended = (
-            capture.global_and_fixture_disabled()
-            if capture is not None
-            else contextlib.nullcontext()
-        )
-        with suspended:
+        with capture_suspended(pytestconfig):
             binaries.ensure_built()
     return binaries.bin_dir()
 

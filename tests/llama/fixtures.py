@@ -7,13 +7,13 @@ models; ``llama_server`` serves both, for the whole session, behind :data:`API_K
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
 import pytest
 
+from tests.cluster.fixtures import capture_suspended
 from tests.llama import env
 from tests.llama.model import write_model
 from tests.llama.server import LlamaServer
@@ -30,13 +30,7 @@ API_KEY: Final = "sk-LLAMA-5e0c2a9b17"
 def llama_python(pytestconfig: pytest.Config) -> Path:
     """The llama.cpp server's interpreter, built first when missing (3-5 minutes)."""
     if not env.is_built():
-        capture = pytestconfig.pluginmanager.getplugin("capturemanager")
-        suspended = (
-            capture.global_and_fixture_disabled()
-            if capture is not None
-            else contextlib.nullcontext()
-        )
-        with suspended:
+        with capture_suspended(pytestconfig):
             env.ensure()
     return env.python()
 
