@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -54,6 +55,22 @@ REBOUND_ROLE: Final = "query"
 
 class DemoFailed(RuntimeError):
     """A step of the demo failed; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Running:
+    """What :func:`_start` started: the control plane, the work directory (models, logs)
+    and the gateway; ``outcome["failed"]`` keeps the logs at the stop."""
+
+    plane: ControlPlane
+    workdir: Path
+    gateway: GatewayProcess
+    outcome: dict[str, bool]
+
+    @property
+    def base_url(self) -> str:
+        """The gateway's OpenAI base URL."""
+        return f"{self.gateway.url}/v1"
 
 
 class Say:
@@ -131,14 +148,15 @@ def _check_ports(args: argparse.Namespace) -> None:
             raise DemoFailed(f"port {port} on 127.0.0.1 is in use: free it or pass {flag} N")
 
 
-def _run(args: argparse.Namespace, say: Say, stack: contextlib.ExitStack) -> int:
+def _start(args: argparse.Namespace, say: Say, stack: contextlib.ExitStack) -> Running:
+    """Build what is missing, then start everything, registering each stop on ``stack``."""
     _build(say)
     workdir = Path(tempfile.mkdtemp(prefix="rolegate-demo-"))
-    failed = False
+    outcome = {"failed": False}
 
     def clean_up(kind: type[BaseException] | None, *_: object) -> None:
         """Remove the models and logs, unless something failed (then say where they are)."""
-        if failed or (kind is not None and not issubclass(kind, KeyboardInterrupt)):
+        if outcome["failed"] or (kind is not None and not issubclass(kind, KeyboardInterrupt)):
             print(f"  logs kept in {workdir}", file=sys.stderr, flush=True)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -186,12 +204,19 @@ def _run(args: argparse.Namespace, say: Say, stack: contextlib.ExitStack) -> int
     say(f"gateway on {base_url}, watching that Secret")
     print(f"  kubeconfig: {plane.kubeconfig}", flush=True)
     print(f"  gateway:    {base_url}", flush=True)
+    return Running(plane, workdir, gateway, outcome)
 
-    print(_kubectl(plane, "apply", "-f", str(_manifests(workdir, args.model_port))), flush=True)
+
+def _exercise(args: argparse.Namespace, say: Say, running: Running) -> int:
+    """Apply the roles, chat, stream and rebind under load (then wait, with ``--keep``);
+    returns the exit status."""
+    plane, base_url = running.plane, running.base_url
+    manifests = _manifests(running.workdir, args.model_port)
+    print(_kubectl(plane, "apply", "-f", str(manifests)), flush=True)
     _kubectl(plane, "wait", "--for=condition=Ready", "llmrole", "--all", "--timeout=60s")
     plane.wait_for(
         "the gateway to serve the roles",
-        lambda: sorted(gateway.status()["roles"]) == sorted(ROLES),
+        lambda: sorted(running.gateway.status()["roles"]) == sorted(ROLES),
         timeout_s=30,
     )
     say(f"{len(ROLES)}/{len(ROLES)} roles Ready and served by the gateway")
@@ -231,8 +256,8 @@ def _run(args: argparse.Namespace, say: Say, stack: contextlib.ExitStack) -> int
         with contextlib.suppress(KeyboardInterrupt):
             while True:
                 signal.pause()
-    failed = result.failed > 0
-    return 1 if failed else 0
+    running.outcome["failed"] = result.failed > 0
+    return 1 if result.failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -246,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _check_ports(args)
             with contextlib.ExitStack() as stack:
                 try:
-                    status = _run(args, say, stack)
+                    status = _exercise(args, say, _start(args, say, stack))
                 finally:
                     say("stopping the gateway, operator, model server and control plane ...")
         except KeyboardInterrupt:
