@@ -62,7 +62,7 @@ def _config_hash(service: Service) -> str | None:
 
 
 def _last_reload(service: Service) -> dict[str, Any]:
-    """``lastReload`` of ``/status`` (``{"outcome", "at", "config_hash", ...}``), or {}."""
+    """``lastReload`` of ``/status`` (``{"outcome", "at", "configHash", ...}``), or {}."""
     status, body = http_get(service.url + "/status", timeout_s=5)
     return (json.loads(body).get("lastReload") or {}) if status == 200 else {}
 
@@ -132,10 +132,7 @@ def _timed_write(
         current = _config_hash(service)
         if current not in (None, before):
             last = _last_reload(service)
-            applied = last.get("outcome") == "applied" and last.get("config_hash") in (
-                None,
-                current,
-            )
+            applied = last.get("outcome") == "applied" and last.get("configHash") == current
             outcome = "applied" if applied else f"not applied: {last.get('outcome')}"
             return True
         if time.perf_counter() >= next_status:  # a refusal leaves the hash as it was

@@ -1,3 +1,5 @@
+"""``python -m demo``: see :mod:`demo.run`."""
+
 import sys
 
 from demo.run import main

@@ -1,4 +1,4 @@
-"""``make demo``: rolegate end to end on this machine, from nothing (15 s once built).
+"""``make demo``: rolegate end to end on this machine, from nothing (about 15 s once built).
 
 It builds what is missing (the pinned Kubernetes binaries and llama.cpp's server, both cached
 under ``~/.cache/rolegate/``, with progress), then starts on 127.0.0.1: a real control plane
@@ -10,7 +10,8 @@ streamed, printed as it arrives), rebinds one role to the other model while requ
 prints how many failed, then stops everything. Ctrl-C (or SIGTERM) stops everything at any
 point. ``--keep`` leaves it all running until Ctrl-C, for a person to explore.
 
-Exit status: 0 when every step worked and no request failed; 1 otherwise; 130 on Ctrl-C.
+Exit status: 0 when every step worked and no request failed; 1 otherwise (with ``--keep``:
+the same, after Ctrl-C); 130 when Ctrl-C or SIGTERM cut a run short; 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Final
 
 from demo import traffic
-from tests.cluster import binaries
+from tests.cluster import binaries, processes
 from tests.cluster.harness import ControlPlane
-from tests.cluster.processes import sigterm_raises_interrupt
+from tests.cluster.processes import signals_deferred, sigterm_raises_interrupt
 from tests.llama import env
-from tests.llama.model import write_model
+from tests.llama.model import MODELS, write_model
 from tests.llama.server import LlamaServer
 from tests.stack import GatewayProcess, OperatorProcess, install_crd
 
@@ -47,10 +47,10 @@ EXAMPLES: Final = ROOT / "examples" / "local"
 NAMESPACE: Final = "rolegate-demo"
 CONFIG_SECRET: Final = f"{NAMESPACE}/rolegate-gateway-config"
 ROLES: Final = ("extract", "keyword", "query", "vlm")
-MODELS: Final = {"tiny-a": 1, "tiny-b": 2}
 API_KEY: Final = "sk-local-demo"  # examples/local/llama-creds.yaml
 EXAMPLE_HOST: Final = "http://127.0.0.1:8001/v1"  # examples/local/roles.yaml
 REBOUND_ROLE: Final = "query"
+_TMP_PREFIX: Final = "rolegate-demo-"
 
 
 class DemoFailed(RuntimeError):
@@ -65,6 +65,7 @@ class Running:
     plane: ControlPlane
     workdir: Path
     gateway: GatewayProcess
+    model_port: int
     outcome: dict[str, bool]
 
     @property
@@ -142,26 +143,42 @@ def _build(say: Say) -> None:
         env.ensure(sys.stdout)
 
 
+def _serves(gateway: GatewayProcess, roles: Sequence[str]) -> bool:
+    """Whether the gateway serves exactly ``roles``.
+
+    Raises:
+        tests.cluster.processes.ComponentDied: the gateway exited (its log tail attached).
+    """
+    gateway.check_running()
+    return sorted(gateway.status()["roles"]) == sorted(roles)
+
+
 def _check_ports(args: argparse.Namespace) -> None:
+    """Refuse ports that are taken, or the same port twice (0, any free port, is fine)."""
+    if args.gateway_port and args.gateway_port == args.model_port:
+        raise DemoFailed("--gateway-port and --model-port must differ")
     for port, flag in ((args.gateway_port, "--gateway-port"), (args.model_port, "--model-port")):
-        if not _port_free(port):
+        if port and not _port_free(port):
             raise DemoFailed(f"port {port} on 127.0.0.1 is in use: free it or pass {flag} N")
 
 
 def _start(args: argparse.Namespace, say: Say, stack: contextlib.ExitStack) -> Running:
     """Build what is missing, then start everything, registering each stop on ``stack``."""
     _build(say)
-    workdir = Path(tempfile.mkdtemp(prefix="rolegate-demo-"))
+    processes.sweep_orphaned_dirs(_TMP_PREFIX)  # of demos that were SIGKILLed
+    workdir = processes.owned_tmp_dir(_TMP_PREFIX)
     outcome = {"failed": False}
 
     def clean_up(kind: type[BaseException] | None, *_: object) -> None:
         """Remove the models and logs, unless something failed (then say where they are)."""
         if outcome["failed"] or (kind is not None and not issubclass(kind, KeyboardInterrupt)):
+            processes.disown_dir(workdir)
             print(f"  logs kept in {workdir}", file=sys.stderr, flush=True)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
     stack.push(clean_up)
+    say(f"work directory (models, logs): {workdir}")
     models = {
         alias: write_model(workdir / f"{alias}.gguf", seed=seed) for alias, seed in MODELS.items()
     }
@@ -204,19 +221,19 @@ def _start(args: argparse.Namespace, say: Say, stack: contextlib.ExitStack) -> R
     say(f"gateway on {base_url}, watching that Secret")
     print(f"  kubeconfig: {plane.kubeconfig}", flush=True)
     print(f"  gateway:    {base_url}", flush=True)
-    return Running(plane, workdir, gateway, outcome)
+    return Running(plane, workdir, gateway, server.port, outcome)
 
 
 def _exercise(args: argparse.Namespace, say: Say, running: Running) -> int:
     """Apply the roles, chat, stream and rebind under load (then wait, with ``--keep``);
     returns the exit status."""
     plane, base_url = running.plane, running.base_url
-    manifests = _manifests(running.workdir, args.model_port)
+    manifests = _manifests(running.workdir, running.model_port)
     print(_kubectl(plane, "apply", "-f", str(manifests)), flush=True)
     _kubectl(plane, "wait", "--for=condition=Ready", "llmrole", "--all", "--timeout=60s")
     plane.wait_for(
         "the gateway to serve the roles",
-        lambda: sorted(running.gateway.status()["roles"]) == sorted(ROLES),
+        lambda: _serves(running.gateway, ROLES),
         timeout_s=30,
     )
     say(f"{len(ROLES)}/{len(ROLES)} roles Ready and served by the gateway")
@@ -269,11 +286,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     with sigterm_raises_interrupt():
         try:
             _check_ports(args)
-            with contextlib.ExitStack() as stack:
-                try:
-                    status = _exercise(args, say, _start(args, say, stack))
-                finally:
-                    say("stopping the gateway, operator, model server and control plane ...")
+            stack = contextlib.ExitStack()
+            failure: BaseException | None = None
+            try:
+                status = _exercise(args, say, _start(args, say, stack))
+            except BaseException as exc:
+                failure = exc
+                raise
+            finally:
+                say("stopping the gateway, operator, model server and control plane ...")
+                with signals_deferred():  # a second Ctrl-C cannot cut the stop short
+                    stack.__exit__(type(failure) if failure else None, failure, None)
         except KeyboardInterrupt:
             say("interrupted: everything stopped")
             return 130

@@ -17,7 +17,15 @@ from dataclasses import dataclass, field
 
 import openai
 
-__all__ = ["RebindResult", "ask_each", "rebind_under_load", "stream_one"]
+__all__ = [
+    "RebindResult",
+    "ask_each",
+    "client",
+    "printable",
+    "rebind_under_load",
+    "say_result",
+    "stream_one",
+]
 
 PROMPTS = {
     "extract": "Extract the entities from: Ada Lovelace wrote the first program.",
@@ -86,6 +94,7 @@ class RebindResult:
 
     @property
     def failed(self) -> int:
+        """How many requests ended in an error or an incomplete answer."""
         return len(self.failures)
 
 
@@ -140,6 +149,7 @@ async def rebind_under_load(
                 model = await _one(sdk, role, streamed)
             except (openai.OpenAIError, ValueError) as exc:
                 result.failures.append(f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(0.1)  # a gateway failing fast must not be hammered
                 continue
             result.by_model[model] += 1
             if model == new_model and result.switched_after_s is None and rebound_at:
@@ -151,9 +161,15 @@ async def rebind_under_load(
             await asyncio.sleep(warmup_s)
             rebound_at = time.monotonic()
             await rebind()
-            async with asyncio.timeout(timeout_s):
-                while result.switched_after_s is None:  # noqa: ASYNC110 - set by the loops
-                    await asyncio.sleep(0.05)
+            try:
+                async with asyncio.timeout(timeout_s):
+                    while result.switched_after_s is None:  # noqa: ASYNC110 - set by the loops
+                        await asyncio.sleep(0.05)
+            except TimeoutError:
+                raise TimeoutError(
+                    f"{new_model} did not answer role {role} within {timeout_s:.0f} s of the "
+                    f"rebind ({result.sent} requests, {result.failed} failed)"
+                ) from None
             await asyncio.sleep(settle_s)
         finally:
             stop.set()

@@ -2,8 +2,9 @@
 
 Owns the cache root (``$ROLEGATE_CACHE``, else ``$XDG_CACHE_HOME/rolegate``, else
 ``~/.cache/rolegate``) and the mechanism every expensive build under it uses: an exclusive
-file lock per entry, a ``stamp`` file written last (so an interrupted build never looks
-complete), and subprocesses whose output is passed on as progress while they run.
+file lock per entry (so two runs never build one entry at once), a stamp written last (so an
+interrupted build never looks complete), and subprocesses whose output is passed on as
+progress while they run.
 Entries: ``k8s-<version>/`` (tests/cluster/build.sh), ``litellm-<version>/``
 (bench/litellm_env.py), ``llama-cpp-python-<version>/`` (tests/llama/env.py).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -52,6 +54,18 @@ def stamped(entry: Path, text: str) -> bool:
         return False
 
 
+def _stop_group(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM ``proc``'s process group, then SIGKILL it if it is not gone within 10 s."""
+    for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, None)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def run_with_progress(
     argv: Sequence[str],
     out: TextIO | None = None,
@@ -61,8 +75,10 @@ def run_with_progress(
     env: Mapping[str, str] | None = None,
 ) -> None:
     """Run ``argv``, writing ``prefix`` plus what ``show`` makes of each output line to ``out``
-    (default stderr) as it comes; ``show`` returns None to hide a line. On any exception
-    (KeyboardInterrupt too) the command is terminated before it propagates.
+    (default stderr) as it comes; ``show`` returns None to hide a line. The command runs in
+    a session of its own; on any exception (KeyboardInterrupt too) its whole process group
+    (the compilers a build started included) gets SIGTERM, then SIGKILL after 10 s, before
+    the exception propagates.
 
     Raises:
         BuildFailed: the command exited non-zero (the message holds its last 30 lines,
@@ -80,6 +96,7 @@ def run_with_progress(
         errors="replace",
         bufsize=1,
         env=None if env is None else dict(env),
+        start_new_session=True,
     )
     assert proc.stdout is not None
     tail: list[str] = []
@@ -91,8 +108,7 @@ def run_with_progress(
                 print(f"{prefix}{shown}", file=out, flush=True)
         proc.wait()
     except BaseException:  # Ctrl-C included: the build stops with us
-        proc.terminate()
-        proc.wait()
+        _stop_group(proc)
         raise
     if proc.returncode != 0:
         lines = "\n".join(tail)

@@ -202,17 +202,24 @@ class Stack:
         return done.stdout + done.stderr
 
     async def apply(self, *docs: dict[str, Any]) -> str:
-        """``kubectl apply -f`` of ``docs`` (namespaced to the test's namespace)."""
+        """``kubectl apply -f`` of ``docs``, each one's namespace set to the stack's (in
+        place), written to ``<tmp>/apply.yaml`` first; returns kubectl's output.
+
+        Raises:
+            tests.cluster.harness.CommandError: kubectl refused them.
+        """
         for doc in docs:
             doc["metadata"]["namespace"] = self.namespace
         path = m.write(self.tmp / "apply.yaml", *docs)
         return await self.run("apply", "-f", str(path))
 
     async def role(self, name: str) -> dict[str, Any]:
+        """The LLMRole ``name`` as the API server has it (``kubectl get -o json``)."""
         body: dict[str, Any] = json.loads(await self.run("get", "llmrole", name, "-o", "json"))
         return body
 
     async def condition(self, name: str, kind: str) -> tuple[str, str]:
+        """(status, reason) of the role's condition ``kind``; ("", "") before there is one."""
         status = (await self.role(name)).get("status") or {}
         for cond in status.get("conditions", []):
             if cond["type"] == kind:
@@ -222,12 +229,19 @@ class Stack:
     async def wait_condition(
         self, name: str, kind: str, want: tuple[str, str], timeout_s: float = 30
     ) -> None:
+        """Wait until condition ``kind`` of role ``name`` is ``want`` (status, reason).
+
+        Raises:
+            TimeoutError: not within ``timeout_s`` seconds.
+        """
+
         async def reached() -> bool:
             return await self.condition(name, kind) == want
 
         await eventually(reached, timeout_s=timeout_s)
 
     async def config(self) -> GatewayConfig | None:
+        """The config Secret's content, parsed; None while there is none."""
         found = await asyncio.to_thread(
             self.kubectl, "get", "secret", CONFIG, "-o", "json", check=False
         )
@@ -237,15 +251,19 @@ class Stack:
         return GatewayConfig.from_wire(base64.b64decode(data))
 
     async def served(self) -> list[str]:
+        """The roles the gateway's /status shows, sorted."""
         return sorted(await asyncio.to_thread(lambda: self.gateway.status()["roles"]))
 
     async def wait_served(self, names: list[str], timeout_s: float = 30) -> None:
+        """Wait until the gateway serves exactly ``names`` (TimeoutError past ``timeout_s``)."""
+
         async def served() -> bool:
             return await self.served() == sorted(names)
 
         await eventually(served, timeout_s=timeout_s)
 
     def sdk(self) -> openai.AsyncOpenAI:
+        """An openai SDK client for the gateway: no key of its own, no retries, 30 s timeout."""
         return openai.AsyncOpenAI(
             base_url=f"{self.gateway.url}/v1", api_key="unused", max_retries=0, timeout=30
         )

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Final, TextIO
 
-from tests.cache import BuildFailed, cache_root, run_with_progress
+from tests.cache import BuildFailed, cache_root, locked, run_with_progress
 
 __all__ = [
     "BINARIES",
@@ -122,7 +122,7 @@ def is_built() -> bool:
 def ensure_built(*, progress: TextIO | None = None) -> Path:
     """Return :func:`bin_dir`, running build.sh first when the cache is incomplete.
 
-    A cold build compiles Kubernetes from source: tens of minutes on two cores. build.sh's
+    A cold build compiles Kubernetes from source: about 7 minutes on two cores. build.sh's
     progress lines are copied to ``progress`` (default ``sys.stderr``) as they come.
 
     Raises:
@@ -132,11 +132,16 @@ def ensure_built(*, progress: TextIO | None = None) -> Path:
     if is_built():
         return bin_dir()
     out = progress if progress is not None else sys.stderr
-    print(f"rolegate: building the test control plane into {cache_dir()} ...", file=out)
-    try:
-        run_with_progress(["bash", str(BUILD_SCRIPT)], out, prefix="")
-    except BuildFailed as failed:
-        raise BuildError(f"{BUILD_SCRIPT} failed; run it by hand to see more. {failed}") from None
+    with locked(cache_dir()):  # a second run waits, then finds the cache complete
+        if is_built():
+            return bin_dir()
+        print(f"rolegate: building the test control plane into {cache_dir()} ...", file=out)
+        try:
+            run_with_progress(["bash", str(BUILD_SCRIPT)], out, prefix="")
+        except BuildFailed as failed:
+            raise BuildError(
+                f"{BUILD_SCRIPT} failed; run it by hand to see more. {failed}"
+            ) from None
     if not is_built():
         raise BuildError(
             f"{BUILD_SCRIPT} finished but the cache at {cache_dir()} is incomplete; "

