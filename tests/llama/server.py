@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
@@ -94,7 +93,7 @@ class LlamaServer(Component):
             try:
                 if sorted(self.models_listed()) == sorted(self.models):
                     return
-            except (OSError, urllib.error.URLError, ValueError):
+            except (OSError, ValueError):  # URLError is an OSError
                 pass
             if time.monotonic() > deadline:
                 raise TimeoutError(f"llama.cpp server not ready:\n{self.log_tail()}")
