@@ -1,5 +1,6 @@
-# rolegate: `make test` runs everything CI runs; `make cluster` builds the Kubernetes
-# binaries the integration tests need (cached under ~/.cache/rolegate/, first build slow).
+# rolegate: `make test` runs everything CI runs. The local stack (devstack/) builds what the
+# tests, the demo and the benchmark need into ~/.cache/rolegate/ once (first build slow):
+# `python -m devstack build|up|status` by hand, or the targets below.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -24,12 +25,13 @@ lint: venv
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy bench demo
 
-cluster:
-	bash tests/cluster/build.sh
+# The pinned Kubernetes binaries, compiled once (~7 min) into ~/.cache/rolegate/.
+cluster: venv
+	$(PY) -m devstack build k8s
 
 # llama.cpp's OpenAI-compatible server, compiled once (3-5 min) into ~/.cache/rolegate/.
 llama: venv
-	$(PY) -m tests.llama.env
+	$(PY) -m devstack build llama
 
 # Everything on this machine, from nothing: control plane, operator, gateway, llama.cpp
 # server, LightRAG's roles, chat and a live rebind. KEEP=1 leaves it running until Ctrl-C.

@@ -16,17 +16,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from bench.loadgen import Load
 from bench.stats import median, percentile
 from bench.targets import MODEL, Target
-from tests.cluster.processes import _die_with_parent
+from devstack.process import Process
 
 __all__ = [
     "Budget",
@@ -83,31 +82,21 @@ class LoadGen:
     """The load generator process (``python -m bench.loadgen``) and its line protocol."""
 
     def __init__(self, log_path: Path) -> None:
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.loadgen"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-            bufsize=1,
-            preexec_fn=_die_with_parent,
+        self.process = Process(
+            "loadgen", [sys.executable, "-m", "bench.loadgen"], log_path=log_path, pipes=True
         )
-        self.log_path = log_path
+        self.process.start()
 
     def _send(self, line: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
 
     def _read(self, event: str) -> dict[str, Any]:
-        stdout: IO[str] | None = self.proc.stdout
-        assert stdout is not None
-        line = stdout.readline()
+        line = self.process.stdout.readline()
         if not line:
             raise RuntimeError(
-                f"the load generator exited ({self.proc.poll()}):\n"
-                + self.log_path.read_text(errors="replace")[-3000:]
+                f"the load generator exited ({self.process.returncode}):\n"
+                + self.process.log_tail()
             )
         message: dict[str, Any] = json.loads(line)
         if message.get("event") != event:
@@ -134,16 +123,12 @@ class LoadGen:
         return result
 
     def close(self) -> None:
-        """Close its stdin (it stops and exits) and wait for it."""
-        if self.proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
+        """Close its stdin (it stops and exits), wait up to 30 s, then stop it."""
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()
+        with contextlib.suppress(TimeoutError):
+            self.process.wait_exit(30)
+        self.process.stop()
 
 
 def make_load(target: Target, case: Case, budget: Budget) -> Load:

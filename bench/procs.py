@@ -1,12 +1,11 @@
-"""Processes of a benchmark run: start them, wait until they serve, meter them, stop them.
+"""Processes of a benchmark run: start the servers and meter them.
 
-Owns :class:`Service` (a server process with its log file and base URL), :func:`spawn`,
-:func:`free_port`, :func:`http_get` and :class:`Meter`, which reads a process tree's CPU
-seconds (psutil) and resident memory. Peak memory has one definition throughout the
-harness: the sum over the tree of each process's kernel high-water mark ``VmHWM``, since
-:meth:`Meter.reset_peak` (``5`` written to ``/proc/<pid>/clear_refs``) or since the
-process started. Services run in a session of their own, are stopped by process group and
-get SIGKILL from the kernel when the harness dies (``PR_SET_PDEATHSIG``).
+Owns :func:`spawn` (a server as a :class:`devstack.process.Process` -- own session, stopped
+by process group, SIGKILLed by the kernel when the harness dies -- waited on until it
+serves) and :class:`Meter`, which reads a process tree's CPU seconds (psutil) and resident
+memory. Peak memory has one definition throughout the harness: the sum over the tree of
+each process's kernel high-water mark ``VmHWM``, since :meth:`Meter.reset_peak` (``5``
+written to ``/proc/<pid>/clear_refs``) or since the process started.
 """
 
 from __future__ import annotations
@@ -14,87 +13,17 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
-import socket
-import subprocess
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
-from tests.cluster.processes import _die_with_parent
+from devstack import http
+from devstack.process import Process
 
-__all__ = ["Meter", "Service", "free_port", "http_get", "spawn", "wait_until"]
-
-
-@dataclass
-class Service:
-    """A running server process: ``url`` is its base, e.g. ``http://127.0.0.1:8080``."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    url: str = ""
-
-    def log_tail(self, chars: int = 3000) -> str:
-        """The end of the process's output, for error messages."""
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    def stop(self, timeout_s: float = 15.0) -> None:
-        """SIGTERM to its process group, then SIGKILL after ``timeout_s`` seconds; idempotent.
-        The group (its own session) holds the children it started, e.g. LiteLLM's workers."""
-        if self.proc.poll() is None:
-            _killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                _killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        _killpg(self.proc.pid, signal.SIGKILL)  # children that outlived the leader
-
-
-def _killpg(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (for CLIs that cannot take port 0)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], bool], *, timeout_s: float, poll_s: float = 0.002) -> float:
-    """Poll ``predicate`` until true; returns the seconds it took.
-
-    Raises:
-        TimeoutError: still false after ``timeout_s`` seconds.
-    """
-    started = time.perf_counter()
-    while not predicate():
-        if time.perf_counter() - started > timeout_s:
-            raise TimeoutError(f"not true within {timeout_s:g} s")
-        time.sleep(poll_s)
-    return time.perf_counter() - started
-
-
-def http_get(url: str, *, timeout_s: float = 5.0) -> tuple[int, bytes]:
-    """GET ``url``: (status, body); status 0 when nothing answered."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-            return int(resp.status), resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except (urllib.error.URLError, OSError):
-        return 0, b""
+__all__ = ["Meter", "spawn"]
 
 
 def spawn(
@@ -102,58 +31,45 @@ def spawn(
     argv: Sequence[str],
     *,
     log_path: Path,
-    env: dict[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
     inherit_env: bool = True,
     url_pattern: str | None = None,
     url: str | None = None,
     ready_path: str = "",
     timeout_s: float = 60.0,
-) -> Service:
-    """Start ``argv`` (stdout and stderr to ``log_path``) and wait until it serves.
+) -> Process:
+    """Start ``argv`` as a :class:`devstack.process.Process` and wait until it serves.
 
-    The environment is ours plus ``env``, or with ``inherit_env=False`` only ``env``. The
-    base URL is ``url``, or the first match of ``url_pattern`` (one group: the URL) in
-    the log. Ready means: that URL is known and, with ``ready_path``, GET url+ready_path
-    answers 200.
+    The environment is ours plus ``env``, or with ``inherit_env=False`` only ``env``
+    (``PYTHONUNBUFFERED=1`` in both). The base URL (``Process.url``) is ``url``, or the first
+    match of ``url_pattern`` (one group: the URL) in the log. Ready means: that URL is known
+    and, with ``ready_path``, GET url+ready_path answers 200.
 
     Raises:
-        RuntimeError: the process exited or was not ready within ``timeout_s`` seconds (the
-            message holds the end of its log); it is stopped first.
+        devstack.process.ProcessDied: it exited first (the message holds its log tail).
+        devstack.process.NotReady: it was not ready within ``timeout_s`` seconds.
+        Either way it is stopped first.
     """
-    log = log_path.open("wb")
-    proc = subprocess.Popen(
-        list(argv),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env={**(os.environ if inherit_env else {}), "PYTHONUNBUFFERED": "1", **(env or {})},
-        start_new_session=True,
-        preexec_fn=_die_with_parent,
+    base = dict(os.environ) if inherit_env else {}
+    proc = Process(
+        name, argv, log_path=log_path, env={**base, "PYTHONUNBUFFERED": "1", **(env or {})}
     )
-    log.close()
-    service = Service(name, proc, log_path, url or "")
+    proc.url = url or ""
+    proc.start()
 
     def ready() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{service.log_tail()}")
-        if not service.url and url_pattern:
-            found = re.search(url_pattern, service.log_tail(1_000_000))
-            service.url = found.group(1) if found else ""
-        if not service.url:
+        if not proc.url and url_pattern:
+            proc.url = proc.url_in_log(url_pattern)
+        if not proc.url:
             return False
-        return not ready_path or http_get(service.url + ready_path, timeout_s=2)[0] == 200
+        return not ready_path or http.get(proc.url + ready_path, timeout_s=2).status == 200
 
     try:
-        wait_until(ready, timeout_s=timeout_s, poll_s=0.05)
-    except TimeoutError:
-        service.stop()
-        raise RuntimeError(
-            f"{name} did not serve within {timeout_s:g} s:\n{service.log_tail()}"
-        ) from None
-    except RuntimeError:
-        service.stop()
+        proc.wait_ready(ready, what=f"GET {ready_path or 'its URL'}", timeout_s=timeout_s)
+    except BaseException:
+        proc.stop()
         raise
-    return service
+    return proc
 
 
 @dataclass
@@ -165,6 +81,17 @@ class Meter:
 
     def __post_init__(self) -> None:
         self._proc = psutil.Process(self.pid)
+
+    @classmethod
+    def of(cls, process: Process) -> Meter:
+        """The meter of a started :class:`devstack.process.Process`.
+
+        Raises:
+            RuntimeError: it was never started.
+        """
+        if process.pid is None:
+            raise RuntimeError(f"{process.name} was never started")
+        return cls(process.pid)
 
     def _tree(self) -> list[psutil.Process]:
         try:

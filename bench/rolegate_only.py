@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from typing import Any
 
 from bench.compare import LoadGen, measure, request_body
 from bench.loadgen import Load
-from bench.procs import Meter, Service, http_get, wait_until
+from bench.procs import Meter
 from bench.stats import percentile
 from bench.targets import (
     MODEL,
@@ -43,6 +42,9 @@ from bench.targets import (
     start_rolegate,
     write_roles,
 )
+from devstack import http
+from devstack.poll import wait_until
+from devstack.process import Process
 from rolegate_gateway import Runtime, load_manifests
 
 __all__ = ["apply_time", "reloads_under_load", "rss_by_roles"]
@@ -56,21 +58,19 @@ def _roles(count: int, upstream_v1: str, *, model: str = UPSTREAM_MODEL) -> list
     return [role(name, upstream_v1, model=model) for name in _names(count)]
 
 
-def _config_hash(service: Service) -> str | None:
-    status, body = http_get(service.url + "/readyz", timeout_s=5)
-    return str(json.loads(body).get("config")) if status == 200 else None
+def _config_hash(service: Process) -> str | None:
+    answer = http.get(service.url + "/readyz", timeout_s=5)
+    return str(answer.json().get("config")) if answer.status == 200 else None
 
 
-def _last_reload(service: Service) -> dict[str, Any]:
+def _last_reload(service: Process) -> dict[str, Any]:
     """``lastReload`` of ``/status`` (``{"outcome", "at", "configHash", ...}``), or {}."""
-    status, body = http_get(service.url + "/status", timeout_s=5)
-    return (json.loads(body).get("lastReload") or {}) if status == 200 else {}
+    answer = http.get(service.url + "/status", timeout_s=5)
+    return (answer.json().get("lastReload") or {}) if answer.status == 200 else {}
 
 
-def _target(service: Service) -> Target:
-    return Target(
-        "rolegate", f"{service.url}/v1/chat/completions", {}, service, Meter(service.proc.pid)
-    )
+def _target(service: Process) -> Target:
+    return Target("rolegate", f"{service.url}/v1/chat/completions", {}, service, Meter.of(service))
 
 
 def rss_by_roles(
@@ -113,7 +113,7 @@ def rss_by_roles(
 
 
 def _timed_write(
-    service: Service, path: Path, docs: list[dict[str, Any]], *, timeout_s: float = 30
+    service: Process, path: Path, docs: list[dict[str, Any]], *, timeout_s: float = 30
 ) -> tuple[float, str]:
     """Rename a file of ``docs`` onto ``path``; returns (seconds until the gateway serves
     it, outcome): ``applied`` (``/readyz`` shows a hash other than before, and
@@ -144,7 +144,7 @@ def _timed_write(
         return False
 
     with contextlib.suppress(TimeoutError):
-        wait_until(settled, timeout_s=timeout_s)
+        wait_until(settled, timeout_s=timeout_s, poll_s=0.002, tolerate=(OSError,))
     return time.perf_counter() - started, outcome
 
 
@@ -195,7 +195,7 @@ def apply_time(count: int, upstream_v1: str, workdir: Path) -> dict[str, Any]:
 
 
 def _reloader(
-    service: Service, path: Path, upstream_v1: str, reloads: int, done: list[tuple[float, str]]
+    service: Process, path: Path, upstream_v1: str, reloads: int, done: list[tuple[float, str]]
 ) -> Callable[[], None]:
     def run() -> None:
         time.sleep(0.2)  # let the load settle first

@@ -31,9 +31,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import litellm_env, report, rolegate_only
+from bench import report, rolegate_only
 from bench.compare import MIN_P99_SAMPLES, Budget, Case, LoadGen, aggregate, compare
-from bench.procs import Meter, Service
+from bench.procs import Meter
 from bench.targets import (
     MODEL,
     Target,
@@ -44,6 +44,8 @@ from bench.targets import (
     write_roles,
 )
 from bench.upstream import UpstreamSettings
+from devstack.peers import litellm as litellm_env
+from devstack.process import Process
 
 __all__ = ["Settings", "main", "run"]
 
@@ -97,7 +99,7 @@ def _say(line: str) -> None:
 
 
 def _start_targets(
-    workdir: Path, upstream: Service, key: str, stack: contextlib.ExitStack
+    workdir: Path, upstream: Process, key: str, stack: contextlib.ExitStack
 ) -> tuple[list[Target], dict[str, dict[str, Any]]]:
     """Direct, rolegate and (when it starts) LiteLLM, each stopped by ``stack``; and what
     the results say of each."""
@@ -109,15 +111,13 @@ def _start_targets(
     gateway = start_rolegate(manifests, log_path=workdir / "rolegate.log")
     stack.callback(gateway.stop)
     targets.append(
-        Target(
-            "rolegate", f"{gateway.url}/v1/chat/completions", auth, gateway, Meter(gateway.proc.pid)
-        )
+        Target("rolegate", f"{gateway.url}/v1/chat/completions", auth, gateway, Meter.of(gateway))
     )
     info["rolegate"] = {"url": f"{gateway.url}/v1", "command": "rolegate-gateway --manifests FILE"}
     _say(f"rolegate serving on {gateway.url}; starting LiteLLM {litellm_env.LITELLM_VERSION} ...")
     try:
         litellm = start_litellm(workdir, upstream_v1)
-    except (litellm_env.InstallError, RuntimeError) as exc:
+    except (litellm_env.BuildFailed, RuntimeError) as exc:
         _say(f"LiteLLM did not run: {exc}")
         info["litellm"] = {"error": str(exc)[-2000:]}
     else:

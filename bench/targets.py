@@ -5,7 +5,7 @@ Owns :class:`Target` and the starting of each real process with its configuratio
 - the upstream: ``python -m bench.upstream`` (:mod:`bench.upstream`);
 - rolegate: the ``rolegate-gateway`` CLI of this virtualenv with ``--manifests FILE``, one
   LLMRole ``bench`` (binding vllm, maxAsync high enough never to queue);
-- LiteLLM: its proxy CLI from :func:`bench.litellm_env.ensure`, one uvicorn worker, one
+- LiteLLM: its proxy CLI from :func:`devstack.peers.litellm.ensure`, one uvicorn worker, one
   model ``bench`` (``openai/bench-model`` at the upstream), offline
   (``LITELLM_LOCAL_MODEL_COST_MAP=True``), a random ``sk-`` master key, empty
   ``callbacks``/``success_callback``/``failure_callback``, ``LITELLM_LOG=ERROR`` and
@@ -29,9 +29,10 @@ from typing import Any
 
 import yaml
 
-from bench import litellm_env
-from bench.procs import Meter, Service, free_port, spawn
+from bench.procs import Meter, spawn
 from bench.upstream import UpstreamSettings
+from devstack.peers import litellm as litellm_env
+from devstack.process import Process, free_ports
 
 __all__ = [
     "MODEL",
@@ -61,11 +62,11 @@ class Target:
     name: str
     url: str
     headers: dict[str, str] = field(default_factory=dict)
-    service: Service | None = None
+    service: Process | None = None
     meter: Meter | None = None
 
 
-def start_upstream(workdir: Path, settings: UpstreamSettings) -> Service:
+def start_upstream(workdir: Path, settings: UpstreamSettings) -> Process:
     """The upstream process; its ``url`` is ``http://127.0.0.1:PORT`` (API under /v1).
 
     Raises:
@@ -135,7 +136,7 @@ def gateway_cli() -> Path:
 
 def start_rolegate(
     manifests: Path, *, log_path: Path, reload_interval_s: float = 1.0, timeout_s: float = 60
-) -> Service:
+) -> Process:
     """``rolegate-gateway --manifests FILE --host 127.0.0.1 --port 0``; ready when /readyz
     answers 200.
 
@@ -207,17 +208,17 @@ def _litellm_files(workdir: Path, upstream_v1: str, master_key: str) -> tuple[Pa
 
 
 def start_litellm(workdir: Path, upstream_v1: str, *, timeout_s: float = 120) -> Target:
-    """LiteLLM's proxy, built by :func:`bench.litellm_env.ensure` when missing; ready when
+    """LiteLLM's proxy, built by :func:`devstack.peers.litellm.ensure` when missing; ready when
     /health/liveliness answers 200.
 
     Raises:
-        bench.litellm_env.InstallError: its virtualenv could not be built.
+        devstack.cache.BuildFailed: its virtualenv could not be built.
         RuntimeError: it did not start (the message holds its output).
     """
     cli = litellm_env.ensure()
     master_key = "sk-" + secrets.token_urlsafe(32)
     config_path, log_config_path = _litellm_files(workdir, upstream_v1, master_key)
-    port = free_port()
+    (port,) = free_ports(1)
     argv = [
         str(cli),
         "--config",
@@ -255,5 +256,5 @@ def start_litellm(workdir: Path, upstream_v1: str, *, timeout_s: float = 120) ->
         f"{service.url}/v1/chat/completions",
         {"Authorization": f"Bearer {master_key}"},
         service,
-        Meter(service.proc.pid),
+        Meter.of(service),
     )

@@ -1,14 +1,16 @@
 """``make demo``: rolegate end to end on this machine, from nothing (about 15 s once built).
 
 It builds what is missing (the pinned Kubernetes binaries and llama.cpp's server, both cached
-under ``~/.cache/rolegate/``, with progress), then starts on 127.0.0.1: a real control plane
-(etcd + kube-apiserver), the LLMRole CRD, llama.cpp's OpenAI-compatible server with two tiny
-generated models (tiny-a, tiny-b), the operator and the gateway as local processes. It
-``kubectl apply``s examples/local/ (LightRAG's four roles bound to that server), prints
-``kubectl get llmroles``, sends chat requests through the gateway with the openai SDK (one
-streamed, printed as it arrives), rebinds one role to the other model while requests flow and
-prints how many failed, then stops everything. Ctrl-C (or SIGTERM) stops everything at any
-point. ``--keep`` leaves it all running until Ctrl-C, for a person to explore.
+under ``~/.cache/rolegate/``, with progress), then starts on 127.0.0.1, all through
+:mod:`devstack`: a real control plane (etcd + kube-apiserver), the LLMRole CRD, llama.cpp's
+OpenAI-compatible server with tiny generated models (chat: tiny-a, tiny-b; embeddings:
+tiny-embed; 32K-token context), the operator and the gateway as local processes. It
+``kubectl apply``s examples/local/ (LightRAG's roles bound to that server), prints
+``kubectl get llmroles``, sends chat and embedding requests through the gateway with the
+openai SDK (one chat streamed, printed as it arrives), rebinds one role to the other model
+while requests flow and prints how many failed, then stops everything. Ctrl-C (or SIGTERM)
+stops everything at any point. ``--keep`` leaves it all running until Ctrl-C, for a person to
+explore.
 
 Exit status: 0 when every step worked and no request failed; 1 otherwise (with ``--keep``:
 the same, after Ctrl-C); 130 when Ctrl-C or SIGTERM cut a run short; 2 for bad arguments.
@@ -21,7 +23,6 @@ import asyncio
 import contextlib
 import errno
 import shlex
-import shutil
 import signal
 import socket
 import sys
@@ -32,13 +33,14 @@ from pathlib import Path
 from typing import Final
 
 from demo import traffic
-from tests.cluster import binaries, processes
-from tests.cluster.harness import ControlPlane
-from tests.cluster.processes import signals_deferred, sigterm_raises_interrupt
-from tests.llama import env
-from tests.llama.model import MODELS, write_model
-from tests.llama.server import LlamaServer
-from tests.stack import GatewayProcess, OperatorProcess, install_crd
+from devstack import process
+from devstack.k8s import build as k8s_build
+from devstack.k8s.controlplane import ControlPlane
+from devstack.llama import build as llama_build
+from devstack.llama.model import EMBEDDING_MODELS, MODELS, write_models
+from devstack.llama.server import LlamaServer
+from devstack.process import signals_deferred, sigterm_raises_interrupt
+from devstack.stack import GatewayProcess, OperatorProcess, install_crd
 
 __all__ = ["main"]
 
@@ -46,7 +48,10 @@ ROOT: Final = Path(__file__).resolve().parents[1]
 EXAMPLES: Final = ROOT / "examples" / "local"
 NAMESPACE: Final = "rolegate-demo"
 CONFIG_SECRET: Final = f"{NAMESPACE}/rolegate-gateway-config"
-ROLES: Final = ("extract", "keyword", "query", "vlm")
+ROLES: Final = ("embed", "extract", "keyword", "query", "vlm")
+"""examples/local/'s roles, as ``kubectl get`` lists them."""
+EMBEDDING_ROLE: Final = "embed"
+CHAT_ROLES: Final = tuple(role for role in ROLES if role != EMBEDDING_ROLE)
 API_KEY: Final = "sk-local-demo"  # examples/local/llama-creds.yaml
 EXAMPLE_HOST: Final = "http://127.0.0.1:8001/v1"  # examples/local/roles.yaml
 REBOUND_ROLE: Final = "query"
@@ -130,23 +135,25 @@ def _manifests(workdir: Path, model_port: int) -> Path:
 
 def _build(say: Say) -> None:
     """Build the control plane's binaries and llama.cpp's server when the cache lacks them."""
-    if binaries.is_built():
-        say(f"Kubernetes {binaries.KUBE_VERSION} binaries: cached in {binaries.cache_dir()}")
+    version = k8s_build.KUBE_VERSION
+    if k8s_build.is_built():
+        say(f"Kubernetes {version} binaries: cached in {k8s_build.cache_dir()}")
     else:
-        say(f"Kubernetes {binaries.KUBE_VERSION} binaries: building (once, ~7 min on 2 cores) ...")
-        binaries.ensure_built(progress=sys.stdout)
-    if env.is_built():
-        say(f"llama.cpp server (llama-cpp-python {env.VERSION}): cached in {env.home()}")
+        say(f"Kubernetes {version} binaries: building (once, ~7 min on 2 cores) ...")
+        k8s_build.ensure(sys.stdout)
+    llama = f"llama.cpp server (llama-cpp-python {llama_build.VERSION})"
+    if llama_build.is_built():
+        say(f"{llama}: cached in {llama_build.home()}")
     else:
-        say(f"llama.cpp server (llama-cpp-python {env.VERSION}): building (once, ~3 min) ...")
-        env.ensure(sys.stdout)
+        say(f"{llama}: building (once, ~3 min) ...")
+        llama_build.ensure(sys.stdout)
 
 
 def _serves(gateway: GatewayProcess, roles: Sequence[str]) -> bool:
     """Whether the gateway serves exactly ``roles``.
 
     Raises:
-        tests.cluster.processes.ComponentDied: the gateway exited (its log tail attached).
+        devstack.process.ProcessDied: the gateway exited (its log tail attached).
     """
     gateway.check_running()
     return sorted(gateway.status()["roles"]) == sorted(roles)
@@ -164,44 +171,37 @@ def _check_ports(args: argparse.Namespace) -> None:
 def _start(args: argparse.Namespace, say: Say, stack: contextlib.ExitStack) -> Running:
     """Build what is missing, then start everything, registering each stop on ``stack``."""
     _build(say)
-    processes.sweep_orphaned_dirs(_TMP_PREFIX)  # of demos that were SIGKILLed
-    workdir = processes.owned_tmp_dir(_TMP_PREFIX)
-
-    def clean_up(kind: type[BaseException] | None, *_: object) -> None:
-        """Remove the models and logs, unless something failed (then say where they are)."""
-        if kind is not None and not issubclass(kind, KeyboardInterrupt):
-            processes.disown_dir(workdir)
-            print(f"  logs kept in {workdir}", file=sys.stderr, flush=True)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-
-    stack.push(clean_up)
+    # Removed at the end; kept (and its path printed) when something failed.
+    workdir = stack.enter_context(process.work_dir(_TMP_PREFIX))
     say(f"work directory (models, logs): {workdir}")
-    models = {
-        alias: write_model(workdir / f"{alias}.gguf", seed=seed) for alias, seed in MODELS.items()
-    }
+    seeds = {**MODELS, **EMBEDDING_MODELS}
+    models = write_models(workdir, seeds)
     sizes = ", ".join(
-        f"{a} (seed {MODELS[a]}, {p.stat().st_size // 1024} KiB)" for a, p in models.items()
+        f"{a} (seed {seeds[a]}, {p.stat().st_size // 1024} KiB)" for a, p in models.items()
     )
     say(f"models generated: {sizes}")
 
     plane = stack.enter_context(ControlPlane())
-    say(f"control plane up: etcd and kube-apiserver {binaries.KUBE_VERSION} at {plane.server}")
+    say(f"control plane up: etcd and kube-apiserver {k8s_build.KUBE_VERSION} at {plane.server}")
     install_crd(plane)
     say("CRD llmroles.rolegate.dev installed and established")
     plane.kubectl(["create", "namespace", NAMESPACE])
 
-    server = LlamaServer(models, workdir=workdir, port=args.model_port, api_key=API_KEY)
-    server.start()
-    stack.callback(server.stop)
+    server = LlamaServer(
+        {alias: models[alias] for alias in MODELS},
+        embedding_models={alias: models[alias] for alias in EMBEDDING_MODELS},
+        workdir=workdir,
+        port=args.model_port,
+        api_key=API_KEY,
+    )
+    stack.enter_context(server)
     operator = OperatorProcess(
         kubeconfig=plane.kubeconfig,
         namespaces=[NAMESPACE],
         config_secret=CONFIG_SECRET,
         log_path=workdir / "operator.log",
     )
-    operator.start()
-    stack.callback(operator.stop)
+    stack.enter_context(operator)
     gateway = GatewayProcess(
         kubeconfig=plane.kubeconfig,
         config_secret=CONFIG_SECRET,
@@ -209,9 +209,8 @@ def _start(args: argparse.Namespace, say: Say, stack: contextlib.ExitStack) -> R
         port=args.gateway_port,
         log_level="info",
     )
-    gateway.start()
-    stack.callback(gateway.stop)
-    server.wait_ready()
+    stack.enter_context(gateway)
+    server.wait_serving()
     say(f"llama.cpp server on {server.url} serving {', '.join(models)} (key in a Secret)")
     operator.wait_live()
     say(f"operator watching namespace {NAMESPACE}, writing Secret {CONFIG_SECRET}")
@@ -227,7 +226,7 @@ def _exercise(args: argparse.Namespace, say: Say, running: Running) -> None:
 
     Raises:
         DemoFailed: a request failed while rebinding (after the ``--keep`` wait).
-        tests.cluster.harness.CommandError: kubectl failed.
+        devstack.k8s.controlplane.CommandError: kubectl failed.
         TimeoutError: a role did not become Ready or served, or the new model never answered.
     """
     plane, base_url = running.plane, running.base_url
@@ -243,7 +242,9 @@ def _exercise(args: argparse.Namespace, say: Say, running: Running) -> None:
     print(_kubectl(plane, "get", "llmroles"), flush=True)
 
     say(f"chat through the gateway (openai SDK, base_url={base_url}):")
-    asyncio.run(traffic.ask_each(base_url, ROLES))
+    asyncio.run(traffic.ask_each(base_url, CHAT_ROLES))
+    say("embeddings:")
+    asyncio.run(traffic.embed(base_url, EMBEDDING_ROLE))
     say("streamed:")
     asyncio.run(traffic.stream_one(base_url, REBOUND_ROLE))
 

@@ -1,9 +1,10 @@
 """What the demo sends through the gateway with the official openai SDK, and what it prints.
 
-Three phases: one answer per role (text, upstream model and the usage the model server
-counted), one streamed answer printed chunk by chunk as it arrives, and a load of concurrent
-requests (half streamed) to one role while it is rebound to another model, counting every
-request that did not end in a complete answer.
+Four phases: one answer per chat role (text, upstream model and the usage the model server
+counted), embeddings from the embedding role (vectors and their width), one streamed answer
+printed chunk by chunk as it arrives, and a load of concurrent requests (half streamed) to one
+role while it is rebound to another model, counting every request that did not end in a
+complete answer.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = [
     "RebindResult",
     "ask_each",
     "client",
+    "embed",
     "printable",
     "rebind_under_load",
     "say_result",
@@ -33,6 +35,8 @@ PROMPTS = {
     "query": "What does rolegate do?",
     "vlm": "Describe the table on page 3.",
 }
+#: What the demo embeds: two chunks of a document, as a RAG application's indexer sends them.
+CHUNKS = ("Ada Lovelace wrote the first program.", "rolegate routes LLM roles in Kubernetes.")
 
 
 def printable(text: str) -> str:
@@ -62,6 +66,27 @@ async def ask_each(base_url: str, roles: Sequence[str]) -> None:
             )
             text = printable(answer.choices[0].message.content or "")
             print(f"  {role:<8} -> {answer.model}: {text!r}  ({counted})", flush=True)
+
+
+async def embed(base_url: str, role: str) -> list[int]:
+    """Embed :data:`CHUNKS` through ``role``; prints the model, each vector's width and the
+    usage, and returns the widths.
+
+    Raises:
+        openai.OpenAIError: the request failed.
+        ValueError: the answer does not hold one vector per chunk.
+    """
+    async with client(base_url) as sdk:
+        answer = await sdk.embeddings.create(model=role, input=list(CHUNKS))
+    widths = [len(item.embedding) for item in answer.data]
+    if len(widths) != len(CHUNKS):
+        raise ValueError(f"{len(widths)} vectors for {len(CHUNKS)} inputs")
+    print(
+        f"  {role:<8} -> {answer.model}: {len(widths)} vectors of {widths[0]} floats"
+        f"  ({answer.usage.prompt_tokens} prompt tokens)",
+        flush=True,
+    )
+    return widths
 
 
 async def stream_one(base_url: str, role: str) -> int:

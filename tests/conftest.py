@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ import openai
 import pytest
 from aiohttp import web
 
+from devstack.poll import eventually
 from rolegate_gateway import ManifestsSource, Runtime, create_app, start
 from tests.fakes.openai_upstream import FakeOpenAI
 
@@ -101,7 +101,5 @@ async def sdk() -> AsyncIterator[Callable[[Gateway], openai.AsyncOpenAI]]:
 
 
 async def until(predicate: Callable[[], object], *, timeout_s: float = 5.0) -> None:
-    """Wait until ``predicate()`` is true, polling every 5 ms; TimeoutError past the bound."""
-    async with asyncio.timeout(timeout_s):
-        while not predicate():  # noqa: ASYNC110 - polling state that has no event
-            await asyncio.sleep(0.005)
+    """:func:`devstack.poll.eventually` every 5 ms, for in-process state that has no event."""
+    await eventually(predicate, timeout_s=timeout_s, poll_s=0.005)

@@ -1,9 +1,10 @@
 """End-to-end tests: the real control plane (the integration tests' fixtures, imported for
 the reason tests/integration/conftest.py gives) and the real llama.cpp server
-(tests.llama.fixtures)."""
+(tests.fixtures.llama)."""
 
 from __future__ import annotations
 
+from tests.fixtures.llama import llama_models, llama_python, llama_server
 from tests.integration.conftest import (
     cluster,
     control_plane,
@@ -16,7 +17,6 @@ from tests.integration.conftest import (
     pytest_collection_modifyitems,
     pytest_configure,
 )
-from tests.llama.fixtures import llama_models, llama_python, llama_server
 
 __all__ = [
     "cluster",

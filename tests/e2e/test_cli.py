@@ -9,20 +9,20 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from devstack import http
 from tests.fakes import manifests as m
 
 KEY = "sk-RGCLI-2b9d7e55aa10"
 
 
 def _get(url: str) -> dict[str, object]:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return json.loads(resp.read())  # type: ignore[no-any-return]
+    answer: dict[str, object] = http.get_json(url)
+    return answer
 
 
 @pytest.fixture

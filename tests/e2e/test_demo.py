@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from demo.run import ROLES
-from tests.cluster.processes import free_ports
+from devstack.process import free_ports
 
 pytestmark = pytest.mark.cluster  # it runs the control plane, through the demo
 

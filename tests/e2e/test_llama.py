@@ -19,13 +19,14 @@ from typing import Any
 import openai
 import pytest
 
-from tests.cluster.fixtures import Kubectl
-from tests.cluster.harness import ControlPlane
+from devstack.k8s.controlplane import ControlPlane
+from devstack.llama.model import MODELS
+from devstack.llama.server import LlamaServer
+from devstack.poll import eventually
 from tests.fakes import manifests as m
-from tests.llama.fixtures import API_KEY
-from tests.llama.model import MODELS
-from tests.llama.server import LlamaServer
-from tests.stack import Stack, eventually, running_stack
+from tests.fixtures.cluster import Kubectl
+from tests.fixtures.llama import API_KEY
+from tests.fixtures.stack import Stack, running_stack
 
 PROMPT = [{"role": "user", "content": "Which entities are in: Ada Lovelace wrote a program?"}]
 GREEDY = {"temperature": 0, "max_tokens": 12}

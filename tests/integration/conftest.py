@@ -1,4 +1,4 @@
-"""Integration tests run on a real control plane: the fixtures of tests.cluster.fixtures.
+"""Integration tests run on a real control plane: the fixtures of tests.fixtures.cluster.
 
 The plugin's fixtures and hooks are imported rather than named in ``pytest_plugins``: pytest
 refuses ``pytest_plugins`` in a conftest below the rootdir that it loads during collection
@@ -15,7 +15,9 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.cluster.fixtures import (
+from devstack.k8s.controlplane import ControlPlane
+from devstack.stack import LLMROLE_CRD, install_crd
+from tests.fixtures.cluster import (
     cluster,
     control_plane,
     full_control_plane,
@@ -26,8 +28,6 @@ from tests.cluster.fixtures import (
     pytest_collection_modifyitems,
     pytest_configure,
 )
-from tests.cluster.harness import ControlPlane
-from tests.stack import LLMROLE_CRD, install_crd
 
 __all__ = [
     "cluster",

@@ -18,14 +18,14 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from devstack.k8s.controlplane import ControlPlane
 from rolegate_gateway.config import GatewayConfig, RoleConfig
 from rolegate_gateway.kube import ConfigSecretSource
 from rolegate_gateway.runtime import Runtime
 from rolegate_operator.render import config_secret
-from tests.cluster.fixtures import Kubectl
-from tests.cluster.harness import ControlPlane
 from tests.conftest import until
 from tests.fakes.configs import role_config
+from tests.fixtures.cluster import Kubectl
 
 NAME = "gw-config"
 

@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster import binaries
-from tests.cluster.binaries import HELM_VERSION, KUBE_VERSION
-from tests.cluster.fixtures import Helm, Kubectl
-from tests.cluster.harness import ControlPlane
-from tests.cluster.nodes import GPU_PRESENT_LABEL, GPU_RESOURCE, GPU_TAINT
-from tests.cluster.processes import group_members
+from devstack.k8s import build as k8s_build
+from devstack.k8s.build import HELM_VERSION, KUBE_VERSION
+from devstack.k8s.controlplane import ControlPlane
+from devstack.k8s.nodes import GPU_PRESENT_LABEL, GPU_RESOURCE, GPU_TAINT
+from devstack.process import group_members
+from tests.fixtures.cluster import Helm, Kubectl
 
 pytestmark = pytest.mark.cluster
 
@@ -47,10 +47,10 @@ def _alive(pid: int) -> bool:
 
 
 def test_build_script_agrees_the_cache_is_complete_and_does_nothing(k8s_bin_dir: Path) -> None:
-    assert binaries.is_built()
-    assert sorted(p.name for p in k8s_bin_dir.iterdir()) == sorted(binaries.BINARIES)
+    assert k8s_build.is_built()
+    assert sorted(p.name for p in k8s_bin_dir.iterdir()) == sorted(k8s_build.BINARIES)
     again = subprocess.run(
-        ["bash", str(binaries.BUILD_SCRIPT)], capture_output=True, text=True, timeout=30
+        ["bash", str(k8s_build.BUILD_SCRIPT)], capture_output=True, text=True, timeout=30
     )
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip() == str(k8s_bin_dir)
@@ -394,7 +394,7 @@ def test_sigterm_stops_a_full_control_plane_run_by_hand(k8s_bin_dir: Path, tmp_p
     stderr_path = tmp_path / "harness.stderr"
     with stderr_path.open("w") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.cluster.harness", "--full"],
+            [sys.executable, "-m", "devstack", "up", "--full"],
             cwd=REPO_ROOT,
             stdout=subprocess.PIPE,
             stderr=stderr,

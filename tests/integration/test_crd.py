@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from rolegate_gateway.api import LLMRoleSpec
-from tests.cluster.fixtures import Kubectl
+from tests.fixtures.cluster import Kubectl
 from tests.llmrole_cases import ACCEPTED, REFUSED, Refused, manifest, pruned
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -115,6 +115,7 @@ def test_the_examples_apply_as_the_readme_says(kubectl: Kubectl) -> None:
     kubectl("apply", "-f", str(EXAMPLES / "lightrag"))
     rows = [line.split()[:4] for line in kubectl("get", "llmr", "--no-headers").stdout.splitlines()]
     assert rows == [
+        ["embed", "openai", "text-embedding-3-small", "16"],
         ["extract", "openai", "gpt-4o-mini", "8"],
         ["keyword", "openai", "gpt-4o-mini", "4"],
         ["query", "openai", "gpt-4o", "4"],

@@ -20,12 +20,14 @@ import openai
 import pytest
 import yaml
 
+from devstack.k8s.controlplane import ControlPlane
+from devstack.poll import eventually
+from devstack.stack import OperatorProcess
 from rolegate_gateway.config import GatewayConfig
-from tests.cluster.fixtures import Kubectl
-from tests.cluster.harness import ControlPlane
 from tests.conftest import Upstream
 from tests.fakes import manifests as m
-from tests.stack import CONFIG, OperatorProcess, Stack, eventually, running_stack
+from tests.fixtures.cluster import Kubectl
+from tests.fixtures.stack import CONFIG, Stack, running_stack
 
 KEY = "sk-OPERATOR-7f3c9a41d2"
 ROTATED = "sk-ROTATED-0be21c77e5"

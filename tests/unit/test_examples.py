@@ -12,7 +12,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 def test_lightrag_roles_load() -> None:
     config = load_manifests(EXAMPLES / "lightrag")
     roles = {r.name: r for r in config.roles}
-    assert sorted(roles) == ["extract", "keyword", "query", "vlm"]
+    assert sorted(roles) == ["embed", "extract", "keyword", "query", "vlm"]
     assert all(r.upstream.base_url == "https://api.openai.com/v1" for r in roles.values())
     assert roles["extract"].limits.max_async == 8
 
@@ -29,7 +29,13 @@ def test_local_roles_are_the_same_roles_on_the_demo_server() -> None:
     remote = {r.name: r for r in load_manifests(EXAMPLES / "lightrag").roles}
     assert sorted(local) == sorted(remote)
     assert {r.upstream.base_url for r in local.values()} == {"http://127.0.0.1:8001/v1"}
-    assert {r.upstream.model for r in local.values()} == {"tiny-a"}
+    assert {n: r.upstream.model for n, r in local.items()} == {
+        "embed": "tiny-embed",
+        "extract": "tiny-a",
+        "keyword": "tiny-a",
+        "query": "tiny-a",
+        "vlm": "tiny-a",
+    }
     assert {v for r in local.values() for v in r.upstream.credentials.values()} == {"sk-local-demo"}
     for name, role in local.items():
         assert role.limits.max_async == remote[name].limits.max_async, name

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from gguf import GGUFReader
 
-from tests.llama.model import CHAT_TEMPLATE, VOCAB_SIZE, write_model
+from devstack.llama.model import CHAT_TEMPLATE, VOCAB_SIZE, write_model
 
 
 def field(reader: GGUFReader, key: str) -> object:

@@ -6,28 +6,21 @@ its data dies with the test), the API server with client-certificate authenticat
 ``--authorization-mode=Node,RBAC`` and the ServiceAccount admission plugin, and the two
 controllers authenticating with their own certificates so the bootstrap RBAC roles apply.
 The functions are pure: paths and ports in, argv out. (kwok's argv lives in
-:mod:`tests.cluster.nodes`, next to the nodes it manages.)
+:mod:`devstack.k8s.nodes`, next to the nodes it manages.)
 """
 
 from __future__ import annotations
 
-import json
-import ssl
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
-from tests.cluster.pki import SERVICE_CIDR, Pki
+from devstack.k8s.pki import SERVICE_CIDR, Pki
 
 __all__ = [
     "SERVICE_ACCOUNT_ISSUER",
     "apiserver_argv",
     "controller_manager_argv",
     "etcd_argv",
-    "get_json",
-    "get_text",
-    "insecure_tls",
     "scheduler_argv",
 ]
 
@@ -131,31 +124,3 @@ def scheduler_argv(*, binary: Path, kubeconfig: Path, port: int, cert_dir: Path)
         "--leader-elect=false",
         _VERBOSITY,
     ]
-
-
-def insecure_tls() -> ssl.SSLContext:
-    """A TLS context that accepts any certificate: for the controllers' self-signed /healthz."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-def get_text(url: str, context: ssl.SSLContext | None = None, timeout_s: float = 5.0) -> str:
-    """GET ``url`` and return the stripped body.
-
-    Raises:
-        urllib.error.HTTPError: a non-2xx answer.
-        OSError: no connection (refused, reset, timed out after ``timeout_s`` seconds).
-    """
-    try:
-        with urllib.request.urlopen(url, context=context, timeout=timeout_s) as answer:
-            return str(answer.read().decode().strip())
-    except urllib.error.HTTPError as error:
-        error.close()
-        raise
-
-
-def get_json(url: str, context: ssl.SSLContext | None = None) -> Any:
-    """GET ``url`` and decode its JSON body; errors as :func:`get_text`, plus ValueError."""
-    return json.loads(get_text(url, context))

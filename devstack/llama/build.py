@@ -7,7 +7,8 @@ sdist, ``venv/`` with it and its ``server`` extra installed under ``constraints.
 compiles llama.cpp from source, 3-5 minutes on two cores, printing its progress; a venv
 rebuilt from a cached wheel takes seconds. A file lock keeps two runs from building at once.
 
-``python -m tests.llama.env`` builds it and prints the virtualenv's python.
+``python -m devstack build llama`` builds it; pip's whole output goes to
+``<cache root>/llama-cpp-python-<version>.build.log``.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final, TextIO
 
-from tests.cache import BuildFailed, cache_root, locked, run_with_progress, stamped
+from devstack.cache import BuildFailed, cache_root, locked, run_with_progress, stamped
 
-__all__ = ["VERSION", "BuildFailed", "ensure", "home", "is_built", "python"]
+__all__ = ["VERSION", "BuildFailed", "build_log", "ensure", "home", "is_built", "python"]
 
 #: llama-cpp-python on PyPI; its sdist vendors llama.cpp at a fixed commit.
 VERSION: Final = "0.3.36"
@@ -44,6 +45,11 @@ _STEP: Final = re.compile(r"^\[(\d+)/(\d+)\]")
 def home() -> Path:
     """The cache entry: ``<cache root>/llama-cpp-python-<version>``."""
     return cache_root() / f"llama-cpp-python-{VERSION}"
+
+
+def build_log() -> Path:
+    """The whole output of the last build: ``<cache root>/llama-cpp-python-<version>.build.log``."""
+    return home().with_name(f"{home().name}.build.log")
 
 
 def python() -> Path:
@@ -91,6 +97,7 @@ def _build_wheel(out: TextIO) -> Path:
     if stamped(wheel_dir, _wheel_stamp()) and wheels:
         return wheels[-1]
     shutil.rmtree(wheel_dir, ignore_errors=True)
+    build_log().unlink(missing_ok=True)
     print(
         f"{_PREFIX}compiling llama-cpp-python {VERSION} from source into {wheel_dir} "
         "(once; 3-5 minutes on two cores) ...",
@@ -105,7 +112,9 @@ def _build_wheel(out: TextIO) -> Path:
     # --no-cache-dir: pip would otherwise reuse a wheel it built earlier with other flags.
     argv = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-binary", "llama-cpp-python"]
     argv += ["--no-cache-dir", "-v", "-w", str(wheel_dir), f"llama-cpp-python=={VERSION}"]
-    run_with_progress(argv, out, prefix=_PREFIX, show=_compile_progress(), env=env)
+    run_with_progress(
+        argv, out, prefix=_PREFIX, show=_compile_progress(), env=env, log_path=build_log()
+    )
     wheels = sorted(wheel_dir.glob(f"llama_cpp_python-{VERSION}-*.whl"))
     if not wheels:
         raise BuildFailed(f"pip wheel finished but left no llama_cpp_python wheel in {wheel_dir}")
@@ -135,7 +144,7 @@ def ensure(out: TextIO | None = None) -> Path:
         run_with_progress([sys.executable, "-m", "venv", str(venv)], out, prefix=_PREFIX)
         install = [str(python()), "-m", "pip", "install", "--progress-bar", "off", "--quiet"]
         install += ["-c", str(CONSTRAINTS), f"llama-cpp-python[server] @ {wheel.as_uri()}"]
-        run_with_progress(install, out, prefix=_PREFIX)
+        run_with_progress(install, out, prefix=_PREFIX, log_path=build_log())
         run_with_progress([str(python()), "-c", "import llama_cpp.server.app"], out, prefix=_PREFIX)
         (target / "stamp").write_text(_stamp_text())
         print(
@@ -144,7 +153,3 @@ def ensure(out: TextIO | None = None) -> Path:
             flush=True,
         )
         return python()
-
-
-if __name__ == "__main__":
-    print(ensure())

@@ -11,23 +11,20 @@ Ctrl-C, or on SIGTERM, which the harness turns into KeyboardInterrupt) stops the
     with ControlPlane(full=True) as cp:
         cp.kubectl(["get", "nodes"])          # CompletedProcess; raises CommandError on failure
 
-By hand: ``python -m tests.cluster.harness [--full]`` prints the kubeconfig and waits for
-Ctrl-C. The binaries come from tests/cluster/build.sh (see :mod:`tests.cluster.binaries`).
+By hand: ``python -m devstack up [--full]`` prints the kubeconfig and waits for Ctrl-C. The
+binaries come from build.sh (see :mod:`devstack.k8s.build`).
 """
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import contextlib
 import json
 import logging
 import os
 import shutil
-import signal
 import ssl
 import subprocess
-import sys
 import time
 import urllib.request
 import weakref
@@ -36,14 +33,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
-from tests.cluster import binaries, components, nodes, pki, processes
-from tests.cluster.processes import Component, ComponentDied, free_ports
+from devstack import http, process
+from devstack.k8s import build, components, nodes, pki
+from devstack.poll import wait_until
+from devstack.process import Process, free_ports
 
-__all__ = ["CommandError", "ControlPlane", "ControlPlaneError", "main"]
+__all__ = ["TMP_PREFIX", "CommandError", "ControlPlane", "ControlPlaneError"]
 
 log = logging.getLogger(__name__)
 
-_TMP_PREFIX: Final = "rolegate-k8s-"
+TMP_PREFIX: Final = "rolegate-k8s-"
+"""The prefix of every control plane's temporary directory (under the system's tmp)."""
 _POLL_S: Final = 0.1
 _LOG_TAIL_LINES: Final = 30
 _live: weakref.WeakSet[ControlPlane] = weakref.WeakSet()
@@ -72,7 +72,7 @@ class ControlPlane:
     Args:
         full: also run kube-controller-manager, kube-scheduler and kwok with ``node_specs``.
         node_specs: the simulated nodes (full only); default :func:`nodes.default_nodes`.
-        bin_dir: where the binaries are; default :func:`binaries.bin_dir` (not built here).
+        bin_dir: where the binaries are; default :func:`build.bin_dir` (not built here).
         startup_timeout_s: seconds allowed for each readiness wait.
         keep_tmp: keep the temporary directory after stop (for debugging).
     """
@@ -90,10 +90,10 @@ class ControlPlane:
         self.node_specs: Final = tuple(
             node_specs if node_specs is not None else nodes.default_nodes() if full else ()
         )
-        self.bin_dir: Final = bin_dir or binaries.bin_dir()
+        self.bin_dir: Final = bin_dir or build.bin_dir()
         self.startup_timeout_s = startup_timeout_s
         self.keep_tmp = keep_tmp
-        self.components: dict[str, Component] = {}
+        self.components: dict[str, Process] = {}
         self._tmp: Path | None = None
         self._pki: pki.Pki | None = None
         self._port = 0
@@ -203,22 +203,22 @@ class ControlPlane:
         Exceptions from ``predicate`` count as "not yet" (OSError, ValueError, KeyError).
 
         Raises:
-            ComponentDied: a component exited.
+            devstack.process.ProcessDied: a component exited.
             TimeoutError: not true within ``timeout_s`` (default: startup_timeout_s) seconds.
         """
-        deadline = time.monotonic() + (timeout_s or self.startup_timeout_s)
-        while True:
+
+        def check() -> None:
             for component in self.components.values():
                 component.check_running()
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                if predicate():
-                    return
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"timed out after {timeout_s or self.startup_timeout_s:.0f}"
-                    f" s waiting for {what}"
-                )
-            time.sleep(_POLL_S)
+
+        wait_until(
+            predicate,
+            timeout_s=timeout_s or self.startup_timeout_s,
+            what=what,
+            poll_s=_POLL_S,
+            tolerate=(OSError, ValueError, KeyError),
+            check=check,
+        )
 
     def log_tails(self, lines: int = _LOG_TAIL_LINES) -> str:
         """The last ``lines`` of every component's log, each under a header."""
@@ -230,7 +230,7 @@ class ControlPlane:
     # -- lifecycle --------------------------------------------------------------------------
 
     def __enter__(self) -> ControlPlane:
-        self._signals.enter_context(processes.sigterm_raises_interrupt())
+        self._signals.enter_context(process.sigterm_raises_interrupt())
         try:
             self.start()
         except BaseException:
@@ -258,14 +258,14 @@ class ControlPlane:
         """
         if self._tmp is not None:
             raise RuntimeError("a ControlPlane starts once; create a new one")
-        missing = [b for b in binaries.BINARIES if not (self.bin_dir / b).is_file()]
+        missing = [b for b in build.BINARIES if not (self.bin_dir / b).is_file()]
         if missing:
             raise ControlPlaneError(
-                f"missing {', '.join(missing)} in {self.bin_dir}; run {binaries.BUILD_SCRIPT}"
+                f"missing {', '.join(missing)} in {self.bin_dir}; run {build.BUILD_SCRIPT}"
             )
-        processes.sweep_orphaned_dirs(_TMP_PREFIX)
+        process.sweep_orphaned_dirs(TMP_PREFIX)
         _live.add(self)
-        self._tmp = processes.owned_tmp_dir(_TMP_PREFIX)
+        self._tmp = process.owned_tmp_dir(TMP_PREFIX)
         (self._tmp / "logs").mkdir()
         started = time.monotonic()
         try:
@@ -291,13 +291,13 @@ class ControlPlane:
         Safe to call more than once. SIGINT and SIGTERM are held back meanwhile (in the main
         thread), so a Ctrl-C cannot cut the cleanup short; they are delivered once it is done.
         """
-        with processes.signals_deferred():
+        with process.signals_deferred():
             for component in reversed(list(self.components.values())):
                 component.stop(grace_s=10.0)
             if self._tmp is not None and not self.keep_tmp:
                 shutil.rmtree(self._tmp, ignore_errors=True)
             elif self._tmp is not None:
-                processes.disown_dir(self._tmp)  # kept for debugging: never swept
+                process.disown_dir(self._tmp)  # kept for debugging: never swept
             _live.discard(self)
 
     # -- internals --------------------------------------------------------------------------
@@ -321,8 +321,8 @@ class ControlPlane:
             raise CommandError(proc.returncode, argv, proc.stdout, proc.stderr)
         return proc
 
-    def _add(self, name: str, argv: list[str]) -> Component:
-        component = Component(name, argv, log_path=self.tmp_dir / "logs" / f"{name}.log")
+    def _add(self, name: str, argv: list[str]) -> Process:
+        component = Process(name, argv, log_path=self.tmp_dir / "logs" / f"{name}.log")
         self.components[name] = component
         component.start()
         return component
@@ -347,7 +347,7 @@ class ControlPlane:
             ),
         )
         self.wait_for(
-            "etcd /health", lambda: components.get_json(f"{etcd_url}/health")["health"] == "true"
+            "etcd /health", lambda: http.get_json(f"{etcd_url}/health")["health"] == "true"
         )
         self._add(
             "kube-apiserver",
@@ -361,7 +361,7 @@ class ControlPlane:
         )
         self.wait_for(
             "kube-apiserver /readyz",
-            lambda: components.get_text(f"{self.server}/readyz", self._ssl) == "ok",
+            lambda: http.get_text(f"{self.server}/readyz", context=self._ssl) == "ok",
         )
         self.wait_for("namespace default", lambda: bool(self.api("/api/v1/namespaces/default")))
         if not self.full:
@@ -409,13 +409,13 @@ class ControlPlane:
             nodes.kwok_argv(
                 kwok=self.bin_dir / "kwok",
                 kubeconfig=self.kubeconfig,
-                stages=binaries.kwok_stages_file(),
+                stages=build.kwok_stages_file(),
                 port=kwok_port,
             ),
         )
         for index, spec in enumerate(self.node_specs):
             self.api("/api/v1/nodes", method="POST", body=nodes.node_manifest(spec, index=index))
-        insecure = components.insecure_tls()
+        insecure = http.insecure_tls()
         for name, url, context in (
             ("kube-controller-manager", f"https://127.0.0.1:{kcm_port}/healthz", insecure),
             ("kube-scheduler", f"https://127.0.0.1:{scheduler_port}/healthz", insecure),
@@ -434,48 +434,4 @@ class ControlPlane:
 
 
 def _answers_ok(url: str, context: ssl.SSLContext | None) -> Callable[[], bool]:
-    return lambda: components.get_text(url, context) == "ok"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run a control plane until Ctrl-C or SIGTERM; print how to reach it.
-
-    The line starting ``READY `` is JSON: kubeconfig, tmp_dir, server, pids (by component).
-    """
-    parser = argparse.ArgumentParser(
-        prog="python -m tests.cluster.harness",
-        description=__doc__.splitlines()[0] if __doc__ else None,
-    )
-    parser.add_argument(
-        "--full",
-        action="store_true",
-        help="also run kube-controller-manager, kube-scheduler and kwok nodes",
-    )
-    parser.add_argument("--build", action="store_true", help="run build.sh first if needed")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if args.build:
-        binaries.ensure_built()
-    try:
-        with ControlPlane(full=args.full) as plane:
-            info = {
-                "kubeconfig": str(plane.kubeconfig),
-                "tmp_dir": str(plane.tmp_dir),
-                "server": plane.server,
-                "pids": plane.pids(),
-            }
-            print(f"export KUBECONFIG={plane.kubeconfig} PATH={plane.bin_dir}:$PATH")
-            print("READY " + json.dumps(info), flush=True)
-            print("Ctrl-C to stop", file=sys.stderr, flush=True)
-            while True:
-                signal.pause()
-    except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)
-    except (ControlPlaneError, ComponentDied) as error:
-        print(error, file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return lambda: http.get_text(url, context=context) == "ok"

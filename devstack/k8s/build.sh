@@ -5,9 +5,12 @@
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok and helm, all
 # compiled from Go modules pinned in versions.env (no release downloads, no container engine).
 #
-#   tests/cluster/build.sh          build what is missing (a no-op when the cache is complete)
-#   tests/cluster/build.sh --pin    regenerate gomod/*/go.mod and go.sum from versions.env
-#   tests/cluster/build.sh --print  print the cache's bin dir and exit (built or not)
+#   devstack/k8s/build.sh          build what is missing (a no-op when the cache is complete)
+#   devstack/k8s/build.sh --pin    regenerate gomod/*/go.mod and go.sum from versions.env
+#   devstack/k8s/build.sh --print  print the cache's bin dir and exit (built or not)
+#
+# `python -m devstack build k8s` runs it with its output kept in a build log and only the
+# progress lines shown.
 #
 # Environment: ROLEGATE_CACHE (cache root), GO (the go binary; default: go on PATH, then
 # /usr/local/go/bin/go), and Go's own (GOPROXY, GOCACHE, GOMODCACHE, ...).
@@ -132,7 +135,7 @@ pin() {
     (cd "$edir" && "$GO" mod init rolegate.dev/tests/cluster/etcd >/dev/null 2>&1)
     (cd "$edir" && "$GO" mod edit -go=1.26.0 && "$GO" get -tool "go.etcd.io/etcd/server/v3@$ETCD_VERSION" \
         && "$GO" mod tidy)
-    log "done: review and commit tests/cluster/gomod/*/go.mod and go.sum"
+    log "done: review and commit devstack/k8s/gomod/*/go.mod and go.sum"
 }
 
 build() {

@@ -1,14 +1,15 @@
-"""LiteLLM's proxy in a virtualenv of its own, under the cache, never in ours.
+"""LiteLLM's proxy, the benchmark's first peer, in a virtualenv of its own under the cache.
 
 Owns :data:`LITELLM_VERSION` (the pin), :func:`venv_dir` and :func:`ensure`, which creates
 ``${ROLEGATE_CACHE:-${XDG_CACHE_HOME:-~/.cache}/rolegate}/litellm-<version>/`` when it is
 missing or incomplete: ``python -m venv``, then ``pip install litellm[proxy]==<version>``
-with every transitive package pinned by ``bench/litellm-constraints.txt``, printing pip's
-progress as it goes (about 30 s with a warm pip cache, 1-2 min cold, ~700 MB). A ``stamp``
+with every transitive package pinned by ``litellm-constraints.txt`` beside this file (about
+30 s with a warm pip cache, 1-2 min cold, ~700 MB). It prints a progress line per 50 packages;
+pip's whole output goes to ``litellm-<version>.build.log`` beside the virtualenv. A ``stamp``
 file holding the requirement and the constraints' hash marks a complete install; a file
 lock keeps two runs from building it at once.
 
-``python -m bench.litellm_env`` builds it and prints the path of the ``litellm`` CLI.
+``python -m devstack build litellm`` builds it.
 """
 
 from __future__ import annotations
@@ -17,23 +18,20 @@ import hashlib
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from tests.cache import BuildFailed, cache_root, locked, run_with_progress, stamped
+from devstack.cache import BuildFailed, cache_root, locked, run_with_progress, stamped
 
-__all__ = ["LITELLM_VERSION", "InstallError", "cache_root", "ensure", "is_installed", "venv_dir"]
+__all__ = ["LITELLM_VERSION", "BuildFailed", "ensure", "is_built", "venv_dir"]
 
 #: The LiteLLM release benchmarked. Newer releases require a certifi newer than PyPI had
 #: when this was pinned; change it together with litellm-constraints.txt.
 LITELLM_VERSION = "1.100.5"
 CONSTRAINTS = Path(__file__).with_name("litellm-constraints.txt")
 _REQUIREMENT = f"litellm[proxy]=={LITELLM_VERSION}"
-_PREFIX = "rolegate bench: "
-
-#: The LiteLLM virtualenv could not be built; the message holds the failing command and the
-#: end of its output.
-InstallError = BuildFailed
+_PREFIX = "rolegate litellm: "
 
 
 def venv_dir() -> Path:
@@ -46,9 +44,25 @@ def _stamp_text() -> str:
     return f"{_REQUIREMENT} constraints={digest} python={sys.version_info[:2]}\n"
 
 
-def is_installed() -> bool:
+def is_built() -> bool:
     """Whether the pinned virtualenv is complete (its stamp matches the pins)."""
     return stamped(venv_dir(), _stamp_text()) and (venv_dir() / "bin" / "litellm").is_file()
+
+
+def _pip_progress() -> Callable[[str], str | None]:
+    """A line filter for ``pip install``: one line per 50 packages collected, and the end."""
+    seen = {"collected": 0}
+
+    def show(line: str) -> str | None:
+        if line.startswith("Collecting "):
+            seen["collected"] += 1
+            count = seen["collected"]
+            return f"{count} packages collected" if count % 50 == 0 else None
+        if line.startswith("Successfully installed"):
+            return f"installed {len(line.split()) - 2} packages"
+        return line if "error" in line.lower() else None
+
+    return show
 
 
 def ensure(out: TextIO | None = None) -> Path:
@@ -56,13 +70,13 @@ def ensure(out: TextIO | None = None) -> Path:
     is missing or incomplete (progress on ``out``, default stderr).
 
     Raises:
-        InstallError: venv creation or pip failed (no network to PyPI, a pin not found).
+        BuildFailed: venv creation or pip failed (no network to PyPI, a pin not found).
     """
     out = out or sys.stderr
     target = venv_dir()
     cli = target / "bin" / "litellm"
     with locked(target):
-        if is_installed():
+        if is_built():
             return cli
         started = time.monotonic()
         print(
@@ -74,13 +88,11 @@ def ensure(out: TextIO | None = None) -> Path:
         run_with_progress([sys.executable, "-m", "venv", str(target)], out, prefix=_PREFIX)
         pip = [str(target / "bin" / "python"), "-m", "pip"]
         install = [*pip, "install", "--progress-bar", "off", "-c", str(CONSTRAINTS), _REQUIREMENT]
-        run_with_progress(install, out, prefix=_PREFIX)
+        log_path = target.with_name(f"{target.name}.build.log")
+        log_path.unlink(missing_ok=True)
+        run_with_progress(install, out, prefix=_PREFIX, show=_pip_progress(), log_path=log_path)
         if not cli.is_file():
-            raise InstallError(f"pip installed {_REQUIREMENT} but {cli} is missing")
+            raise BuildFailed(f"pip installed {_REQUIREMENT} but {cli} is missing")
         (target / "stamp").write_text(_stamp_text())
         print(f"{_PREFIX}LiteLLM ready in {time.monotonic() - started:.0f} s", file=out, flush=True)
         return cli
-
-
-if __name__ == "__main__":
-    print(ensure())

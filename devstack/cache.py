@@ -1,12 +1,12 @@
-"""The build cache shared by the tests, the demo and the benchmark.
+"""The build cache of the local stack, shared by the tests, the demo and the benchmark.
 
 Owns the cache root (``$ROLEGATE_CACHE``, else ``$XDG_CACHE_HOME/rolegate``, else
 ``~/.cache/rolegate``) and the mechanism every expensive build under it uses: an exclusive
 file lock per entry (so two runs never build one entry at once), a stamp written last (so an
 interrupted build never looks complete), and subprocesses whose output is passed on as
-progress while they run.
-Entries: ``k8s-<version>/`` (tests/cluster/build.sh), ``litellm-<version>/``
-(bench/litellm_env.py), ``llama-cpp-python-<version>/`` (tests/llama/env.py).
+progress while they run, with their whole output kept in a build log.
+Entries: ``k8s-<version>/`` (:mod:`devstack.k8s.build`), ``llama-cpp-python-<version>/``
+(:mod:`devstack.llama.build`), ``litellm-<version>/`` (:mod:`devstack.peers.litellm`).
 """
 
 from __future__ import annotations
@@ -73,16 +73,18 @@ def run_with_progress(
     prefix: str,
     show: Callable[[str], str | None] = lambda line: line,
     env: Mapping[str, str] | None = None,
+    log_path: Path | None = None,
 ) -> None:
     """Run ``argv``, writing ``prefix`` plus what ``show`` makes of each output line to ``out``
-    (default stderr) as it comes; ``show`` returns None to hide a line. The command runs in
+    (default stderr) as it comes; ``show`` returns None to hide a line. With ``log_path``,
+    every line (hidden ones too) is appended to that file as well. The command runs in
     a session of its own; on any exception (KeyboardInterrupt too) its whole process group
     (the compilers a build started included) gets SIGTERM, then SIGKILL after 10 s, before
     the exception propagates.
 
     Raises:
         BuildFailed: the command exited non-zero (the message holds its last 30 lines,
-            hidden ones included).
+            hidden ones included, and names the build log).
         OSError: the command cannot be started.
     """
     out = out or sys.stderr
@@ -100,9 +102,12 @@ def run_with_progress(
     )
     assert proc.stdout is not None
     tail: list[str] = []
+    log = log_path.open("a") if log_path is not None else None
     try:
         for line in proc.stdout:
             tail = [*tail[-29:], line.rstrip()]
+            if log is not None:
+                log.write(line)
             shown = show(line.rstrip())
             if shown is not None:
                 print(f"{prefix}{shown}", file=out, flush=True)
@@ -110,6 +115,10 @@ def run_with_progress(
     except BaseException:  # Ctrl-C included: the build stops with us
         _stop_group(proc)
         raise
+    finally:
+        if log is not None:
+            log.close()
     if proc.returncode != 0:
         lines = "\n".join(tail)
-        raise BuildFailed(f"{' '.join(argv)} exited with {proc.returncode}:\n{lines}")
+        where = f" (whole output in {log_path})" if log_path is not None else ""
+        raise BuildFailed(f"{' '.join(argv)} exited with {proc.returncode}{where}:\n{lines}")

@@ -5,7 +5,7 @@ loads the file, tokenises with its SentencePiece-style ("llama") tokenizer, appl
 template from the metadata, samples, streams and counts usage. One model is ~0.5 MB:
 
 - 2 blocks, 64-dim embeddings, 4 attention heads (and 4 KV heads), a 128-wide SwiGLU FFN,
-  a 512-token context, float32 tensors;
+  a 32,768-token context, float32 tensors;
 - a 260-token vocabulary: ``<unk>``, ``<s>``, ``</s>``, the 256 byte tokens ``<0x00>`` ..
   ``<0xFF>`` (SentencePiece byte fallback, so any UTF-8 text tokenises) and ``▁``;
 - a chat template (``<role>content`` lines, then ``<assistant>``) in ``tokenizer.chat_template``.
@@ -25,20 +25,32 @@ own constants.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
 import gguf
 import numpy as np
 
-__all__ = ["CHAT_TEMPLATE", "MODELS", "N_CTX", "VOCAB_SIZE", "write_model"]
+__all__ = [
+    "CHAT_TEMPLATE",
+    "EMBEDDING_MODELS",
+    "MODELS",
+    "N_CTX",
+    "N_EMBD",
+    "VOCAB_SIZE",
+    "write_model",
+    "write_models",
+]
 
 N_EMBD: Final = 64
 N_HEAD: Final = 4
 N_LAYER: Final = 2
 N_FF: Final = 128
-N_CTX: Final = 512
-"""The context length, in tokens."""
+N_CTX: Final = 32_768
+"""The context length in tokens, written into the model and given to the server: a real RAG
+application's extraction prompts need ~10K tokens. The tiny model's KV cache at this length is
+2 layers x 32,768 x 64 x 2 (K, V) x 2 bytes = 16 MiB."""
 VOCAB_SIZE: Final = 260
 UNK, BOS, EOS = 0, 1, 2
 _FIRST_BYTE: Final = 3
@@ -51,8 +63,10 @@ CHAT_TEMPLATE: Final = (
     "{% if add_generation_prompt %}<assistant>{% endif %}"
 )
 
-#: Alias -> seed of the two models the tests and the demo serve.
+#: Alias -> seed of the two chat models the tests and the demo serve.
 MODELS: Final = {"tiny-a": 1, "tiny-b": 2}
+#: Alias -> seed of the embedding model (served with mean pooling: one 64-wide vector an input).
+EMBEDDING_MODELS: Final = {"tiny-embed": 3}
 
 _FAVOURED: Final = frozenset(range(ord("a"), ord("z") + 1))
 
@@ -154,3 +168,15 @@ def write_model(path: os.PathLike[str] | str, *, seed: int, name: str | None = N
     finally:
         tmp.unlink(missing_ok=True)
     return target
+
+
+def write_models(folder: Path, seeds: Mapping[str, int]) -> dict[str, Path]:
+    """Write one model per alias of ``seeds`` (alias -> seed) as ``folder/<alias>.gguf``;
+    returns alias -> path.
+
+    Raises:
+        OSError: a file cannot be written.
+    """
+    return {
+        alias: write_model(folder / f"{alias}.gguf", seed=seed) for alias, seed in seeds.items()
+    }

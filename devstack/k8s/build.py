@@ -1,10 +1,13 @@
-"""Where the pinned control-plane binaries live, and building them when they are missing.
+"""Where the pinned Kubernetes binaries live, and building them when they are missing.
 
 This module owns the Python side of the contract with ``build.sh``: the pins in
 ``versions.env``, the cache layout (``${ROLEGATE_CACHE:-~/.cache/rolegate}/k8s-<version>/``
 holding ``bin/`` with etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl,
 kwok and helm, ``kwok/stages.yaml`` and a ``stamp``), and the check that the cache is complete
 (the same sha256 over versions.env and the wrapper modules' go.sum that build.sh writes last).
+A build keeps its whole output in ``<cache root>/k8s-<version>.build.log`` and prints only
+its progress lines; Go's ``go: downloading ...`` lines (hundreds on a cold build) reach the
+terminal only inside the error of a failed build.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Final, TextIO
 
-from tests.cache import BuildFailed, cache_root, locked, run_with_progress
+from devstack.cache import BuildFailed, cache_root, locked, run_with_progress
 
 __all__ = [
     "BINARIES",
@@ -24,22 +27,23 @@ __all__ = [
     "HELM_VERSION",
     "KUBE_VERSION",
     "KWOK_VERSION",
-    "BuildError",
+    "BuildFailed",
     "bin_dir",
+    "build_log",
     "cache_dir",
-    "ensure_built",
+    "ensure",
     "is_built",
     "kwok_stages_file",
     "read_versions",
 ]
 
-CLUSTER_DIR: Final = Path(__file__).resolve().parent
-VERSIONS_FILE: Final = CLUSTER_DIR / "versions.env"
-BUILD_SCRIPT: Final = CLUSTER_DIR / "build.sh"
+_HERE: Final = Path(__file__).resolve().parent
+VERSIONS_FILE: Final = _HERE / "versions.env"
+BUILD_SCRIPT: Final = _HERE / "build.sh"
 _STAMPED_FILES: Final = (
     VERSIONS_FILE,
-    CLUSTER_DIR / "gomod" / "kubernetes" / "go.sum",
-    CLUSTER_DIR / "gomod" / "etcd" / "go.sum",
+    _HERE / "gomod" / "kubernetes" / "go.sum",
+    _HERE / "gomod" / "etcd" / "go.sum",
 )
 BINARIES: Final = (
     "etcd",
@@ -50,10 +54,6 @@ BINARIES: Final = (
     "kwok",
     "helm",
 )
-
-
-class BuildError(RuntimeError):
-    """build.sh failed or is missing; the message says how to build by hand."""
 
 
 def read_versions(path: Path = VERSIONS_FILE) -> dict[str, str]:
@@ -84,7 +84,7 @@ HELM_VERSION: Final = _VERSIONS["HELM_VERSION"]
 
 
 def cache_dir() -> Path:
-    """The cache of this pin set: :func:`tests.cache.cache_root` joined with
+    """The cache of this pin set: :func:`devstack.cache.cache_root` joined with
     ``k8s-<version>``, as build.sh."""
     return cache_root() / f"k8s-{KUBE_VERSION}"
 
@@ -106,6 +106,16 @@ def _expected_stamp() -> str:
     return digest.hexdigest()
 
 
+def build_log() -> Path:
+    """The whole output of the last build: ``<cache root>/k8s-<version>.build.log``."""
+    return cache_dir().with_name(f"{cache_dir().name}.build.log")
+
+
+def _progress(line: str) -> str | None:
+    """Hide Go's module chatter (``go: downloading``, ``go: finding``, ``go: extracting``)."""
+    return None if line.startswith(("go: downloading", "go: finding", "go: extracting")) else line
+
+
 def is_built() -> bool:
     """Whether the cache is complete for the current pins (stamp matches, every binary there)."""
     stamp = cache_dir() / "stamp"
@@ -119,31 +129,38 @@ def is_built() -> bool:
     )
 
 
-def ensure_built(*, progress: TextIO | None = None) -> Path:
+def ensure(out: TextIO | None = None) -> Path:
     """Return :func:`bin_dir`, running build.sh first when the cache is incomplete.
 
     A cold build compiles Kubernetes from source: about 7 minutes on two cores. build.sh's
-    progress lines are copied to ``progress`` (default ``sys.stderr``) as they come.
+    progress lines are copied to ``out`` (default ``sys.stderr``) as they come.
 
     Raises:
-        BuildError: build.sh failed or left the cache incomplete; the message holds the last
-            lines of its output.
+        BuildFailed: build.sh failed or left the cache incomplete; the message holds the last
+            lines of its output and names the build log.
     """
     if is_built():
         return bin_dir()
-    out = progress if progress is not None else sys.stderr
+    out = out if out is not None else sys.stderr
     with locked(cache_dir()):  # a second run waits, then finds the cache complete
         if is_built():
             return bin_dir()
-        print(f"rolegate: building the test control plane into {cache_dir()} ...", file=out)
+        log_path = build_log()
+        log_path.unlink(missing_ok=True)
+        print(
+            f"rolegate: building Kubernetes {KUBE_VERSION} into {cache_dir()} "
+            f"(log: {log_path}) ...",
+            file=out,
+            flush=True,
+        )
         try:
-            run_with_progress(["bash", str(BUILD_SCRIPT)], out, prefix="")
+            run_with_progress(
+                ["bash", str(BUILD_SCRIPT)], out, prefix="", show=_progress, log_path=log_path
+            )
         except BuildFailed as failed:
-            raise BuildError(
-                f"{BUILD_SCRIPT} failed; run it by hand to see more. {failed}"
-            ) from None
+            raise BuildFailed(f"building Kubernetes failed: {failed}") from None
     if not is_built():
-        raise BuildError(
+        raise BuildFailed(
             f"{BUILD_SCRIPT} finished but the cache at {cache_dir()} is incomplete; "
             "run it by hand to see why"
         )

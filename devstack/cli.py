@@ -1,0 +1,181 @@
+"""``python -m devstack``: the local stack by hand.
+
+    python -m devstack build [k8s|llama|litellm ...]   build what is missing (default: all)
+    python -m devstack up [--full] [--crd]              a control plane until Ctrl-C
+    python -m devstack status                           what is cached, and how big
+
+``build`` prints progress lines only; each build's whole output stays in its build log in the
+cache (its path is printed, and the last lines come with a failure). ``up`` builds the
+Kubernetes binaries first when they are missing, then prints ``export KUBECONFIG=... PATH=...``
+and a line ``READY {json}`` (kubeconfig, tmp_dir, server, pids by component), and runs until
+Ctrl-C or SIGTERM, which stop every process and remove the temporary directory.
+
+Exit status: 0 done, 1 a build or start failed (the message says why), 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, TextIO
+
+from devstack.cache import BuildFailed, cache_root
+from devstack.k8s import build as k8s_build
+from devstack.k8s.controlplane import ControlPlane, ControlPlaneError
+from devstack.llama import build as llama_build
+from devstack.peers import litellm
+from devstack.process import ProcessDied
+from devstack.stack import install_crd
+
+__all__ = ["ENTRIES", "Entry", "main"]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One cached build: its name on the command line, what it is, and its build module's
+    ``is_built``, ``ensure`` and cache directory."""
+
+    name: str
+    what: str
+    is_built: Callable[[], bool]
+    ensure: Callable[[TextIO | None], Path]
+    path: Callable[[], Path]
+
+
+ENTRIES: Final = (
+    Entry(
+        "k8s",
+        f"Kubernetes {k8s_build.KUBE_VERSION} binaries (etcd, apiserver, ..., kwok, helm)",
+        k8s_build.is_built,
+        k8s_build.ensure,
+        k8s_build.cache_dir,
+    ),
+    Entry(
+        "llama",
+        f"llama.cpp server (llama-cpp-python {llama_build.VERSION})",
+        llama_build.is_built,
+        llama_build.ensure,
+        llama_build.home,
+    ),
+    Entry(
+        "litellm",
+        f"LiteLLM proxy {litellm.LITELLM_VERSION} (the benchmark's peer)",
+        litellm.is_built,
+        litellm.ensure,
+        litellm.venv_dir,
+    ),
+)
+_BY_NAME: Final = {entry.name: entry for entry in ENTRIES}
+
+
+def _size(path: Path) -> int:
+    """Bytes of the files under ``path`` (links not followed); 0 when it is missing."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += (Path(root) / name).lstat().st_size
+            except OSError:
+                continue
+    return total
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def build(names: Sequence[str], out: TextIO) -> int:
+    """Build the named entries (all when none) that are missing; 1 when one failed."""
+    for entry in [_BY_NAME[name] for name in names] or ENTRIES:
+        if entry.is_built():
+            print(f"{entry.name}: cached in {entry.path()}", file=out, flush=True)
+            continue
+        print(f"{entry.name}: building {entry.what} ...", file=out, flush=True)
+        try:
+            entry.ensure(out)
+        except BuildFailed as failed:
+            print(f"{entry.name}: build failed: {failed}", file=out, flush=True)
+            return 1
+        print(f"{entry.name}: built in {entry.path()}", file=out, flush=True)
+    return 0
+
+
+def status(out: TextIO) -> int:
+    """Print each entry: built or not, its size and where it lives."""
+    print(f"cache: {cache_root()}", file=out)
+    for entry in ENTRIES:
+        path = entry.path()
+        state = "built" if entry.is_built() else "missing" if not path.exists() else "incomplete"
+        print(
+            f"  {entry.name:<8} {state:<10} {_human(_size(path)):>10}  {path}  ({entry.what})",
+            file=out,
+        )
+    return 0
+
+
+def up(*, full: bool, crd: bool, out: TextIO) -> int:
+    """Run a control plane until Ctrl-C or SIGTERM; see the module docstring."""
+    if build(["k8s"], sys.stderr) != 0:
+        return 1
+    try:
+        with ControlPlane(full=full) as plane:
+            if crd:
+                install_crd(plane)
+            info = {
+                "kubeconfig": str(plane.kubeconfig),
+                "tmp_dir": str(plane.tmp_dir),
+                "server": plane.server,
+                "pids": plane.pids(),
+            }
+            print(f"export KUBECONFIG={plane.kubeconfig} PATH={plane.bin_dir}:$PATH", file=out)
+            print("READY " + json.dumps(info), file=out, flush=True)
+            print("Ctrl-C to stop", file=sys.stderr, flush=True)
+            while True:
+                signal.pause()
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+    except (ControlPlaneError, ProcessDied) as error:
+        print(error, file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run one subcommand; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="python -m devstack",
+        description="rolegate's local stack: cached builds and a control plane on loopback",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    build_parser = commands.add_parser("build", help="build what is missing (default: all)")
+    build_parser.add_argument("names", nargs="*", metavar="NAME", help=", ".join(_BY_NAME))
+    up_parser = commands.add_parser("up", help="a control plane on 127.0.0.1 until Ctrl-C")
+    up_parser.add_argument(
+        "--full",
+        action="store_true",
+        help="also kube-controller-manager, kube-scheduler and kwok with CPU and GPU nodes",
+    )
+    up_parser.add_argument("--crd", action="store_true", help="install the LLMRole CRD")
+    commands.add_parser("status", help="what is cached, and how big")
+    args = parser.parse_args(argv)
+    unknown = [name for name in getattr(args, "names", ()) if name not in _BY_NAME]
+    if unknown:
+        parser.error(f"unknown build {', '.join(unknown)}: choose from {', '.join(_BY_NAME)}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.command == "build":
+        return build(args.names, sys.stdout)
+    if args.command == "up":
+        return up(full=args.full, crd=args.crd, out=sys.stdout)
+    return status(sys.stdout)
