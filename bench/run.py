@@ -44,7 +44,7 @@ from bench.targets import (
     write_roles,
 )
 from bench.upstream import UpstreamSettings
-from devstack.peers import litellm as litellm_env
+from devstack.peers import litellm as litellm_peer
 from devstack.process import Process
 
 __all__ = ["Settings", "main", "run"]
@@ -89,7 +89,7 @@ def _versions() -> dict[str, str]:
 
     return {
         "rolegate": f"{metadata.version('rolegate')} ({_commit()})",
-        "litellm": litellm_env.LITELLM_VERSION,
+        "litellm": litellm_peer.LITELLM_VERSION,
         "aiohttp": aiohttp.__version__,
     }
 
@@ -114,10 +114,10 @@ def _start_targets(
         Target("rolegate", f"{gateway.url}/v1/chat/completions", auth, gateway, Meter.of(gateway))
     )
     info["rolegate"] = {"url": f"{gateway.url}/v1", "command": "rolegate-gateway --manifests FILE"}
-    _say(f"rolegate serving on {gateway.url}; starting LiteLLM {litellm_env.LITELLM_VERSION} ...")
+    _say(f"rolegate serving on {gateway.url}; starting LiteLLM {litellm_peer.LITELLM_VERSION} ...")
     try:
         litellm = start_litellm(workdir, upstream_v1)
-    except (litellm_env.BuildFailed, RuntimeError) as exc:
+    except (litellm_peer.BuildFailed, RuntimeError) as exc:
         _say(f"LiteLLM did not run: {exc}")
         info["litellm"] = {"error": str(exc)[-2000:]}
     else:

@@ -31,7 +31,7 @@ import yaml
 
 from bench.procs import Meter, spawn
 from bench.upstream import UpstreamSettings
-from devstack.peers import litellm as litellm_env
+from devstack.peers import litellm
 from devstack.process import Process, free_ports
 
 __all__ = [
@@ -215,7 +215,7 @@ def start_litellm(workdir: Path, upstream_v1: str, *, timeout_s: float = 120) ->
         devstack.cache.BuildFailed: its virtualenv could not be built.
         RuntimeError: it did not start (the message holds its output).
     """
-    cli = litellm_env.ensure()
+    cli = litellm.ensure()
     master_key = "sk-" + secrets.token_urlsafe(32)
     config_path, log_config_path = _litellm_files(workdir, upstream_v1, master_key)
     (port,) = free_ports(1)

@@ -52,7 +52,7 @@ class Entry:
 ENTRIES: Final = (
     Entry(
         "k8s",
-        f"Kubernetes {k8s_build.KUBE_VERSION} binaries (etcd, apiserver, ..., kwok, helm)",
+        f"Kubernetes {k8s_build.KUBE_VERSION}: etcd, control plane, kubectl, kwok, helm",
         k8s_build.is_built,
         k8s_build.ensure,
         k8s_build.cache_dir,
@@ -66,7 +66,7 @@ ENTRIES: Final = (
     ),
     Entry(
         "litellm",
-        f"LiteLLM proxy {litellm.LITELLM_VERSION} (the benchmark's peer)",
+        f"LiteLLM proxy {litellm.LITELLM_VERSION}, the benchmark's peer",
         litellm.is_built,
         litellm.ensure,
         litellm.venv_dir,
@@ -113,15 +113,15 @@ def build(names: Sequence[str], out: TextIO) -> int:
 
 
 def status(out: TextIO) -> int:
-    """Print each entry: built or not, its size and where it lives."""
+    """Print each entry: built, incomplete or missing, its size and its directory."""
     print(f"cache: {cache_root()}", file=out)
+    rows = [("NAME", "STATE", "SIZE", "DIRECTORY", "WHAT")]
     for entry in ENTRIES:
         path = entry.path()
-        state = "built" if entry.is_built() else "missing" if not path.exists() else "incomplete"
-        print(
-            f"  {entry.name:<8} {state:<10} {_human(_size(path)):>10}  {path}  ({entry.what})",
-            file=out,
-        )
+        state = "built" if entry.is_built() else "incomplete" if path.exists() else "missing"
+        rows.append((entry.name, state, _human(_size(path)), f"{path.name}/", entry.what))
+    for row in rows:
+        print(f"  {row[0]:<8} {row[1]:<10} {row[2]:>10}  {row[3]:<26} {row[4]}", file=out)
     return 0
 
 

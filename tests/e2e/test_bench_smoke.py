@@ -3,13 +3,12 @@
 The run is real (upstream, load generator, the ``rolegate-gateway`` CLI and LiteLLM's proxy
 as processes on loopback) but a few seconds long; the figures' values are not
 checked, only that each was measured. LiteLLM's virtualenv is built first when it is not
-cached (``bench/litellm_env.py``, 1-2 minutes once, progress on the terminal): a harness
+cached (:mod:`devstack.peers.litellm`, 1-2 minutes once, progress on the terminal): a harness
 that silently skipped a target would prove nothing.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,10 @@ from typing import Any
 import psutil
 import pytest
 
-from bench import litellm_env
 from bench.compare import Budget
 from bench.run import Settings, run
+from devstack.peers import litellm
+from tests.fixtures.cluster import capture_suspended
 
 TARGETS = ["direct", "rolegate", "litellm"]
 CONCURRENCY = (1, 8)
@@ -29,11 +29,9 @@ ROLE_COUNTS = (1, 10)
 @pytest.fixture(scope="module")
 def litellm_ready(pytestconfig: pytest.Config) -> None:
     """LiteLLM's pinned virtualenv, built (progress on the terminal) when missing."""
-    if litellm_env.is_installed():
-        return
-    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
-    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-        litellm_env.ensure()
+    if not litellm.is_built():
+        with capture_suspended(pytestconfig):
+            litellm.ensure()
 
 
 @pytest.fixture(scope="module")

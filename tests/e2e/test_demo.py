@@ -8,7 +8,6 @@ the terminal), so the demo finds the caches warm.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import queue
 import re
@@ -18,12 +17,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from demo.run import ROLES
+from demo.run import CHAT_ROLES, ROLES
+from devstack import http
 from devstack.process import free_ports
 
 pytestmark = pytest.mark.cluster  # it runs the control plane, through the demo
@@ -151,14 +150,23 @@ def finished(built: None) -> tuple[int, str]:
 def test_the_demo_runs_from_apply_to_rebind_and_stops(finished: tuple[int, str]) -> None:
     status, out = finished
     assert status == 0, out
-    assert "4/4 roles Ready and served by the gateway" in out
+    assert "5/5 roles Ready and served by the gateway" in out
     table = out[out.index("$ kubectl get llmroles") :].splitlines()
     assert table[1].split() == ["NAME", "BINDING", "MODEL", "MAXASYNC", "READY", "AGE"]
-    assert [row.split()[:5] for row in table[2:6]] == [
-        [role, "openai", "tiny-a", str(n), "True"]
-        for role, n in zip(ROLES, (8, 4, 4, 2), strict=True)
+    assert [row.split()[:5] for row in table[2:7]] == [
+        [role, "openai", model, str(n), "True"]
+        for role, model, n in zip(
+            ROLES,
+            ("tiny-embed", "tiny-a", "tiny-a", "tiny-a", "tiny-a"),
+            (16, 8, 4, 4, 2),
+            strict=True,
+        )
     ]
-    for role in ROLES:  # an answer, and the usage llama.cpp counted
+    # Embeddings: one 64-wide vector per chunk, and the tokens llama.cpp counted.
+    assert re.search(
+        r"^  embed +-> tiny-embed: 2 vectors of 64 floats  \(\d+ prompt tokens\)$", out, re.M
+    ), out
+    for role in CHAT_ROLES:  # an answer, and the usage llama.cpp counted
         assert re.search(
             rf"^  {role} +-> tiny-a: '[a-z ]+'  \(\d+ prompt \+ \d+ completion tokens\)$",
             out,
@@ -246,8 +254,8 @@ def test_keep_leaves_everything_running_until_ctrl_c(built: None) -> None:
         assert roles.stdout.split() == [f"llmrole.rolegate.dev/{role}" for role in ROLES]
         gateway = re.search(r"gateway: +(http://127\.0\.0\.1:\d+/v1)", out)
         assert gateway, out
-        with urllib.request.urlopen(f"{gateway.group(1)}/models", timeout=5) as models:
-            assert sorted(m["id"] for m in json.loads(models.read())["data"]) == sorted(ROLES)
+        models = http.get_json(f"{gateway.group(1)}/models")
+        assert sorted(m["id"] for m in models["data"]) == sorted(ROLES)
         interrupt(proc)
         out = reader.rest(timeout_s=60)
         proc.wait(timeout=10)

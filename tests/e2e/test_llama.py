@@ -10,6 +10,10 @@ the same usage counts (tokenised by llama.cpp) as the direct answer of the model
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import struct
+import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,7 +24,7 @@ import openai
 import pytest
 
 from devstack.k8s.controlplane import ControlPlane
-from devstack.llama.model import MODELS
+from devstack.llama.model import MODELS, N_EMBD
 from devstack.llama.server import LlamaServer
 from devstack.poll import eventually
 from tests.fakes import manifests as m
@@ -129,6 +133,89 @@ async def test_sdk_answers_come_from_the_model_server(
         assert completion.usage is not None
         assert completion.usage.completion_tokens == 3
         assert completion.model == "tiny-a"
+
+
+def _post(url: str, body: dict[str, Any], *, key: str | None = None) -> dict[str, Any]:
+    """POST ``body`` as JSON with plain urllib (no SDK decoding in between); the JSON answer.
+
+    Raises:
+        urllib.error.HTTPError: a non-2xx answer.
+    """
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        decoded: dict[str, Any] = json.loads(answer.read())
+        return decoded
+
+
+def _vectors(answer: dict[str, Any]) -> list[list[float]]:
+    """The vectors of an embeddings answer, base64 ones decoded (little-endian float32)."""
+    out = []
+    for index, item in enumerate(answer["data"]):
+        assert item["index"] == index
+        vector = item["embedding"]
+        if isinstance(vector, str):
+            raw = base64.b64decode(vector)
+            vector = list(struct.unpack(f"<{len(raw) // 4}f", raw))
+        out.append(vector)
+    return out
+
+
+async def test_embeddings_give_one_vector_of_the_model_width_per_input(
+    stack: Stack, llama_server: LlamaServer
+) -> None:
+    texts = ["Ada Lovelace wrote the first program.", "rolegate routes roles.", "x"]
+    await stack.apply(
+        m.secret("llama-creds", apiKey=API_KEY),
+        llama_role("embed", llama_server, "tiny-embed"),
+    )
+    await ready(stack, "embed")
+    direct_url = f"{llama_server.url}/embeddings"
+    gateway_url = f"{stack.gateway.url}/v1/embeddings"
+    for url, key, model in ((direct_url, API_KEY, "tiny-embed"), (gateway_url, None, "embed")):
+        floats = await asyncio.to_thread(
+            _post, url, {"model": model, "input": texts, "encoding_format": "float"}, key=key
+        )
+        encoded = await asyncio.to_thread(
+            _post, url, {"model": model, "input": texts, "encoding_format": "base64"}, key=key
+        )
+        assert all(isinstance(item["embedding"], list) for item in floats["data"])
+        assert all(isinstance(item["embedding"], str) for item in encoded["data"])
+        want = _vectors(floats)
+        assert [len(v) for v in want] == [N_EMBD] * len(texts)  # mean pooling: one per input
+        assert _vectors(encoded) == pytest.approx(want, rel=1e-6)
+        assert len({tuple(v) for v in want}) == len(texts)  # the inputs differ, so do they
+        # One token per byte: the tiny models tokenise bytes.
+        assert floats["usage"]["prompt_tokens"] == sum(len(t.encode()) for t in texts)
+    async with stack.sdk() as sdk:  # the SDK asks for base64 and decodes it itself
+        answer = await sdk.embeddings.create(model="embed", input=texts)
+    assert answer.model == "tiny-embed"
+    assert [d.embedding for d in answer.data] == pytest.approx(want, rel=1e-6)
+
+
+async def test_a_10000_token_prompt_is_answered_through_the_gateway(
+    stack: Stack, llama_server: LlamaServer
+) -> None:
+    # What a RAG application's extraction prompt weighs; a 512-token context refused it
+    # (and a stream past the context ends as an empty 200 stream, with no error at all).
+    document = "Ada Lovelace wrote the first program for the Analytical Engine. " * 160
+    messages: list[Any] = [{"role": "user", "content": f"Extract the entities:\n{document}"}]
+    await stack.apply(
+        m.secret("llama-creds", apiKey=API_KEY),
+        llama_role("extract", llama_server, "tiny-a", options=GREEDY, timeoutSeconds=120),
+    )
+    await ready(stack, "extract")
+    async with stack.sdk() as sdk:
+        answer = await sdk.chat.completions.create(model="extract", messages=messages)
+        assert answer.usage is not None
+        assert answer.usage.prompt_tokens >= 10_000
+        assert answer.usage.completion_tokens == GREEDY["max_tokens"]
+        assert answer.choices[0].message.content
+        stream = await sdk.chat.completions.create(model="extract", messages=messages, stream=True)
+        pieces = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+    assert "".join(pieces) == answer.choices[0].message.content
 
 
 async def test_kubectl_get_llmroles_shows_the_columns(
