@@ -108,14 +108,16 @@ class Process:
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the process in a new session.
+        """Start the process in a new session; after it exited (or :meth:`stop`), start it
+        again with the same command line, its output appended to the same log.
 
         Raises:
             OSError: the binary cannot be executed.
-            RuntimeError: it was started before (a Process starts once).
+            RuntimeError: it is running.
         """
-        if self._proc is not None:
-            raise RuntimeError(f"{self.name} was started before; create a new Process")
+        if self.running():
+            raise RuntimeError(f"{self.name} is running; stop it before starting it again")
+        self.stop()  # the previous run's log handle and pipes
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("a")
         main_thread = threading.current_thread() is threading.main_thread()

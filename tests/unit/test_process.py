@@ -204,3 +204,20 @@ async def test_eventually_awaits_async_checks_and_calls_plain_ones() -> None:
     await eventually(lambda: True, timeout_s=0.1)
     with pytest.raises(TimeoutError, match="waiting for a reload"):
         await eventually(lambda: False, timeout_s=0.05, poll_s=0.01, what="a reload")
+
+
+def test_a_stopped_process_starts_again_and_its_log_keeps_both_runs(tmp_path: Path) -> None:
+    code = "import os, time; print('run', os.getpid(), flush=True); time.sleep(60)"
+    proc = Process("restartable", _python(code), log_path=tmp_path / "r.log")
+    with proc:
+        first = proc.pid
+        wait_until(lambda: f"run {first}" in proc.log_text(), timeout_s=10)
+        with pytest.raises(RuntimeError, match="restartable is running"):
+            proc.start()
+    proc.kill()  # what a fault test does; harmless once stopped
+    with proc:
+        assert proc.running()
+        assert proc.pid != first
+        second = proc.pid
+        wait_until(lambda: f"run {second}" in proc.log_text(), timeout_s=10)
+    assert f"run {first}" in proc.log_text()
