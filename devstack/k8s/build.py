@@ -32,6 +32,7 @@ __all__ = [
     "build_log",
     "cache_dir",
     "ensure",
+    "hide_module_chatter",
     "is_built",
     "kwok_stages_file",
     "read_versions",
@@ -111,7 +112,7 @@ def build_log() -> Path:
     return cache_dir().with_name(f"{cache_dir().name}.build.log")
 
 
-def _progress(line: str) -> str | None:
+def hide_module_chatter(line: str) -> str | None:
     """Hide Go's module chatter (``go: downloading``, ``go: finding``, ``go: extracting``)."""
     return None if line.startswith(("go: downloading", "go: finding", "go: extracting")) else line
 
@@ -155,7 +156,11 @@ def ensure(out: TextIO | None = None) -> Path:
         )
         try:
             run_with_progress(
-                ["bash", str(BUILD_SCRIPT)], out, prefix="", show=_progress, log_path=log_path
+                ["bash", str(BUILD_SCRIPT)],
+                out,
+                prefix="",
+                show=hide_module_chatter,
+                log_path=log_path,
             )
         except BuildFailed as failed:
             raise BuildFailed(f"building Kubernetes failed: {failed}") from None

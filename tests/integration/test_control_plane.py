@@ -21,7 +21,7 @@ from devstack.k8s import build as k8s_build
 from devstack.k8s.build import HELM_VERSION, KUBE_VERSION
 from devstack.k8s.controlplane import ControlPlane
 from devstack.k8s.nodes import GPU_PRESENT_LABEL, GPU_RESOURCE, GPU_TAINT
-from devstack.process import group_members
+from devstack.process import alive, group_members
 from tests.fixtures.cluster import Helm, Kubectl
 
 pytestmark = pytest.mark.cluster
@@ -32,15 +32,6 @@ CEL_MESSAGE = "minReplicas must not exceed maxReplicas"
 
 def _json(proc: subprocess.CompletedProcess[str]) -> Any:
     return json.loads(proc.stdout)
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` is a live (non-zombie) process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2] != "Z"
 
 
 # -- the build -----------------------------------------------------------------------------
@@ -370,7 +361,7 @@ def _fail_inside(plane: ControlPlane, seen: dict[str, Any]) -> None:
     with plane:
         seen["pids"], seen["tmp_dir"] = plane.pids(), plane.tmp_dir
         assert set(seen["pids"]) == {"etcd", "kube-apiserver"}
-        assert all(_alive(pid) for pid in seen["pids"].values())
+        assert all(alive(pid) for pid in seen["pids"].values())
         assert plane.kubeconfig.is_file()
         raise RuntimeError("boom")
 
@@ -385,7 +376,7 @@ def test_an_error_in_the_block_stops_every_process_and_removes_the_temp_dir(
     with pytest.raises(RuntimeError, match="boom"):
         _fail_inside(ControlPlane(bin_dir=k8s_bin_dir), seen)
     pids: dict[str, int] = seen["pids"]
-    assert not [name for name, pid in pids.items() if _alive(pid) or group_members(pid)]
+    assert not [name for name, pid in pids.items() if alive(pid) or group_members(pid)]
     assert not seen["tmp_dir"].exists()
     assert not orphan.exists()
 
@@ -416,7 +407,7 @@ def test_sigterm_stops_a_full_control_plane_run_by_hand(k8s_bin_dir: Path, tmp_p
                 "kube-scheduler",
                 "kwok",
             }
-            assert all(_alive(pid) for pid in pids.values())
+            assert all(alive(pid) for pid in pids.values())
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=60) == 0, stderr_path.read_text()
         finally:
@@ -426,5 +417,5 @@ def test_sigterm_stops_a_full_control_plane_run_by_hand(k8s_bin_dir: Path, tmp_p
             proc.wait()
             assert proc.stdout is not None
             proc.stdout.close()
-    assert not [name for name, pid in pids.items() if _alive(pid) or group_members(pid)]
+    assert not [name for name, pid in pids.items() if alive(pid) or group_members(pid)]
     assert not Path(info["tmp_dir"]).exists()

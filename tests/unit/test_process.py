@@ -16,20 +16,11 @@ from pathlib import Path
 import pytest
 
 from devstack.poll import eventually, wait_until
-from devstack.process import NotReady, Process, ProcessDied, group_members, work_dir
+from devstack.process import NotReady, Process, ProcessDied, alive, group_members, work_dir
 
 
 def _python(code: str) -> list[str]:
     return [sys.executable, "-c", textwrap.dedent(code)]
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie does not count)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2] != "Z"
 
 
 def _read_pid(path: Path) -> int:
@@ -102,7 +93,7 @@ def test_stop_kills_the_whole_group_even_a_child_that_ignores_sigterm(tmp_path: 
     started = time.monotonic()
     assert proc.stop(grace_s=5) == -signal.SIGTERM
     assert time.monotonic() - started < 5  # the leader obeyed SIGTERM: no grace wait
-    wait_until(lambda: not _alive(grandchild), timeout_s=5, what="the grandchild to die")
+    wait_until(lambda: not alive(grandchild), timeout_s=5, what="the grandchild to die")
     assert group_members(proc.pid) == []
     assert "family started" in proc.log_text()  # the log outlives the process
     assert proc.stop() == -signal.SIGTERM  # idempotent
@@ -134,8 +125,8 @@ def test_nothing_is_left_after_a_failing_block(tmp_path: Path) -> None:
         assert proc.pid is not None
         seen |= {"leader": proc.pid, "grandchild": _read_pid(pid_file)}
         raise RuntimeError("the test failed")
-    assert not _alive(seen["leader"])
-    wait_until(lambda: not _alive(seen["grandchild"]), timeout_s=5, what="the grandchild")
+    assert not alive(seen["leader"])
+    wait_until(lambda: not alive(seen["grandchild"]), timeout_s=5, what="the grandchild")
     assert group_members(seen["leader"]) == []
     # What failed keeps its logs, disowned so that no later sweep removes them.
     assert (kept / "f.log").is_file()
@@ -168,10 +159,10 @@ def test_a_sigkilled_harness_takes_its_processes_with_it(tmp_path: Path) -> None
     with subprocess.Popen(_python(harness), stdout=subprocess.PIPE, text=True) as parent:
         assert parent.stdout is not None
         child = int(parent.stdout.readline())
-        assert _alive(child)
+        assert alive(child)
         parent.kill()  # SIGKILL: no clean-up runs in the harness
         parent.wait()
-    wait_until(lambda: not _alive(child), timeout_s=5, what="the orphan to be killed")
+    wait_until(lambda: not alive(child), timeout_s=5, what="the orphan to be killed")
 
 
 def test_pipes_carry_a_line_protocol(tmp_path: Path) -> None:
