@@ -45,7 +45,7 @@ from bench.targets import (
 )
 from bench.upstream import UpstreamSettings
 from devstack.peers import litellm as litellm_peer
-from devstack.process import Process
+from devstack.process import NotReady, Process, ProcessDied
 
 __all__ = ["Settings", "main", "run"]
 
@@ -117,7 +117,7 @@ def _start_targets(
     _say(f"rolegate serving on {gateway.url}; starting LiteLLM {litellm_peer.LITELLM_VERSION} ...")
     try:
         litellm = start_litellm(workdir, upstream_v1)
-    except (litellm_peer.BuildFailed, RuntimeError) as exc:
+    except (litellm_peer.BuildFailed, ProcessDied, NotReady) as exc:
         _say(f"LiteLLM did not run: {exc}")
         info["litellm"] = {"error": str(exc)[-2000:]}
     else:
@@ -133,7 +133,8 @@ def run(settings: Settings, *, out_dir: Path, name: str, keep: bool = False) -> 
     (with ``name.md`` and ``name.png`` beside it).
 
     Raises:
-        RuntimeError: the upstream, rolegate or the load generator failed to start.
+        devstack.process.ProcessDied, devstack.process.NotReady: the upstream, rolegate or
+            the load generator failed to start.
     """
     started = time.monotonic()
     loadavg_before = os.getloadavg()

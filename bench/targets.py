@@ -70,7 +70,8 @@ def start_upstream(workdir: Path, settings: UpstreamSettings) -> Process:
     """The upstream process; its ``url`` is ``http://127.0.0.1:PORT`` (API under /v1).
 
     Raises:
-        RuntimeError: it did not start (the message holds its output).
+        devstack.process.ProcessDied, devstack.process.NotReady: it did not start (the
+            message holds its output).
     """
     argv = [
         sys.executable,
@@ -141,7 +142,8 @@ def start_rolegate(
     answers 200.
 
     Raises:
-        RuntimeError: it did not start (the message holds its log).
+        devstack.process.ProcessDied, devstack.process.NotReady: it did not start (the
+            message holds its log).
     """
     argv = [
         str(gateway_cli()),
@@ -213,7 +215,8 @@ def start_litellm(workdir: Path, upstream_v1: str, *, timeout_s: float = 120) ->
 
     Raises:
         devstack.cache.BuildFailed: its virtualenv could not be built.
-        RuntimeError: it did not start (the message holds its output).
+        devstack.process.ProcessDied, devstack.process.NotReady: it did not start (the
+            message holds its output).
     """
     cli = litellm.ensure()
     master_key = "sk-" + secrets.token_urlsafe(32)

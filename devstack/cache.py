@@ -13,15 +13,27 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-__all__ = ["BuildFailed", "cache_root", "locked", "run_with_progress", "stamped"]
+from devstack.process import die_with_parent
+
+__all__ = [
+    "BuildFailed",
+    "build_log",
+    "cache_root",
+    "locked",
+    "pins_digest",
+    "run_with_progress",
+    "stamped",
+]
 
 
 class BuildFailed(RuntimeError):
@@ -66,6 +78,23 @@ def _stop_group(proc: subprocess.Popen[str]) -> None:
             continue
 
 
+def pins_digest(constraints: Path) -> str:
+    """A short sha256 of a pip constraints file's pins (its lines less comments and blank
+    ones), for a stamp that a comment edit leaves valid.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    pins = [line.strip() for line in constraints.read_text().splitlines()]
+    kept = "\n".join(pin for pin in pins if pin and not pin.startswith("#"))
+    return hashlib.sha256(kept.encode()).hexdigest()[:16]
+
+
+def build_log(entry: Path) -> Path:
+    """Where the whole output of ``entry``'s last build is kept: ``<entry>.build.log``."""
+    return entry.with_name(f"{entry.name}.build.log")
+
+
 def run_with_progress(
     argv: Sequence[str],
     out: TextIO | None = None,
@@ -78,9 +107,10 @@ def run_with_progress(
     """Run ``argv``, writing ``prefix`` plus what ``show`` makes of each output line to ``out``
     (default stderr) as it comes; ``show`` returns None to hide a line. With ``log_path``,
     every line (hidden ones too) is appended to that file as well. The command runs in
-    a session of its own; on any exception (KeyboardInterrupt too) its whole process group
-    (the compilers a build started included) gets SIGTERM, then SIGKILL after 10 s, before
-    the exception propagates.
+    a session of its own and, started from the main thread, is SIGKILLed by the kernel if
+    this process dies (:func:`devstack.process.die_with_parent`); on any exception
+    (KeyboardInterrupt too) its whole process group (the compilers a build started
+    included) gets SIGTERM, then SIGKILL after 10 s, before the exception propagates.
 
     Raises:
         BuildFailed: the command exited non-zero (the message holds its last 30 lines,
@@ -99,6 +129,9 @@ def run_with_progress(
         bufsize=1,
         env=None if env is None else dict(env),
         start_new_session=True,
+        preexec_fn=die_with_parent
+        if threading.current_thread() is threading.main_thread()
+        else None,
     )
     assert proc.stdout is not None
     tail: list[str] = []

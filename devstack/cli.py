@@ -10,7 +10,8 @@ Kubernetes binaries first when they are missing, then prints ``export KUBECONFIG
 and a line ``READY {json}`` (kubeconfig, tmp_dir, server, pids by component), and runs until
 Ctrl-C or SIGTERM, which stop every process and remove the temporary directory.
 
-Exit status: 0 done, 1 a build or start failed (the message says why), 2 bad arguments.
+Exit status: 0 done (``up``: stopped by Ctrl-C or SIGTERM), 1 a build or start failed (the
+message says why), 2 bad arguments, 130 a build interrupted by Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from devstack.k8s import build as k8s_build
 from devstack.k8s.controlplane import ControlPlane, ControlPlaneError
 from devstack.llama import build as llama_build
 from devstack.peers import litellm
-from devstack.process import ProcessDied
+from devstack.process import ProcessDied, sigterm_raises_interrupt
 from devstack.stack import install_crd
 
 __all__ = ["ENTRIES", "Entry", "main"]
@@ -174,8 +175,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown build {', '.join(unknown)}: choose from {', '.join(_BY_NAME)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if args.command == "build":
-        return build(args.names, sys.stdout)
-    if args.command == "up":
-        return up(full=args.full, crd=args.crd, out=sys.stdout)
-    return status(sys.stdout)
+    with sigterm_raises_interrupt():  # SIGTERM stops a build or a control plane as Ctrl-C does
+        try:
+            if args.command == "build":
+                return build(args.names, sys.stdout)
+            if args.command == "up":
+                return up(full=args.full, crd=args.crd, out=sys.stdout)
+            return status(sys.stdout)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130

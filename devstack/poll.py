@@ -53,21 +53,23 @@ async def eventually(
     poll_s: float = 0.05,
 ) -> None:
     """Await (or call) ``check`` every ``poll_s`` seconds until it gives something true;
-    ``check`` may be a plain function or return an awaitable.
+    ``check`` may be a plain function or return an awaitable. The bound is hard: a check
+    still running when it passes is cancelled.
 
     Raises:
         TimeoutError: still false after ``timeout_s`` seconds.
     """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await _awaited(result)
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}")
-        await asyncio.sleep(poll_s)
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                result = check()
+                if inspect.isawaitable(result):
+                    result = await _awaited(result)
+                if result:
+                    return
+                await asyncio.sleep(poll_s)
+    except TimeoutError:
+        raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}") from None
 
 
 async def _awaited(awaitable: Awaitable[object]) -> object:

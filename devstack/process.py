@@ -43,6 +43,7 @@ __all__ = [
     "Process",
     "ProcessDied",
     "alive",
+    "die_with_parent",
     "disown_dir",
     "free_ports",
     "group_members",
@@ -67,8 +68,9 @@ class NotReady(TimeoutError):
     """A process did not become ready in time; the message holds its log tail."""
 
 
-def _die_with_parent() -> None:
-    """preexec hook: ask the kernel to SIGKILL this child when its parent thread exits."""
+def die_with_parent() -> None:
+    """preexec hook: ask the kernel to SIGKILL this child when its parent thread exits (so
+    start children from the main thread: a worker thread's exit would kill them too)."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -105,6 +107,7 @@ class Process:
         self._pipes = pipes
         self._proc: subprocess.Popen[str] | None = None
         self._log: IO[str] | None = None
+        self._log_start = 0  # where this run's output begins in the (appended) log
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -121,6 +124,7 @@ class Process:
         self.stop()  # the previous run's log handle and pipes
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("a")
+        self._log_start = self._log.tell()
         main_thread = threading.current_thread() is threading.main_thread()
         pipe = subprocess.PIPE if self._pipes else None
         try:
@@ -134,7 +138,7 @@ class Process:
                 bufsize=1 if self._pipes else -1,
                 start_new_session=True,
                 # Only from the main thread: the kernel signals when the parent *thread* exits.
-                preexec_fn=_die_with_parent if main_thread else None,
+                preexec_fn=die_with_parent if main_thread else None,
             )
         except BaseException:
             self._log.close()
@@ -262,9 +266,15 @@ class Process:
             ) from None
 
     def url_in_log(self, pattern: str) -> str:
-        """The first group of the first match of ``pattern`` in the log, '' when none (for
-        servers that print the address they bound)."""
-        found = re.search(pattern, self.log_text())
+        """The first group of the first match of ``pattern`` in this run's output ('' when
+        none): for servers that print the address they bound (a restart binds anew)."""
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(self._log_start)
+                text = log.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        found = re.search(pattern, text)
         return found.group(1) if found else ""
 
     def log_text(self) -> str:

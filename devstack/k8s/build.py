@@ -4,7 +4,8 @@ This module owns the Python side of the contract with ``build.sh``: the pins in
 ``versions.env``, the cache layout (``${ROLEGATE_CACHE:-~/.cache/rolegate}/k8s-<version>/``
 holding ``bin/`` with etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl,
 kwok and helm, ``kwok/stages.yaml`` and a ``stamp``), and the check that the cache is complete
-(the same sha256 over versions.env and the wrapper modules' go.sum that build.sh writes last).
+(the same sha256 over versions.env's pins and the wrapper modules' go.sum that build.sh writes
+last).
 A build keeps its whole output in ``<cache root>/k8s-<version>.build.log`` and prints only
 its progress lines; Go's ``go: downloading ...`` lines (hundreds on a cold build) reach the
 terminal only inside the error of a failed build.
@@ -14,11 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Final, TextIO
 
-from devstack.cache import BuildFailed, cache_root, locked, run_with_progress
+from devstack.cache import BuildFailed, build_log, cache_root, locked, run_with_progress
 
 __all__ = [
     "BINARIES",
@@ -29,7 +31,6 @@ __all__ = [
     "KWOK_VERSION",
     "BuildFailed",
     "bin_dir",
-    "build_log",
     "cache_dir",
     "ensure",
     "hide_module_chatter",
@@ -41,8 +42,8 @@ __all__ = [
 _HERE: Final = Path(__file__).resolve().parent
 VERSIONS_FILE: Final = _HERE / "versions.env"
 BUILD_SCRIPT: Final = _HERE / "build.sh"
+_PIN: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _STAMPED_FILES: Final = (
-    VERSIONS_FILE,
     _HERE / "gomod" / "kubernetes" / "go.sum",
     _HERE / "gomod" / "etcd" / "go.sum",
 )
@@ -91,7 +92,7 @@ def cache_dir() -> Path:
 
 
 def bin_dir() -> Path:
-    """The directory holding the pinned binaries (it may not exist yet: see ensure_built)."""
+    """The directory holding the pinned binaries (it may not exist yet: see ensure)."""
     return cache_dir() / "bin"
 
 
@@ -101,15 +102,15 @@ def kwok_stages_file() -> Path:
 
 
 def _expected_stamp() -> str:
+    """What build.sh's ``expected_stamp`` prints: the sha256 of versions.env's ``KEY=value``
+    lines (so that editing a comment rebuilds nothing) followed by the two go.sum files."""
     digest = hashlib.sha256()
+    for line in VERSIONS_FILE.read_text().splitlines():
+        if _PIN.match(line):
+            digest.update(f"{line}\n".encode())
     for path in _STAMPED_FILES:
         digest.update(path.read_bytes())
     return digest.hexdigest()
-
-
-def build_log() -> Path:
-    """The whole output of the last build: ``<cache root>/k8s-<version>.build.log``."""
-    return cache_dir().with_name(f"{cache_dir().name}.build.log")
 
 
 def hide_module_chatter(line: str) -> str | None:
@@ -146,7 +147,7 @@ def ensure(out: TextIO | None = None) -> Path:
     with locked(cache_dir()):  # a second run waits, then finds the cache complete
         if is_built():
             return bin_dir()
-        log_path = build_log()
+        log_path = build_log(cache_dir())
         log_path.unlink(missing_ok=True)
         print(
             f"rolegate: building Kubernetes {KUBE_VERSION} into {cache_dir()} "

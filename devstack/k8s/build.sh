@@ -43,10 +43,11 @@ started=$SECONDS
 log() { printf '[build.sh %4ds] %s\n' "$((SECONDS - started))" "$*" >&2; }
 die() { printf 'build.sh: error: %s\n' "$*" >&2; exit 1; }
 
-# The stamp holds the pins and the wrapper modules' go.sum: any change to them rebuilds.
+# The stamp holds the pins (versions.env's KEY=value lines: comments may change freely) and
+# the wrapper modules' go.sum: any change to them rebuilds. build.py computes the same.
 expected_stamp() {
-    cat "$here/versions.env" "$here/gomod/kubernetes/go.sum" "$here/gomod/etcd/go.sum" \
-        | sha256sum | cut -d' ' -f1
+    { grep -E '^[A-Za-z_][A-Za-z0-9_]*=' "$here/versions.env"
+      cat "$here/gomod/kubernetes/go.sum" "$here/gomod/etcd/go.sum"; } | sha256sum | cut -d' ' -f1
 }
 
 cache_complete() {

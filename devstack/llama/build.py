@@ -13,7 +13,6 @@ rebuilt from a cached wheel takes seconds. A file lock keeps two runs from build
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -23,9 +22,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final, TextIO
 
-from devstack.cache import BuildFailed, cache_root, locked, run_with_progress, stamped
+from devstack.cache import (
+    BuildFailed,
+    build_log,
+    cache_root,
+    locked,
+    pins_digest,
+    run_with_progress,
+    stamped,
+)
 
-__all__ = ["VERSION", "BuildFailed", "build_log", "ensure", "home", "is_built", "python"]
+__all__ = ["VERSION", "BuildFailed", "ensure", "home", "is_built", "python"]
 
 #: llama-cpp-python on PyPI; its sdist vendors llama.cpp at a fixed commit.
 VERSION: Final = "0.3.36"
@@ -47,11 +54,6 @@ def home() -> Path:
     return cache_root() / f"llama-cpp-python-{VERSION}"
 
 
-def build_log() -> Path:
-    """The whole output of the last build: ``<cache root>/llama-cpp-python-<version>.build.log``."""
-    return home().with_name(f"{home().name}.build.log")
-
-
 def python() -> Path:
     """The virtualenv's interpreter (it may not exist yet: see :func:`ensure`)."""
     return home() / "venv" / "bin" / "python"
@@ -62,7 +64,7 @@ def _wheel_stamp() -> str:
 
 
 def _stamp_text() -> str:
-    digest = hashlib.sha256(CONSTRAINTS.read_bytes()).hexdigest()[:16]
+    digest = pins_digest(CONSTRAINTS)
     return f"{_wheel_stamp().strip()} constraints={digest}\n"
 
 
@@ -97,7 +99,6 @@ def _build_wheel(out: TextIO) -> Path:
     if stamped(wheel_dir, _wheel_stamp()) and wheels:
         return wheels[-1]
     shutil.rmtree(wheel_dir, ignore_errors=True)
-    build_log().unlink(missing_ok=True)
     print(
         f"{_PREFIX}compiling llama-cpp-python {VERSION} from source into {wheel_dir} "
         "(once; 3-5 minutes on two cores) ...",
@@ -113,7 +114,7 @@ def _build_wheel(out: TextIO) -> Path:
     argv = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-binary", "llama-cpp-python"]
     argv += ["--no-cache-dir", "-v", "-w", str(wheel_dir), f"llama-cpp-python=={VERSION}"]
     run_with_progress(
-        argv, out, prefix=_PREFIX, show=_compile_progress(), env=env, log_path=build_log()
+        argv, out, prefix=_PREFIX, show=_compile_progress(), env=env, log_path=build_log(home())
     )
     wheels = sorted(wheel_dir.glob(f"llama_cpp_python-{VERSION}-*.whl"))
     if not wheels:
@@ -136,6 +137,7 @@ def ensure(out: TextIO | None = None) -> Path:
         if is_built():
             return python()
         started = time.monotonic()
+        build_log(home()).unlink(missing_ok=True)
         wheel = _build_wheel(out)
         venv = target / "venv"
         shutil.rmtree(venv, ignore_errors=True)
@@ -144,7 +146,7 @@ def ensure(out: TextIO | None = None) -> Path:
         run_with_progress([sys.executable, "-m", "venv", str(venv)], out, prefix=_PREFIX)
         install = [str(python()), "-m", "pip", "install", "--progress-bar", "off", "--quiet"]
         install += ["-c", str(CONSTRAINTS), f"llama-cpp-python[server] @ {wheel.as_uri()}"]
-        run_with_progress(install, out, prefix=_PREFIX, log_path=build_log())
+        run_with_progress(install, out, prefix=_PREFIX, log_path=build_log(home()))
         run_with_progress([str(python()), "-c", "import llama_cpp.server.app"], out, prefix=_PREFIX)
         (target / "stamp").write_text(_stamp_text())
         print(

@@ -1,9 +1,10 @@
 """llama-cpp-python's OpenAI-compatible server, with ``encoding_format`` honoured.
 
 Run by :class:`devstack.llama.server.LlamaServer` with the llama.cpp virtualenv's python
-(``python serve.py CONFIG.json``); it imports nothing of rolegate. It is
-``python -m llama_cpp.server --config_file CONFIG.json`` (the same app, settings and uvicorn
-server) plus one ASGI middleware: llama-cpp-python 0.3.36 ignores ``encoding_format`` on
+(``python -P serve.py CONFIG.json``); it imports nothing of rolegate. It is
+``python -m llama_cpp.server --config_file CONFIG.json`` (the same app and settings on uvicorn;
+the module's TLS options and environment overrides are left out, as nothing here uses them)
+plus one ASGI middleware: llama-cpp-python 0.3.36 ignores ``encoding_format`` on
 ``POST /v1/embeddings`` and always answers lists of floats, while OpenAI's API answers
 ``"base64"`` with each vector's little-endian float32 bytes, base64-encoded
 (https://platform.openai.com/docs/api-reference/embeddings/create). A client that asks for
@@ -22,6 +23,8 @@ from typing import Any
 import uvicorn
 from llama_cpp.server.app import create_app
 from llama_cpp.server.settings import ConfigFileSettings, ServerSettings
+
+__all__ = ["EmbeddingEncoding", "base64_vectors", "main"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

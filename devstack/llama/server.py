@@ -13,6 +13,10 @@ one model at a time and switches on demand, which takes milliseconds for the tin
   ``llama.pooling_type`` overridden to 1 through ``kv_overrides``, which the server's settings
   offer where they lack a pooling field), so ``/v1/embeddings`` answers one vector of the
   model's width per input; :mod:`devstack.llama.serve` adds ``encoding_format: base64``.
+  A pooled input must fit one batch, and llama-cpp-python silently truncates it to
+  ``n_batch`` (512 by default), so embedding models get batches of
+  :data:`EMBEDDING_MAX_TOKENS` with flash attention (without it, the attention scores of
+  such a batch take ~1 GB; with it the server stays near 220 MB).
 - ``interrupt_requests`` is turned off: llama-cpp-python's default ends a stream early, with
   ``[DONE]``, as soon as another request waits, which would cut answers short under load.
 """
@@ -29,11 +33,14 @@ from devstack.llama import build
 from devstack.llama.model import N_CTX
 from devstack.process import Process, free_ports
 
-__all__ = ["MEAN_POOLING", "LlamaServer"]
+__all__ = ["EMBEDDING_MAX_TOKENS", "MEAN_POOLING", "LlamaServer"]
 
 SERVE: Final = Path(__file__).with_name("serve.py")
 #: llama.cpp's ``enum llama_pooling_type`` value for mean pooling, as a kv_overrides entry.
 MEAN_POOLING: Final = "llama.pooling_type=int:1"
+#: The longest input an embedding model embeds whole, in tokens (longer ones are truncated):
+#: LightRAG's default embedding limit.
+EMBEDDING_MAX_TOKENS: Final = 8192
 
 
 def _model_settings(alias: str, path: Path, *, embedding: bool) -> dict[str, Any]:
@@ -46,7 +53,13 @@ def _model_settings(alias: str, path: Path, *, embedding: bool) -> dict[str, Any
         "verbose": False,
     }
     if embedding:
-        settings |= {"embedding": True, "kv_overrides": [MEAN_POOLING]}
+        settings |= {
+            "embedding": True,
+            "kv_overrides": [MEAN_POOLING],
+            "n_batch": EMBEDDING_MAX_TOKENS,
+            "n_ubatch": EMBEDDING_MAX_TOKENS,
+            "flash_attn": True,
+        }
     return settings
 
 
@@ -87,7 +100,8 @@ class LlamaServer(Process):
         }
         config = workdir / f"llama-server-{self.port}.json"
         config.write_text(json.dumps(settings, indent=2))
-        argv = [str(build.python()), str(SERVE), str(config)]
+        # -P: serve.py's folder (devstack/llama/) must not shadow the venv's modules.
+        argv = [str(build.python()), "-P", str(SERVE), str(config)]
         super().__init__("llama-server", argv, log_path=workdir / f"llama-server-{self.port}.log")
         self.url = f"http://127.0.0.1:{self.port}/v1"
 

@@ -14,7 +14,6 @@ lock keeps two runs from building it at once.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import sys
 import time
@@ -22,7 +21,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from devstack.cache import BuildFailed, cache_root, locked, run_with_progress, stamped
+from devstack.cache import (
+    BuildFailed,
+    build_log,
+    cache_root,
+    locked,
+    pins_digest,
+    run_with_progress,
+    stamped,
+)
 
 __all__ = ["LITELLM_VERSION", "BuildFailed", "ensure", "is_built", "venv_dir"]
 
@@ -40,7 +47,7 @@ def venv_dir() -> Path:
 
 
 def _stamp_text() -> str:
-    digest = hashlib.sha256(CONSTRAINTS.read_bytes()).hexdigest()[:16]
+    digest = pins_digest(CONSTRAINTS)
     return f"{_REQUIREMENT} constraints={digest} python={sys.version_info[:2]}\n"
 
 
@@ -88,7 +95,7 @@ def ensure(out: TextIO | None = None) -> Path:
         run_with_progress([sys.executable, "-m", "venv", str(target)], out, prefix=_PREFIX)
         pip = [str(target / "bin" / "python"), "-m", "pip"]
         install = [*pip, "install", "--progress-bar", "off", "-c", str(CONSTRAINTS), _REQUIREMENT]
-        log_path = target.with_name(f"{target.name}.build.log")
+        log_path = build_log(target)
         log_path.unlink(missing_ok=True)
         run_with_progress(install, out, prefix=_PREFIX, show=_pip_progress(), log_path=log_path)
         if not cli.is_file():

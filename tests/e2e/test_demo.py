@@ -35,6 +35,13 @@ def built(k8s_bin_dir: Path, llama_python: Path) -> None:
     """The Kubernetes binaries and the llama.cpp server, in the cache."""
 
 
+def _as_a_terminal_job() -> None:
+    """preexec hook: SIGINT as a terminal's foreground job has it. A test run started in the
+    background (``nohup make test &``) hands its children SIGINT ignored, and the demo would
+    then never see Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def demo(*args: str) -> subprocess.Popen[str]:
     """The demo in a session of its own, as a terminal would run it (Ctrl-C reaches the
     whole foreground process group: the demo and whatever kubectl it is running)."""
@@ -46,6 +53,7 @@ def demo(*args: str) -> subprocess.Popen[str]:
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         start_new_session=True,
+        preexec_fn=_as_a_terminal_job,
     )
 
 

@@ -166,7 +166,10 @@ def _vectors(answer: dict[str, Any]) -> list[list[float]]:
 async def test_embeddings_give_one_vector_of_the_model_width_per_input(
     stack: Stack, llama_server: LlamaServer
 ) -> None:
-    texts = ["Ada Lovelace wrote the first program.", "rolegate routes roles.", "x"]
+    # The last two differ only after their 3,000th token: a model server that truncated to
+    # its default batch (512 tokens) would give them one vector.
+    page = "Ada Lovelace wrote the first program. " * 80
+    texts = ["Ada Lovelace wrote the first program.", "x", f"{page}Babbage", f"{page}Menabrea"]
     await stack.apply(
         m.secret("llama-creds", apiKey=API_KEY),
         llama_role("embed", llama_server, "tiny-embed"),
@@ -207,7 +210,8 @@ async def test_a_10000_token_prompt_is_answered_through_the_gateway(
         llama_role("extract", llama_server, "tiny-a", options=GREEDY, timeoutSeconds=120),
     )
     await ready(stack, "extract")
-    async with stack.sdk() as sdk:
+    async with stack.sdk() as plain:
+        sdk = plain.with_options(timeout=120)  # one CPU thread reads 10K tokens: seconds
         answer = await sdk.chat.completions.create(model="extract", messages=messages)
         assert answer.usage is not None
         assert answer.usage.prompt_tokens >= 10_000

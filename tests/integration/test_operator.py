@@ -269,7 +269,7 @@ async def test_converges_after_a_restart_and_a_resync_writes_nothing(
     restart = len(stack.operator.log_text())
     await stack.run("delete", "llmrole", "query")
     await stack.apply(openai_role("extract", up, model="gpt-4o"), openai_role("summarize", up))
-    await asyncio.to_thread(stack.operator.start)
+    stack.operator.start()  # from the main thread, so it dies with the test run
     await asyncio.to_thread(stack.operator.wait_live)
     await stack.wait_condition("summarize", "Ready", ("True", "Served"))
     await stack.wait_served(["extract", "summarize"])
@@ -289,7 +289,7 @@ async def test_converges_after_a_restart_and_a_resync_writes_nothing(
     mark = len(stack.operator.log_text())
     await asyncio.sleep(2.5)
     await asyncio.to_thread(stack.operator.stop)
-    await asyncio.to_thread(stack.operator.start)
+    stack.operator.start()  # from the main thread, so it dies with the test run
     await asyncio.to_thread(stack.operator.wait_live)
     out = await stack.apply(
         creds(), openai_role("extract", up, model="gpt-4o"), openai_role("summarize", up)

@@ -28,13 +28,15 @@ def _read_pid(path: Path) -> int:
     return int(path.read_text())
 
 
-#: A child that starts a grandchild ignoring SIGTERM, writes the grandchild's pid, and sleeps.
+#: A child that starts a grandchild which ignores SIGTERM and then writes its own pid (so the
+#: test knows SIGTERM can no longer stop it), and sleeps.
 FAMILY = """
-    import signal, subprocess, sys, time
-    grandchild = subprocess.Popen(
-        [sys.executable, "-c",
-         "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"])
-    open(sys.argv[1], "w").write(str(grandchild.pid))
+    import subprocess, sys, time
+    GRANDCHILD = (
+        "import os, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(60)"
+    )
+    subprocess.Popen([sys.executable, "-c", GRANDCHILD, sys.argv[1]])
     print("family started", flush=True)
     time.sleep(60)
 """
