@@ -5,7 +5,8 @@ load generator and the three targets (direct, rolegate, LiteLLM; a LiteLLM that 
 installed or started is reported in the results and the others still run), measures them
 side by side (:mod:`bench.compare`), stops the proxies, measures rolegate alone
 (:mod:`bench.rolegate_only`), and writes ``<out>/<name>.json``, ``.md`` and ``.png``.
-Logs and manifests go to a temporary directory, removed at the end unless ``--keep``.
+Logs and manifests go to a temporary directory, removed at the end unless ``--keep`` or a
+failure (then its path is printed).
 Every process is stopped on the way out, whatever ends the run (an error, Ctrl-C, SIGTERM).
 """
 
@@ -18,11 +19,9 @@ import json
 import os
 import platform
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -45,7 +44,7 @@ from bench.targets import (
 )
 from bench.upstream import UpstreamSettings
 from devstack.peers import litellm as litellm_peer
-from devstack.process import NotReady, Process, ProcessDied
+from devstack.process import NotReady, Process, ProcessDied, work_dir
 
 __all__ = ["Settings", "main", "run"]
 
@@ -139,11 +138,7 @@ def run(settings: Settings, *, out_dir: Path, name: str, keep: bool = False) -> 
     started = time.monotonic()
     loadavg_before = os.getloadavg()
     with contextlib.ExitStack() as stack:
-        workdir = Path(tempfile.mkdtemp(prefix="rolegate-bench-"))
-        if keep:
-            stack.callback(_say, f"logs kept in {workdir}")
-        else:
-            stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+        workdir = stack.enter_context(work_dir("rolegate-bench-", keep=keep))
         upstream = start_upstream(workdir, settings.upstream)
         stack.callback(upstream.stop)
         loadgen = LoadGen(workdir / "loadgen.log")

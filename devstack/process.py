@@ -196,6 +196,17 @@ class Process:
         except subprocess.TimeoutExpired:
             raise TimeoutError(f"{self.name} still runs after {timeout_s:g} s") from None
 
+    def send(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to the process itself (not its group): SIGTERM or SIGINT to see how
+        it stops, SIGSTOP and SIGCONT to freeze and thaw it.
+
+        Raises:
+            RuntimeError: it is not running.
+        """
+        if self._proc is None or self._proc.poll() is not None:
+            raise RuntimeError(f"{self.name} is not running")
+        self._proc.send_signal(sig)
+
     def kill(self) -> None:
         """SIGKILL the whole group now and reap the leader (a crash, for fault tests)."""
         if self._proc is not None and self._proc.poll() is None:
@@ -379,25 +390,35 @@ def sweep_orphaned_dirs(prefix: str) -> None:
 
 
 @contextlib.contextmanager
-def work_dir(prefix: str, *, out: IO[str] | None = None) -> Iterator[Path]:
+def work_dir(prefix: str, *, keep: bool = False, out: IO[str] | None = None) -> Iterator[Path]:
     """A fresh owned temporary directory for logs and files, after sweeping orphaned ones.
 
     Removed when the block ends normally or by Ctrl-C; when it ends with any other
-    exception the directory is kept (disowned, never swept) and its path is written to
-    ``out`` (default stderr), so the logs of what failed can be read.
+    exception, or always with ``keep``, the directory is kept (disowned, never swept) and
+    its path is written to ``out`` (default stderr), so the logs can be read.
     """
     sweep_orphaned_dirs(prefix)
     path = owned_tmp_dir(prefix)
+
+    def keep_it() -> None:
+        disown_dir(path)
+        print(f"  logs kept in {path}", file=out or sys.stderr, flush=True)
+
     try:
         yield path
     except Exception:
-        disown_dir(path)
-        print(f"  logs kept in {path}", file=out or sys.stderr, flush=True)
+        keep_it()
         raise
     except BaseException:
-        shutil.rmtree(path, ignore_errors=True)
+        if keep:
+            keep_it()
+        else:
+            shutil.rmtree(path, ignore_errors=True)
         raise
-    shutil.rmtree(path, ignore_errors=True)
+    if keep:
+        keep_it()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 # -- signals ------------------------------------------------------------------------------------

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from devstack import http
+from devstack.poll import wait_until
+from devstack.process import Process
 from tests.fakes import manifests as m
 
 KEY = "sk-RGCLI-2b9d7e55aa10"
@@ -26,7 +26,8 @@ def _get(url: str) -> dict[str, object]:
 
 
 @pytest.fixture
-def gateway_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, Path]]:
+def gateway_process(tmp_path: Path) -> Iterator[Process]:
+    """``rolegate-gateway --manifests`` as a process; its ``url`` is where it listens."""
     roles = tmp_path / "roles"
     roles.mkdir()
     m.write(
@@ -39,45 +40,21 @@ def gateway_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str
         ),
         m.secret("creds", apiKey=KEY),
     )
-    log = tmp_path / "gateway.log"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rolegate_gateway",
-            "--manifests",
-            str(roles),
-            "--port",
-            "0",
-            "--reload-interval",
-            "0.1",
-            "--log-format",
-            "json",
-            "--log-level",
-            "debug",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("w"),
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    deadline = time.monotonic() + 30
-    url = None
-    while url is None and time.monotonic() < deadline and proc.poll() is None:
-        found = re.search(r"on (http://127\.0\.0\.1:\d+)/v1", log.read_text())
-        url = found.group(1) if found else None
-        time.sleep(0.05)
-    assert url, log.read_text()
-    yield proc, url, log
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    argv = [sys.executable, "-m", "rolegate_gateway", "--manifests", str(roles), "--port", "0"]
+    argv += ["--reload-interval", "0.1", "--log-format", "json", "--log-level", "debug"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with Process("gateway", argv, log_path=tmp_path / "gateway.log", env=env) as proc:
+
+        def listening() -> str:
+            proc.url = proc.url_in_log(r"on (http://127\.0\.0\.1:\d+)/v1")
+            return proc.url
+
+        proc.wait_ready(listening, what="the line saying where it listens", timeout_s=30)
+        yield proc
 
 
-def test_serves_reloads_and_stops_cleanly(
-    gateway_process: tuple[subprocess.Popen[str], str, Path], tmp_path: Path
-) -> None:
-    proc, url, log = gateway_process
+def test_serves_reloads_and_stops_cleanly(gateway_process: Process, tmp_path: Path) -> None:
+    proc, url = gateway_process, gateway_process.url
     models = _get(f"{url}/v1/models")
     assert [e["id"] for e in models["data"]] == ["extract"]  # type: ignore[index]
     first_hash = _get(f"{url}/status")["config"]["hash"]  # type: ignore[index]
@@ -98,18 +75,20 @@ def test_serves_reloads_and_stops_cleanly(
         ),
         m.secret("creds", apiKey=KEY),
     )
-    deadline = time.monotonic() + 10
-    while _get(f"{url}/status")["config"]["hash"] == first_hash:  # type: ignore[index]
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.05)
+    wait_until(
+        lambda: _get(f"{url}/status")["config"]["hash"] != first_hash,  # type: ignore[index]
+        timeout_s=10,
+        what="the changed manifests to be applied",
+    )
     assert sorted(_get(f"{url}/status")["roles"]) == ["extract", "query"]  # type: ignore[arg-type]
 
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0
-    records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    proc.send(signal.SIGTERM)
+    assert proc.wait_exit(30) == 0
+    log = proc.log_text()
+    records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     assert any("config" in r["message"] and "applied" in r["message"] for r in records)
     assert all({"time", "level", "logger", "message"} <= r.keys() for r in records)
-    assert KEY not in log.read_text()
+    assert KEY not in log
 
 
 def test_missing_manifests_path_exits_2(tmp_path: Path) -> None:

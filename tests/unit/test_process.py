@@ -146,6 +146,16 @@ def test_a_work_dir_that_ended_well_or_by_ctrl_c_is_removed() -> None:
     assert not interrupted.exists()
 
 
+def test_a_work_dir_asked_to_keep_is_kept_and_said_so() -> None:
+    said = io.StringIO()
+    with work_dir("rolegate-test-process-", keep=True, out=said) as kept:
+        (kept / "x.log").write_text("x")
+    assert (kept / "x.log").read_text() == "x"
+    assert not (kept / "owner.pid").exists()  # never swept
+    assert said.getvalue() == f"  logs kept in {kept}\n"
+    shutil.rmtree(kept)
+
+
 def test_a_sigkilled_harness_takes_its_processes_with_it(tmp_path: Path) -> None:
     harness = f"""
         import sys, time
