@@ -126,12 +126,11 @@ class Process:
         self._log = self.log_path.open("a")
         self._log_start = self._log.tell()
         main_thread = threading.current_thread() is threading.main_thread()
-        pipe = subprocess.PIPE if self._pipes else None
         try:
             self._proc = subprocess.Popen(
                 self.argv,
-                stdin=pipe if self._pipes else subprocess.DEVNULL,
-                stdout=pipe if self._pipes else self._log,
+                stdin=subprocess.PIPE if self._pipes else subprocess.DEVNULL,
+                stdout=subprocess.PIPE if self._pipes else self._log,
                 stderr=self._log if self._pipes else subprocess.STDOUT,
                 env=self._env,
                 text=True,
