@@ -139,7 +139,7 @@ def _build(say: Say) -> None:
     if k8s_build.is_built():
         say(f"Kubernetes {version} binaries: cached in {k8s_build.cache_dir()}")
     else:
-        say(f"Kubernetes {version} binaries: building (once, ~7 min on 2 cores) ...")
+        say(f"Kubernetes {version} binaries: building (once, ~12 min on 2 cores) ...")
         k8s_build.ensure(sys.stdout)
     llama = f"llama.cpp server (llama-cpp-python {llama_build.VERSION})"
     if llama_build.is_built():

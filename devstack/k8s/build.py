@@ -134,8 +134,9 @@ def is_built() -> bool:
 def ensure(out: TextIO | None = None) -> Path:
     """Return :func:`bin_dir`, running build.sh first when the cache is incomplete.
 
-    A cold build compiles Kubernetes from source: about 7 minutes on two cores. build.sh's
-    progress lines are copied to ``out`` (default ``sys.stderr``) as they come.
+    A cold build compiles Kubernetes from source: about 12 minutes on two cores with empty Go
+    caches. build.sh's progress lines are copied to ``out`` (default ``sys.stderr``) as they
+    come; the rest goes to the build log (``<cache root>/k8s-<version>.build.log``).
 
     Raises:
         BuildFailed: build.sh failed or left the cache incomplete; the message holds the last

@@ -23,8 +23,8 @@
 #
 # Builds run with at most two parallel jobs (-p 2, GOMAXPROCS=2), into a temporary directory
 # that is renamed into place only after its stamp file is written, so an interrupted build
-# never looks complete. A cold build took about 7 minutes on two cores here (more while Go
-# downloads the modules over a slow link).
+# never looks complete. A cold build (empty Go module and build caches) took 12.5 minutes on
+# two cores here; with Go's build cache warm, under a minute.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
