@@ -29,7 +29,7 @@ from typing import Final, TextIO
 
 from devstack.cache import BuildFailed, cache_root
 from devstack.k8s import build as k8s_build
-from devstack.k8s.controlplane import ControlPlane, ControlPlaneError
+from devstack.k8s.controlplane import CommandError, ControlPlane, ControlPlaneError
 from devstack.llama import build as llama_build
 from devstack.peers import litellm
 from devstack.process import ProcessDied, sigterm_raises_interrupt
@@ -147,7 +147,7 @@ def up(*, full: bool, crd: bool, out: TextIO) -> int:
                 signal.pause()
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
-    except (ControlPlaneError, ProcessDied) as error:
+    except (ControlPlaneError, ProcessDied, CommandError, TimeoutError) as error:
         print(error, file=sys.stderr)
         return 1
     return 0
