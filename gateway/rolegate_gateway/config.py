@@ -121,9 +121,15 @@ class GatewayConfig(_Frozen):
         seen: dict[str, str] = {}
         for role in self.roles:
             if role.name in seen:
+                first = seen[role.name]
+                where = (
+                    f"defined twice in namespace {first!r}"
+                    if first == role.namespace
+                    else f"defined in namespace {first!r} and in namespace {role.namespace!r}"
+                )
                 raise ValueError(
-                    f"duplicate role {role.name!r}: defined in namespace {seen[role.name]!r} "
-                    f"and in {role.namespace!r}"
+                    f"duplicate role {role.name!r}: {where}; "
+                    "role names must be unique across namespaces"
                 )
             seen[role.name] = role.namespace
         return self

@@ -8,6 +8,7 @@ document's kind and namespace/name, and the field.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import base64
 import binascii
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
+import yaml.reader
 from pydantic import ValidationError
 
 from rolegate_gateway import errors, roles
@@ -34,6 +36,10 @@ _SUFFIXES = (".yaml", ".yml", ".json")
 #: libyaml's safe loader when PyYAML was built with it (its wheels are): the pure-Python
 #: one takes ~0.55 s for 1,000 LLMRoles, this one ~0.08 s.
 _YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+#: A quoted word in a PyYAML problem phrase: a character (``'\t'``), a token
+#: (``'<scalar>'``), or text of the file (an alias, anchor, tag or tag handle).
+_QUOTED = re.compile(r""" ?('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
+_TOKEN = re.compile(r"'<[a-z ]+>'")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,17 +75,109 @@ def _files(path: Path) -> list[Path]:
 def _documents(files: Iterable[Path]) -> list[_Doc]:
     docs = []
     for path in files:
-        try:
-            loaded = list(yaml.load_all(path.read_text(), Loader=_YAML_LOADER))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise errors.ConfigError(f"{path}: cannot read YAML: {exc}") from exc
-        for index, body in enumerate(loaded):
+        for index, body in enumerate(_load(path)):
             if body is None:
                 continue
             if not isinstance(body, dict):
                 raise errors.ConfigError(f"{path} (document {index + 1}): not a mapping")
             docs.append(_Doc(path, index, body))
     return docs
+
+
+def _load(path: Path) -> list[Any]:
+    """Every YAML document of one file, in order (``None`` for an empty one).
+
+    PyYAML's own error text quotes the offending line, which may hold a key (a
+    mis-indented ``apiKey: sk-…``), and some of its phrases quote an alias, anchor or tag.
+    So the message is rebuilt from the error's parts: file, line and column (1-based),
+    and the problem phrase with any quoted file text left out. The PyYAML error is not
+    chained (``from None``): a traceback would print it.
+
+    Raises:
+        errors.ConfigError: the file cannot be read, is not UTF-8, or is not valid YAML.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise errors.ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise errors.ConfigError(f"{path}: not UTF-8 text: invalid byte at line {line}") from None
+    loaded: list[Any] = []
+    where = str(path)
+    try:
+        for body in yaml.load_all(text, Loader=_YAML_LOADER):
+            loaded.append(body)
+    except yaml.MarkedYAMLError as exc:
+        problem = _marked(exc)
+    except yaml.reader.ReaderError as exc:
+        problem = _reader(exc, text)
+    except yaml.YAMLError as exc:
+        problem = type(exc).__name__
+    except RecursionError:
+        where = f"{path} (document {len(loaded) + 1})"
+        problem = "nested too deeply"
+    except (ValueError, KeyError, AttributeError, TypeError) as exc:
+        # SafeConstructor converting a scalar (int(), float(), datetime(), a dict
+        # lookup): these messages quote the value, and carry no mark.
+        where = f"{path} (document {len(loaded) + 1})"
+        problem = (
+            f"a value cannot be converted to its type ({type(exc).__name__}): a date "
+            "such as 2024-13-01, or an !!int, !!float, !!bool or !!timestamp tag on "
+            "another value"
+        )
+    else:
+        return loaded
+    raise errors.ConfigError(f"{where}: invalid YAML: {problem}") from None
+
+
+def _phrase(text: str) -> str:
+    """A PyYAML problem or context phrase without file text: a quoted single character
+    (``'\\t'``) or token name (``'<block end>'``) stays, any other quoted word goes."""
+
+    def keep(match: re.Match[str]) -> str:
+        quoted = match.group(1)
+        if _TOKEN.fullmatch(quoted):
+            return match.group(0)
+        try:
+            value = ast.literal_eval(quoted)
+        except (ValueError, SyntaxError):
+            return ""
+        return match.group(0) if isinstance(value, str) and len(value) <= 1 else ""
+
+    return _QUOTED.sub(keep, text)
+
+
+def _marked(exc: yaml.MarkedYAMLError) -> str:
+    """``while scanning a quoted scalar at line 2, column 9: found unexpected end of
+    stream at line 4, column 1``: PyYAML's order, its marks 1-based, no snippet."""
+    problem_at = exc.problem_mark and (exc.problem_mark.line, exc.problem_mark.column)
+    parts = []
+    for phrase, mark in ((exc.context, exc.context_mark), (exc.problem, exc.problem_mark)):
+        words = [_phrase(phrase)] if phrase else []
+        if mark is not None and (
+            mark is exc.problem_mark or problem_at != (mark.line, mark.column)
+        ):
+            words.append(f"at line {mark.line + 1}, column {mark.column + 1}")
+        if words:
+            parts.append(" ".join(words))
+    return ": ".join(parts) or type(exc).__name__
+
+
+def _reader(exc: yaml.reader.ReaderError, text: str) -> str:
+    """An unacceptable character, by code point and place. The place is found in
+    ``text``: PyYAML counts characters, libyaml bytes."""
+    if not isinstance(exc.character, int):
+        return f"unacceptable character: {exc.reason}"
+    offset = text.find(chr(exc.character))
+    where = ""
+    if offset >= 0:
+        line = text.count("\n", 0, offset) + 1
+        column = offset - (text.rfind("\n", 0, offset) + 1) + 1
+        where = f" at line {line}, column {column}"
+    return f"unacceptable character #x{exc.character:04x}{where}: {exc.reason}"
 
 
 def _secret_data(doc: _Doc) -> dict[str, str]:
@@ -110,8 +208,10 @@ def load_manifests(
     manifest), so local runs need no key on disk.
 
     Raises:
-        errors.ConfigError: unreadable YAML, an invalid LLMRole, a missing Secret or key,
-            a duplicate role; the message names file, kind, namespace/name and field.
+        errors.ConfigError: an unreadable or non-UTF-8 file, invalid YAML (file, line and
+            column, never the line's text), an invalid LLMRole, a missing Secret or key,
+            a duplicate role (both documents); the message names file, kind,
+            namespace/name and field.
     """
     env = os.environ if environ is None else environ
     docs = _documents(_files(path))
@@ -132,6 +232,7 @@ def load_manifests(
                 llmroles.append((doc, LLMRole.model_validate(doc.body)))
             except ValidationError as exc:
                 raise errors.ConfigError(errors.describe_validation(exc, doc.where())) from exc
+    _check_unique(llmroles)
 
     configs = []
     for doc, role in llmroles:
@@ -144,6 +245,36 @@ def load_manifests(
         return GatewayConfig(roles=tuple(configs))
     except ValidationError as exc:
         raise errors.ConfigError(errors.describe_validation(exc, str(path))) from exc
+
+
+def _check_unique(llmroles: Iterable[tuple[_Doc, LLMRole]]) -> None:
+    """Refuse a role name defined twice, naming both documents. A client sends only the
+    name, so it must be unique across namespaces (``GatewayConfig`` checks it too, but
+    knows no files).
+
+    Raises:
+        errors.ConfigError: ``duplicate role 'x': a.yaml (document 1, LLMRole default/x)
+            and b.yaml (document 2, LLMRole ml/x); …``, plus the names of any further
+            duplicates.
+    """
+    first: dict[str, _Doc] = {}
+    clashes: dict[str, _Doc] = {}
+    for doc, role in llmroles:
+        name = role.metadata.name
+        if name not in first:
+            first[name] = doc
+        elif name not in clashes:
+            clashes[name] = doc
+    if not clashes:
+        return
+    name, again = next(iter(clashes.items()))
+    message = (
+        f"duplicate role {name!r}: {first[name].where()} and {again.where()}; "
+        "role names are unique across namespaces"
+    )
+    if len(clashes) > 1:
+        message += "; also duplicated: " + ", ".join(repr(n) for n in list(clashes)[1:])
+    raise errors.ConfigError(message)
 
 
 def _credentials(

@@ -41,5 +41,11 @@ def test_wrong_version_and_garbage_are_refused() -> None:
 
 
 def test_duplicate_role_across_namespaces() -> None:
-    with pytest.raises(ValidationError, match="duplicate role 'a'"):
+    with pytest.raises(ValidationError) as err:
         GatewayConfig(roles=(_role("a"), _role("a", "other")))
+    assert (
+        "duplicate role 'a': defined in namespace 'default' and in namespace 'other'; "
+        "role names must be unique across namespaces"
+    ) in str(err.value)
+    with pytest.raises(ValidationError, match="'a': defined twice in namespace 'default'; role"):
+        GatewayConfig(roles=(_role("a"), _role("a")))
