@@ -13,6 +13,7 @@ from aiohttp import web
 
 from devstack.poll import eventually
 from rolegate_gateway import ManifestsSource, Runtime, create_app, start
+from rolegate_gateway.settings import ServerSettings
 from tests.fakes.openai_upstream import FakeOpenAI
 
 
@@ -31,6 +32,8 @@ class Gateway:
     url: str
     runtime: Runtime
     source: ManifestsSource | None
+    port: int = 0
+    app: web.Application | None = None
 
     @property
     def v1(self) -> str:
@@ -69,14 +72,18 @@ async def start_gateway() -> AsyncIterator[Callable[..., Awaitable[Gateway]]]:
     runners: list[web.AppRunner] = []
 
     async def factory(
-        manifests: Path, *, env_secrets: bool = False, drain_grace_s: float = 15.0
+        manifests: Path,
+        *,
+        env_secrets: bool = False,
+        drain_grace_s: float = 15.0,
+        settings: ServerSettings | None = None,
     ) -> Gateway:
         runtime = Runtime(drain_grace_s=drain_grace_s)
         source = ManifestsSource(manifests, runtime, interval_s=0.05, env_secrets=env_secrets)
-        app = create_app(runtime, source=source)
+        app = create_app(runtime, source=source, settings=settings)
         runner, port = await start(app, host="127.0.0.1", port=0, shutdown_timeout_s=2)
         runners.append(runner)
-        return Gateway(f"http://127.0.0.1:{port}", runtime, source)
+        return Gateway(f"http://127.0.0.1:{port}", runtime, source, port, app)
 
     yield factory
     for runner in runners:

@@ -11,13 +11,14 @@ shutdown timeout). Endpoints:
 - ``GET /healthz`` (alive), ``/readyz`` (a config is served and not shutting down),
   ``/status`` (JSON, no credentials), ``/metrics`` (Prometheus text format).
 
-Every error under /v1 is OpenAI's error body with a 4xx/5xx status.
+Every error is OpenAI's error body with a 4xx/5xx status, malformed HTTP included
+(``rolegate_gateway.server``); request bodies are read and parsed by
+``rolegate_gateway.intake`` within the limits of :class:`ServerSettings`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -28,18 +29,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, ProcessCollector, generate_la
 
 from rolegate_gateway import errors
 from rolegate_gateway.adapters import Endpoint
-from rolegate_gateway.keys import RUNTIME, SESSION, SOURCE, ConfigSource
+from rolegate_gateway.intake import Intake
+from rolegate_gateway.keys import GUARD, INTAKE, RUNTIME, SESSION, SOURCE, ConfigSource
 from rolegate_gateway.proxy import forward
 from rolegate_gateway.runtime import Runtime
+from rolegate_gateway.server import ConnectionGuard, GuardedRunner
+from rolegate_gateway.settings import ServerSettings
+from rolegate_gateway.upstream import connection_trace
 
-__all__ = ["DEFAULT_PRIORITY", "MAX_BODY_BYTES", "create_app", "start"]
+__all__ = ["DEFAULT_PRIORITY", "create_app", "start"]
 
 log = logging.getLogger(__name__)
 
 #: Priority of a request without ``X-Priority``; lower is served first.
 DEFAULT_PRIORITY = 10
-#: Largest request body accepted, bytes (images travel base64-encoded in chat requests).
-MAX_BODY_BYTES = 64 * 1024 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -54,14 +57,24 @@ def _error_response(exc: errors.GatewayError) -> web.Response:
 
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Render gateway errors, and aiohttp's own (404 path, 405, 413), as OpenAI bodies."""
+    """Render gateway errors, and aiohttp's own (404 path, 405), as OpenAI bodies.
+
+    Answers given before a role was known are counted here (``Metrics.unrouted``); a
+    role's own are counted by the proxy. An unexpected exception is a 500, logged with its
+    traceback at most once per interval.
+    """
+    metrics = request.app[RUNTIME].metrics
     try:
         return await handler(request)
+    except _Routed as routed:
+        return _error_response(routed.error)
     except errors.GatewayError as exc:
+        metrics.unrouted(exc.status)
         return _error_response(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        metrics.unrouted(exc.status)
         return web.Response(
             status=exc.status,
             body=errors.error_body(exc.reason, type_="invalid_request_error"),
@@ -70,12 +83,28 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except (asyncio.CancelledError, ConnectionError):
         raise
     except Exception:
-        log.exception("unexpected error serving %s %s", request.method, request.path)
+        metrics.unrouted(500)
+        guard = request.app[GUARD]
+        guard.throttled.warning(
+            "unexpected",
+            "unexpected error serving %s %s",
+            request.method,
+            request.path,
+            exc_info=True,
+        )
         return web.Response(
             status=500,
             body=errors.error_body("internal gateway error", type_="server_error"),
             headers={"Content-Type": "application/json"},
         )
+
+
+class _Routed(Exception):
+    """A role's error, already counted in the role's metrics by the proxy."""
+
+    def __init__(self, error: errors.GatewayError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 def _priority(request: web.Request) -> int:
@@ -90,32 +119,28 @@ def _priority(request: web.Request) -> int:
         ) from None
 
 
-async def _payload(request: web.Request) -> dict[str, Any]:
-    try:
-        payload = json.loads(await request.read())
-    except ValueError:
-        raise errors.InvalidRequest("the request body is not valid JSON") from None
-    if not isinstance(payload, dict):
-        raise errors.InvalidRequest("the request body must be a JSON object")
-    model = payload.get("model")
-    if not isinstance(model, str) or not model:
-        raise errors.InvalidRequest("'model' (the role) must be a non-empty string", param="model")
-    return payload
-
-
 def _proxy(endpoint: Endpoint) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
-        payload = await _payload(request)
-        priority = _priority(request)
-        role = request.app[RUNTIME].role(payload["model"])
-        return await forward(
-            request,
-            role,
-            endpoint,
-            payload,
-            priority=priority,
-            session=request.app[SESSION],
-        )
+        intake = request.app[INTAKE]
+        raw, reserved = await intake.read(request)
+        try:
+            payload = await intake.parse(raw)
+            del raw  # the payload holds what is needed; a large body is not kept twice
+            role = request.app[RUNTIME].role(payload.model)
+            priority = _priority(request)
+            try:
+                return await forward(
+                    request,
+                    role,
+                    endpoint,
+                    payload,
+                    priority=priority,
+                    session=request.app[SESSION],
+                )
+            except errors.GatewayError as exc:
+                raise _Routed(exc) from exc
+        finally:
+            intake.budget.release(reserved)
 
     return handle
 
@@ -172,10 +197,16 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
-    """One client session for every upstream: its connector pools connections per host."""
+    """One client session for every upstream: its connector pools connections per host.
+
+    Its connection trace lets the proxy retry a dead keep-alive connection; redirects are
+    refused per call (``rolegate_gateway.upstream.post``).
+    """
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60)
     async with aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=None)
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None),
+        trace_configs=[connection_trace()],
     ) as session:
         app[SESSION] = session
         yield
@@ -195,22 +226,36 @@ async def _source_ctx(app: web.Application) -> AsyncIterator[None]:
     await source.close()
 
 
+async def _intake_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The body reader; its worker processes (if any were started) stop at cleanup."""
+    yield
+    app[INTAKE].close()
+
+
 async def _stop_admitting(app: web.Application) -> None:
     app[RUNTIME].close()
 
 
 def create_app(
-    runtime: Runtime | None = None, *, source: ConfigSource | None = None
+    runtime: Runtime | None = None,
+    *,
+    source: ConfigSource | None = None,
+    settings: ServerSettings | None = None,
 ) -> web.Application:
-    """The gateway app serving ``runtime``, fed by ``source`` (none: apply configs yourself)."""
-    app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY_BYTES)
+    """The gateway app serving ``runtime``, fed by ``source`` (none: apply configs yourself),
+    with the client limits of ``settings`` (default: :class:`ServerSettings`' defaults)."""
+    settings = settings or ServerSettings()
+    app = web.Application(middlewares=[_errors], client_max_size=settings.max_body_bytes)
     runtime = runtime or Runtime()
     app[RUNTIME] = runtime
+    app[INTAKE] = Intake(settings)
+    app[GUARD] = ConnectionGuard(settings, count=runtime.metrics.unrouted)
     if source is not None:
         app[SOURCE] = source
     ProcessCollector(namespace="rolegate", registry=runtime.registry)
     app.cleanup_ctx.append(_session_ctx)
     app.cleanup_ctx.append(_source_ctx)
+    app.cleanup_ctx.append(_intake_ctx)
     app.on_shutdown.append(_stop_admitting)
     app.router.add_post("/v1/chat/completions", _proxy(Endpoint.CHAT_COMPLETIONS))
     app.router.add_post("/v1/completions", _proxy(Endpoint.COMPLETIONS))
@@ -230,16 +275,22 @@ async def start(
     """Serve ``app`` on host:port (port 0: a free one); returns the runner and the port.
 
     ``shutdown_timeout_s`` bounds how long running streams may finish at shutdown; keep it
-    below the pod's terminationGracePeriodSeconds (30 s by default).
+    below the pod's terminationGracePeriodSeconds (30 s by default). Connections obey the
+    app's :class:`ServerSettings` (see ``rolegate_gateway.server``).
 
     Raises:
         OSError: the address cannot be bound.
     """
-    runner = web.AppRunner(
-        app,
-        handler_cancellation=True,
-        shutdown_timeout=shutdown_timeout_s,
-        access_log=None,
+    options: dict[str, Any] = {
+        "handler_cancellation": True,
+        "shutdown_timeout": shutdown_timeout_s,
+        "access_log": None,
+    }
+    guard = app.get(GUARD)
+    runner = (
+        web.AppRunner(app, **options)  # not made by create_app (a test's fake upstream)
+        if guard is None
+        else GuardedRunner(app, guard=guard, **options)
     )
     await runner.setup()
     site = web.TCPSite(runner, host, port)

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from rolegate_gateway.app import create_app, start
@@ -20,6 +21,8 @@ from rolegate_gateway.keys import ConfigSource
 from rolegate_gateway.logs import setup_logging
 from rolegate_gateway.manifests import ManifestsSource
 from rolegate_gateway.runtime import Runtime
+from rolegate_gateway.server import raise_nofile_limit
+from rolegate_gateway.settings import MIB, ServerSettings
 
 __all__ = ["main", "parser"]
 
@@ -83,6 +86,53 @@ def parser() -> argparse.ArgumentParser:
         help="after a rebind or removal, calls in flight on the old binding may run "
         "2 x timeoutSeconds + this long before they are cut off with 503 (15)",
     )
+    limits = p.add_argument_group("client limits")
+    d = ServerSettings()
+    limits.add_argument(
+        "--max-connections",
+        type=_positive(int),
+        default=d.max_connections,
+        metavar="N",
+        help=f"open client connections; one more is answered 503 ({d.max_connections}; "
+        "lowered to fit the open-files limit, whose soft value is raised to the hard one)",
+    )
+    limits.add_argument(
+        "--keepalive-timeout",
+        type=_positive(float),
+        default=d.keepalive_timeout_s,
+        metavar="SECONDS",
+        help=f"close a connection idle this long ({d.keepalive_timeout_s:g})",
+    )
+    limits.add_argument(
+        "--header-timeout",
+        type=_positive(float),
+        default=d.header_timeout_s,
+        metavar="SECONDS",
+        help=f"answer 408 when a request's headers take longer ({d.header_timeout_s:g})",
+    )
+    limits.add_argument(
+        "--body-timeout",
+        type=_positive(float),
+        default=d.body_timeout_s,
+        metavar="SECONDS",
+        help=f"answer 408 when a body takes longer than this plus 1 s per "
+        f"{d.body_min_rate // MIB} MiB it declares ({d.body_timeout_s:g})",
+    )
+    limits.add_argument(
+        "--max-body-mib",
+        type=_positive(int),
+        default=d.max_body_bytes // MIB,
+        metavar="MIB",
+        help=f"largest request body; larger is 413 ({d.max_body_bytes // MIB})",
+    )
+    limits.add_argument(
+        "--max-pending-body-mib",
+        type=_positive(int),
+        default=d.max_pending_body_bytes // MIB,
+        metavar="MIB",
+        help="request bodies held at once, gateway-wide; beyond it new requests are "
+        f"answered 429 ({d.max_pending_body_bytes // MIB})",
+    )
     p.add_argument(
         "--log-level",
         default="info",
@@ -91,6 +141,40 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-format", default="text", choices=["text", "json"], help="(text)")
     return p
+
+
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} is not positive")
+        return value
+
+    return parse
+
+
+def _settings(args: argparse.Namespace) -> ServerSettings:
+    """The client limits from the flags; the connection cap fits the open-files limit."""
+    nofile = raise_nofile_limit()
+    cap = min(args.max_connections, max(16, nofile - 128))
+    if cap < args.max_connections:
+        log.warning(
+            "--max-connections %d lowered to %d: the open-files limit is %d",
+            args.max_connections,
+            cap,
+            nofile,
+        )
+    return ServerSettings(
+        max_connections=cap,
+        keepalive_timeout_s=args.keepalive_timeout,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        max_body_bytes=args.max_body_mib * MIB,
+        max_pending_body_bytes=args.max_pending_body_mib * MIB,
+    )
 
 
 def _secret_ref(text: str) -> tuple[str, str]:
@@ -115,7 +199,7 @@ def _source(args: argparse.Namespace, runtime: Runtime) -> ConfigSource:
 async def _serve(args: argparse.Namespace) -> None:
     runtime = Runtime(drain_grace_s=args.drain_grace)
     source = _source(args, runtime)
-    app = create_app(runtime, source=source)
+    app = create_app(runtime, source=source, settings=_settings(args))
     runner, port = await start(
         app, host=args.host, port=args.port, shutdown_timeout_s=args.shutdown_timeout
     )

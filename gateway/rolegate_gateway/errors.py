@@ -6,13 +6,20 @@ OpenAI's error body ``{"error": {"message", "type", "param", "code"}}``
 
     GatewayError
     ├── InvalidRequest            400 invalid_request_error
+    │   ├── RequestTimeout        408 code request_timeout (the body did not arrive in time)
+    │   └── RequestTooLarge       413 code request_too_large
     ├── RoleNotFound              404 invalid_request_error, code model_not_found
     ├── QueueFull                 429 rate_limit_exceeded (queue full or wait exceeded)
     ├── Draining                  503 service_unavailable (cut off by a drain deadline)
+    ├── InternalError             500 server_error (a bug in the gateway)
     └── UpstreamError
         ├── UpstreamTimeout       504 timeout
-        ├── UpstreamUnavailable   502 upstream_unavailable (connect or protocol failure)
+        ├── UpstreamUnavailable   502 upstream_unavailable (connect or protocol failure,
+        │                             a redirect, an answer over the size cap)
         └── UpstreamStatusError   the upstream's own status, its body passed on
+
+Messages name the role and what failed, never the upstream's URL or address (those are
+for the operator's log).
 
     ConfigError                   a config that fails validation; never reaches a client
 """
@@ -21,7 +28,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Sequence
+import os
+import socket
+import ssl
+from collections.abc import Iterator, Mapping, Sequence
 
 import aiohttp
 from pydantic import ValidationError
@@ -30,8 +40,11 @@ __all__ = [
     "ConfigError",
     "Draining",
     "GatewayError",
+    "InternalError",
     "InvalidRequest",
     "QueueFull",
+    "RequestTimeout",
+    "RequestTooLarge",
     "RoleNotFound",
     "UpstreamError",
     "UpstreamStatusError",
@@ -40,6 +53,7 @@ __all__ = [
     "describe_validation",
     "error_body",
     "map_client_errors",
+    "os_reason",
 ]
 
 
@@ -81,6 +95,20 @@ class InvalidRequest(GatewayError):
     type_ = "invalid_request_error"
 
 
+class RequestTimeout(InvalidRequest):
+    """The request body did not arrive within the body timeout."""
+
+    status = 408
+    code = "request_timeout"
+
+
+class RequestTooLarge(InvalidRequest):
+    """The request body is larger than the gateway accepts."""
+
+    status = 413
+    code = "request_too_large"
+
+
 class RoleNotFound(GatewayError):
     """The request names a role the gateway does not serve; the message lists those it does."""
 
@@ -117,6 +145,16 @@ class Draining(GatewayError):
     code = "role_drained"
 
 
+class InternalError(GatewayError):
+    """A bug in the gateway: an exception nothing else mapped."""
+
+    status = 500
+    type_ = "server_error"
+
+    def __init__(self, message: str = "internal gateway error") -> None:
+        super().__init__(message)
+
+
 class UpstreamError(GatewayError):
     """The upstream call failed."""
 
@@ -140,14 +178,35 @@ class UpstreamUnavailable(UpstreamError):
     code = "upstream_unavailable"
 
 
-class UpstreamStatusError(UpstreamError):
-    """The upstream answered with an error status; its body (scrubbed) is passed on."""
+#: Upstream error statuses the client's request caused: passed on, but counted as the
+#: client's (not in ``rolegate_upstream_errors_total``). 400 (bad parameters), 413 (too
+#: large), 415 and 422 (unprocessable input) depend on what the client sent. Every other
+#: status is the upstream's or the role's: 401 and 403 (the role's key), 404 (the gateway
+#: builds the URL and the model from the role, so a missing one is a wrong role), 408, 429
+#: (the role's quota) and 5xx.
+CLIENT_STATUSES = frozenset({400, 413, 415, 422})
 
-    def __init__(self, status: int, body: bytes, content_type: str) -> None:
-        super().__init__(f"upstream answered {status}")
+
+class UpstreamStatusError(UpstreamError):
+    """The upstream answered with an error status; its body (scrubbed) is passed on as
+    JSON, with its rate-limit headers (``headers``)."""
+
+    def __init__(
+        self, status: int, body: bytes, *, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
         self.status = status
         self._body = body
-        self.content_type = content_type
+        self._headers = dict(headers or {})
+
+    @property
+    def client_caused(self) -> bool:
+        """The client's request caused this status (:data:`CLIENT_STATUSES`)."""
+        return self.status in CLIENT_STATUSES
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self._headers
 
     def body(self) -> bytes:
         return self._body
@@ -158,20 +217,60 @@ class ConfigError(ValueError):
 
 
 @contextlib.contextmanager
-def map_client_errors(upstream: str) -> Iterator[None]:
+def map_client_errors(role: str) -> Iterator[None]:
     """Map aiohttp client errors raised inside the block to the gateway's own errors.
 
-    Timeouts are not mapped here: the proxy bounds each call with ``asyncio.timeout``.
+    The message names ``role`` and what failed, with the OS's reason ("Connection reset by
+    peer"), never an address. Timeouts are not mapped here: the proxy bounds each call with
+    ``asyncio.timeout``.
 
     Raises:
-        UpstreamUnavailable: connect errors, a broken or malformed answer.
+        UpstreamUnavailable: connect errors, a dropped connection, a broken or malformed
+            answer.
     """
+    upstream = f"the upstream of role {role!r}"
     try:
         yield
     except aiohttp.ClientConnectorError as exc:
-        raise UpstreamUnavailable(f"upstream {upstream} is unreachable: {exc.os_error}") from exc
-    except (aiohttp.ClientError, ConnectionError) as exc:
-        raise UpstreamUnavailable(f"upstream {upstream} failed: {type(exc).__name__}") from exc
+        reason = os_reason(exc.os_error)
+        raise UpstreamUnavailable(f"{upstream} is unreachable: {reason}") from exc
+    except aiohttp.ServerDisconnectedError as exc:
+        message = f"{upstream} closed the connection without answering"
+        raise UpstreamUnavailable(message) from exc
+    except aiohttp.ClientPayloadError as exc:
+        message = f"{upstream} broke off its answer (or sent an undecodable body)"
+        raise UpstreamUnavailable(message) from exc
+    except (aiohttp.ClientOSError, ConnectionError) as exc:
+        message = f"the connection to {upstream} failed: {os_reason(exc)}"
+        raise UpstreamUnavailable(message) from exc
+    except aiohttp.ClientResponseError as exc:
+        raise UpstreamUnavailable(f"{upstream} sent a malformed HTTP answer") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamUnavailable(f"{upstream} failed: {type(exc).__name__}") from exc
+
+
+def os_reason(exc: OSError) -> str:
+    """An OS error's reason without the address asyncio puts in its text:
+    "Connection refused", "Connection reset by peer", "Name or service not known",
+    "TLS: CERTIFICATE_VERIFY_FAILED"."""
+    if isinstance(exc, ssl.SSLError):
+        reason = getattr(exc, "reason", None)  # set by the ssl module, not by every raiser
+        return f"TLS: {reason}" if reason else "TLS handshake failed"
+    if isinstance(exc, socket.gaierror):
+        return exc.strerror or "name resolution failed"
+    if isinstance(exc.errno, int) and exc.errno > 0:
+        return os.strerror(exc.errno)
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    match exc:
+        case ConnectionResetError():
+            return "connection reset"
+        case BrokenPipeError():
+            return "broken pipe"
+        case ConnectionRefusedError():
+            return "connection refused"
+        case _:
+            return type(exc).__name__
 
 
 def describe_validation(exc: ValidationError, what: str) -> str:

@@ -7,9 +7,11 @@ from typing import Protocol
 import aiohttp
 from aiohttp import web
 
+from rolegate_gateway.intake import Intake
 from rolegate_gateway.runtime import Runtime
+from rolegate_gateway.server import ConnectionGuard
 
-__all__ = ["RUNTIME", "SESSION", "SOURCE", "ConfigSource"]
+__all__ = ["GUARD", "INTAKE", "RUNTIME", "SESSION", "SOURCE", "ConfigSource"]
 
 
 class ConfigSource(Protocol):
@@ -31,3 +33,5 @@ class ConfigSource(Protocol):
 RUNTIME = web.AppKey("runtime", Runtime)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 SOURCE = web.AppKey("source", ConfigSource)
+INTAKE = web.AppKey("intake", Intake)
+GUARD = web.AppKey("guard", ConnectionGuard)

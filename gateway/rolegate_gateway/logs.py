@@ -8,11 +8,13 @@ completion or a credential.
 from __future__ import annotations
 
 import logging
+import math
 import sys
+import time
 
 from pythonjsonlogger.json import JsonFormatter
 
-__all__ = ["quiet_client_bodies", "setup_logging"]
+__all__ = ["Throttled", "quiet_client_bodies", "setup_logging"]
 
 
 def quiet_client_bodies() -> None:
@@ -43,3 +45,31 @@ def setup_logging(*, level: str = "info", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     quiet_client_bodies()
+
+
+class Throttled:
+    """At most one log line per kind of event per ``interval_s`` seconds.
+
+    For floods a client can cause (bad requests, slow or surplus connections): the next
+    line of a kind says how many were left out since the last one.
+    """
+
+    __slots__ = ("_interval_s", "_logger", "_state")
+
+    def __init__(self, logger: logging.Logger, *, interval_s: float) -> None:
+        self._logger = logger
+        self._interval_s = interval_s
+        self._state: dict[str, tuple[float, int]] = {}
+
+    def warning(self, kind: str, message: str, *args: object, exc_info: bool = False) -> None:
+        """Log ``message % args`` at WARNING unless ``kind`` was logged in the interval;
+        ``exc_info``: with the traceback of the exception being handled (a bug of ours)."""
+        now = time.monotonic()
+        last, skipped = self._state.get(kind, (-math.inf, 0))
+        if now - last < self._interval_s:
+            self._state[kind] = (last, skipped + 1)
+            return
+        self._state[kind] = (now, 0)
+        if skipped:
+            message += f" ({skipped} more in the last {now - last:.0f} s)"
+        self._logger.warning(message, *args, exc_info=exc_info, extra={"kind": kind})

@@ -42,7 +42,8 @@ class RoleMetrics:
     _codes: dict[int, Counter]
 
     def request(self, code: int, duration_s: float) -> None:
-        """Count one answered request and observe its duration."""
+        """Count one answered request and observe its duration; ``code`` is the HTTP status
+        the client got, 499 when it went away or stopped reading, 500 for a gateway bug."""
         child = self._codes.get(code)
         if child is None:
             child = self._codes[code] = self.metrics.requests.labels(*self.labels, str(code))
@@ -58,7 +59,8 @@ class RoleMetrics:
         self.metrics.rejected.labels(*self.labels).inc()
 
     def upstream_error(self, kind: str) -> None:
-        """Count an upstream failure: timeout, unavailable, status or drained."""
+        """Count an upstream failure: timeout, unavailable, status or drained. Statuses the
+        client's request caused (``errors.CLIENT_STATUSES``) are not counted here."""
         self.metrics.upstream_errors.labels(*self.labels, kind).inc()
 
 
@@ -123,7 +125,8 @@ class Metrics:
         )
         self.upstream_errors = Counter(
             "rolegate_upstream_errors",
-            "Failed upstream calls by kind: timeout, unavailable, status, drained.",
+            "Failed upstream calls by kind: timeout, unavailable, status, drained "
+            "(not the client-caused 400, 413, 415, 422).",
             [*ROLE_LABELS, "kind"],
             registry=registry,
         )
@@ -147,6 +150,11 @@ class Metrics:
         return RoleMetrics(
             self, labels, self.duration.labels(*labels), self.ttft.labels(*labels), {}
         )
+
+    def unrouted(self, code: int) -> None:
+        """Count an answer given before a role was known (a malformed request, an unknown
+        role, a surplus connection): ``rolegate_requests_total`` with empty role labels."""
+        self.requests.labels("", "", "", "", str(code)).inc()
 
     def config_applied(self, config_hash: str, roles: int) -> None:
         """Point ``rolegate_config_info`` at the config now served."""

@@ -1,20 +1,27 @@
 """The proxying path: admit by the role's queue, call the upstream, pass the answer on.
 
 Owns :func:`forward`. Bodies and SSE streams pass through as bytes, written to the client
-as they arrive; nothing is decoded on the way back. Error mapping:
+as they arrive; nothing is decoded on the way back. The HTTP exchange itself (retries,
+redirects refused, capped reads) is ``rolegate_gateway.upstream``'s. Error mapping:
 
 - queue full / wait exceeded -> 429 (raised by the queue);
 - ``timeoutSeconds`` passed (to the first byte; for a stream also between chunks) -> 504;
 - cut off by a drain deadline -> 503; upstream unreachable or broken -> 502;
-- upstream error status -> that status, its body with the role's credentials removed.
+- an upstream redirect (never followed: it could carry the key elsewhere) -> 502;
+- a non-stream answer over ``upstream.MAX_ANSWER_BYTES`` -> 502;
+- upstream error status -> that status, its body with the role's credentials removed
+  (``rolegate_gateway.scrub``) and its ``Retry-After``/``x-ratelimit-*`` headers; a 401
+  gets a message naming the role instead (the key is the role's, not the client's);
+- an exception nothing maps (a bug) -> 500 "internal gateway error", logged with its
+  traceback.
 
-Connect errors and 429/502/503/504 answers are retried with exponential backoff within
-the call's time budget, before anything reaches the client (the SDK's own retries can
-stay off).
+Upstream statuses the client caused (``errors.CLIENT_STATUSES``) are not counted in
+``rolegate_upstream_errors_total``.
 
 Once a stream has started, an error is sent as a final SSE event ``data: {"error": …}``,
 which the OpenAI SDK raises as an APIError. A client that goes away (the handler task is
-cancelled by aiohttp) cancels the upstream call and frees the slot at once.
+cancelled by aiohttp), or stops reading for :data:`WRITE_TIMEOUT_S`, cancels the upstream
+call and frees the slot at once; it is counted as 499, the client's doing.
 """
 
 from __future__ import annotations
@@ -28,29 +35,30 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from rolegate_gateway import errors
-from rolegate_gateway.adapters import Endpoint, UpstreamRequest
+from rolegate_gateway import errors, upstream
+from rolegate_gateway.adapters import Endpoint
+from rolegate_gateway.intake import Payload
 from rolegate_gateway.runtime import Call, Role, RoleWrapper
 
-__all__ = ["forward"]
+__all__ = ["WRITE_TIMEOUT_S", "forward"]
 
 log = logging.getLogger(__name__)
 
+#: Seconds one write to a streaming client may block (the client not reading) before the
+#: client counts as gone. Read at each call, so tests may lower it.
+WRITE_TIMEOUT_S = 30.0
+
 _SSE = "text/event-stream"
-#: Upstream answers worth another attempt: rate limited, or a transient server failure.
-_RETRY_STATUSES = frozenset({429, 502, 503, 504})
-#: Extra attempts after the first, and the first backoff in seconds (doubling each time).
-RETRIES = 2
-_BACKOFF_S = 0.25
 _CLIENT_CLOSED = 499  # nginx's code for a request the client abandoned, for metrics only
 
 
 class _ClientGone(Exception):
-    """Writing to the client failed: it disconnected mid-stream."""
+    """Writing to the client failed (it disconnected) or stalled (it stopped reading)."""
 
-    def __init__(self, response: web.StreamResponse) -> None:
-        super().__init__("client disconnected")
+    def __init__(self, response: web.StreamResponse, *, stalled: bool = False) -> None:
+        super().__init__("client stopped reading" if stalled else "client disconnected")
         self.response = response
+        self.stalled = stalled
 
 
 class _StreamBroken(Exception):
@@ -66,15 +74,19 @@ async def forward(
     request: web.Request,
     role: Role,
     endpoint: Endpoint,
-    payload: dict[str, Any],
+    payload: Payload,
     *,
     priority: int,
     session: aiohttp.ClientSession,
 ) -> web.StreamResponse:
     """Serve one request on ``role``: queue, upstream call, answer.
 
+    Every outcome is counted once in the role's metrics and queue counters: the answer's
+    status, 499 for a client that went away or stopped reading, 500 for a bug.
+
     Raises:
-        errors.GatewayError: before any byte of the answer was sent (rendered by the app).
+        errors.GatewayError: before any byte of the answer was sent (rendered by the app);
+            ``errors.InternalError`` for an unexpected exception, chained to it.
         asyncio.CancelledError: the client went away.
     """
     loop = asyncio.get_running_loop()
@@ -90,7 +102,7 @@ async def forward(
     admitted = loop.time()
     call = Call()
     wrapper.enter(call)
-    code = 200
+    code = 500  # an outcome nobody recorded is a bug, never a success
     try:
         response = await _call(request, wrapper, call, endpoint, payload, session, started)
         code = response.status
@@ -99,21 +111,29 @@ async def forward(
     except errors.GatewayError as exc:
         code = exc.status
         queue.failed_total += 1
-        _log_failure(wrapper, exc)
+        _record_failure(wrapper, exc)
         raise
     except _StreamBroken as broken:
         code = broken.error.status
         queue.failed_total += 1
-        _log_failure(wrapper, broken.error)
+        _record_failure(wrapper, broken.error)
         return broken.response
     except _ClientGone as gone:
         code = _CLIENT_CLOSED
         queue.cancelled_total += 1
+        if gone.stalled and request.transport is not None:
+            log.debug("role %s: the client stopped reading; disconnected", wrapper.config.name)
+            request.transport.abort()  # drop what it did not read; aiohttp ends the handler
         return gone.response  # nobody is listening; aiohttp closes the connection
     except asyncio.CancelledError:
         code = _CLIENT_CLOSED
         queue.cancelled_total += 1
         raise
+    except Exception as exc:
+        queue.failed_total += 1
+        name = wrapper.config.name
+        log.exception("role %s: internal error serving a request", name, extra={"role": name})
+        raise errors.InternalError() from exc
     finally:
         wrapper.leave(call)
         now = loop.time()
@@ -121,16 +141,19 @@ async def forward(
         wrapper.metrics.request(code, now - started)
 
 
-def _log_failure(wrapper: RoleWrapper, exc: errors.GatewayError) -> None:
+def _record_failure(wrapper: RoleWrapper, exc: errors.GatewayError) -> None:
+    """Count and log an upstream failure once; the client's own errors and bugs are not
+    the upstream's."""
+    name = wrapper.config.name
+    extra: dict[str, Any] = {"role": name, "upstream": wrapper.origin}
+    if isinstance(exc, errors.InternalError):
+        return  # logged with its traceback where it was caught
+    if isinstance(exc, errors.UpstreamStatusError) and exc.client_caused:
+        log.debug("%s (upstream %s)", exc.message, wrapper.origin, extra=extra)
+        return
     kind = _error_kind(exc)
     wrapper.metrics.upstream_error(kind)
-    log.warning(
-        "role %s: upstream %s failed: %s",
-        wrapper.config.name,
-        wrapper.origin,
-        exc.message,
-        extra={"role": wrapper.config.name, "upstream": wrapper.origin, "kind": kind},
-    )
+    log.warning("%s (upstream %s)", exc.message, wrapper.origin, extra={**extra, "kind": kind})
 
 
 def _error_kind(exc: errors.GatewayError) -> str:
@@ -150,25 +173,39 @@ async def _call(
     wrapper: RoleWrapper,
     call: Call,
     endpoint: Endpoint,
-    payload: dict[str, Any],
+    payload: Payload,
     session: aiohttp.ClientSession,
     started: float,
 ) -> web.StreamResponse:
-    upstream = wrapper.adapter.request(endpoint, payload)
+    """One upstream call under the role's timeout; its answer, passed on.
+
+    While a write to a streaming client blocks, the call's timeout is moved to the write
+    deadline instead (:data:`WRITE_TIMEOUT_S`, never past a drain deadline): a client that
+    does not read is not the upstream's fault, and one timer serves both.
+    """
+    role = wrapper.config.name
+    request_up = wrapper.adapter.request(endpoint, payload)
     timeout_s = wrapper.config.upstream.timeout_s
+    write_timeout_s = WRITE_TIMEOUT_S
     loop = asyncio.get_running_loop()
     response: web.StreamResponse | None = None
+    writing = False
     try:
         async with asyncio.timeout(None) as timeout:
             call.timeout = timeout
             call.limit(loop.time() + timeout_s)
-            with errors.map_client_errors(wrapper.origin):
-                async with await _post(session, upstream, timeout) as up:
+            with errors.map_client_errors(role):
+                async with await upstream.post(session, request_up, timeout) as up:
+                    if up.status >= 300:
+                        raise await _status_error(wrapper, up)
                     content_type = up.headers.get("Content-Type", "application/json")
-                    if up.status >= 400:
-                        raise _status_error(wrapper, up.status, await up.read(), content_type)
                     if not content_type.startswith(_SSE):
-                        body = await up.read()
+                        body = await upstream.read_capped(up, upstream.MAX_ANSWER_BYTES)
+                        if body is None:
+                            raise errors.UpstreamUnavailable(
+                                f"the answer of role {role!r}'s upstream is larger than "
+                                f"{upstream.MAX_ANSWER_BYTES // 2**20} MiB"
+                            )
                         return web.Response(
                             status=up.status, body=body, headers={"Content-Type": content_type}
                         )
@@ -176,82 +213,56 @@ async def _call(
                         status=up.status,
                         headers={"Content-Type": content_type, "Cache-Control": "no-cache"},
                     )
-                    await _client_io(response, response.prepare(request))
+                    stream = response
+
+                    async def send(io: Awaitable[Any]) -> None:
+                        nonlocal writing
+                        writing = True
+                        call.limit(loop.time() + write_timeout_s)
+                        await _client_io(stream, io)
+                        writing = False
+                        call.limit(loop.time() + timeout_s)
+
+                    await send(response.prepare(request))
                     first = True
                     async for chunk in up.content.iter_any():
                         if first:
                             wrapper.metrics.first_token(loop.time() - started)
                             first = False
-                        await _client_io(response, response.write(chunk))
-                        call.limit(loop.time() + timeout_s)
-                    await _client_io(response, response.write_eof())
+                        await send(response.write(chunk))
+                    await send(response.write_eof())
                     return response
     except TimeoutError as exc:
-        error: errors.GatewayError
-        if call.drained:
-            error = errors.Draining(
-                f"the role was rebound or removed and this call ran past its drain deadline "
-                f"({wrapper.drain_s:g} s)"
+        deadline = call.timeout.when() if call.timeout is not None else None
+        if call.drained and deadline is not None and deadline >= call.cap:  # the drain's
+            error: errors.GatewayError = errors.Draining(
+                f"the role {role!r} was rebound or removed and this call ran past its drain "
+                f"deadline ({wrapper.drain_s:g} s)"
             )
+        elif writing and response is not None:
+            raise _ClientGone(response, stalled=True) from exc
         else:
             error = errors.UpstreamTimeout(
-                f"upstream {wrapper.origin} did not answer within {timeout_s:g} s"
+                f"the upstream of role {role!r} did not answer within {timeout_s:g} s"
             )
         if response is None or not response.prepared:
             raise error from exc
-        await _stream_error(response, error)
+        await _stream_error(request, response, error)
         raise _StreamBroken(error, response) from exc
     except errors.GatewayError as exc:
         if response is None or not response.prepared:
             raise
-        await _stream_error(response, exc)
+        await _stream_error(request, response, exc)
         raise _StreamBroken(exc, response) from exc
-
-
-async def _post(
-    session: aiohttp.ClientSession, upstream: UpstreamRequest, budget: asyncio.Timeout
-) -> aiohttp.ClientResponse:
-    """POST to the upstream, retrying connect errors, a dropped keep-alive connection and
-    429/502/503/504 answers.
-
-    Exponential backoff (0.25 s, 0.5 s, …; an upstream's Retry-After in seconds wins when
-    longer), at most :data:`RETRIES` times, and only while the wait still fits in the call's
-    time budget: nothing has reached the client yet, so a retry is invisible to it. The last
-    answer, error status included, is returned as it is.
-
-    Raises:
-        aiohttp.ClientError: the last attempt could not connect (mapped by the caller).
-    """
-    loop = asyncio.get_running_loop()
-    for attempt in range(RETRIES + 1):
-        delay = _BACKOFF_S * 2**attempt
-        try:
-            up = await session.post(upstream.url, data=upstream.body, headers=upstream.headers)
-        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError):
-            if not _may_retry(attempt, delay, budget, loop.time()):
-                raise
-        else:
-            if up.status not in _RETRY_STATUSES:
-                return up
-            delay = max(delay, _retry_after_s(up.headers.get("Retry-After")))
-            if not _may_retry(attempt, delay, budget, loop.time()):
-                return up
-            up.release()
-        await asyncio.sleep(delay)
-    raise AssertionError("unreachable")  # the last attempt returns or raises
-
-
-def _may_retry(attempt: int, delay_s: float, budget: asyncio.Timeout, now: float) -> bool:
-    when = budget.when()
-    return attempt < RETRIES and (when is None or now + delay_s < when)
-
-
-def _retry_after_s(value: str | None) -> float:
-    """Retry-After in seconds (RFC 9110 10.2.3); an HTTP date or garbage counts as 0."""
-    try:
-        return max(0.0, float(value)) if value else 0.0
-    except ValueError:
-        return 0.0
+    except _ClientGone:
+        raise
+    except Exception as exc:
+        if response is None or not response.prepared:
+            raise  # forward answers 500
+        log.exception("role %s: internal error in a stream", role, extra={"role": role})
+        error = errors.InternalError()
+        await _stream_error(request, response, error)
+        raise _StreamBroken(error, response) from exc
 
 
 async def _client_io(response: web.StreamResponse, io: Awaitable[Any]) -> None:
@@ -262,27 +273,70 @@ async def _client_io(response: web.StreamResponse, io: Awaitable[Any]) -> None:
         raise _ClientGone(response) from exc
 
 
-async def _stream_error(response: web.StreamResponse, exc: errors.GatewayError) -> None:
-    """End a started stream with an OpenAI-style error event; a gone client is ignored."""
+async def _stream_error(
+    request: web.Request, response: web.StreamResponse, exc: errors.GatewayError
+) -> None:
+    """End a started stream with an OpenAI-style error event; a gone client is ignored,
+    one that does not read within :data:`WRITE_TIMEOUT_S` is disconnected."""
     try:
-        await response.write(b"data: " + exc.body() + b"\n\n")
-        await response.write_eof()
+        async with asyncio.timeout(WRITE_TIMEOUT_S):
+            await response.write(b"data: " + exc.body() + b"\n\n")
+            await response.write_eof()
     except ConnectionError:
         pass
+    except TimeoutError:
+        if request.transport is not None:
+            request.transport.abort()
 
 
-def _status_error(
-    wrapper: RoleWrapper, status: int, body: bytes, content_type: str
-) -> errors.UpstreamStatusError:
-    """The upstream's error, passed on: its OpenAI error body, or one wrapping its text."""
-    body = wrapper.scrub(body)
+async def _status_error(
+    wrapper: RoleWrapper, up: aiohttp.ClientResponse
+) -> errors.UpstreamStatusError | errors.UpstreamUnavailable:
+    """The error for an upstream answer of status 300 or more.
+
+    A redirect is refused (502; its Location is not shown). An error status is passed on
+    with its rate-limit headers and its OpenAI error body, or a body wrapping its text;
+    the body is read up to ``upstream.MAX_ERROR_BYTES`` and scrubbed of the role's
+    credentials. A 401 concerns the role's key, not the client's: its body becomes one
+    naming the role, quoting the upstream's scrubbed message (OpenAI's names the key by its
+    first and last characters, a form the scrubbing removes).
+
+    Raises:
+        aiohttp.ClientError: reading the body failed (mapped by the caller).
+    """
+    role = wrapper.config.name
+    status = up.status
+    message = f"the upstream of role {role!r} answered {status}"
+    if status < 400:
+        return errors.UpstreamUnavailable(
+            f"{message}, a redirect; the gateway does not follow redirects (they could send "
+            "the role's key elsewhere): point the role's host at the final address"
+        )
+    headers = upstream.passed_headers(up.headers)
+    raw = await upstream.read_capped(up, upstream.MAX_ERROR_BYTES)
+    if raw is None:
+        text = f"{message}, with an error body over {upstream.MAX_ERROR_BYTES // 2**20} MiB"
+        body = errors.error_body(text, type_="upstream_error", code=str(status))
+        return errors.UpstreamStatusError(status, body, message=message, headers=headers)
+    scrubbed = wrapper.scrub(bytes(raw))
     try:
-        parsed = json.loads(body)
+        parsed = json.loads(scrubbed)
     except ValueError:
         parsed = None
-    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
-        return errors.UpstreamStatusError(status, body, "application/json")
-    text = body.decode(errors="replace").strip()[:1000]
-    message = f"upstream {wrapper.origin} answered {status}" + (f": {text}" if text else "")
-    wrapped = errors.error_body(message, type_="upstream_error", code=str(status))
-    return errors.UpstreamStatusError(status, wrapped, "application/json")
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if status == 401:
+        said = error.get("message") if isinstance(error, dict) else None
+        said = str(said) if said is not None else scrubbed.decode(errors="replace")
+        text = (
+            f"the upstream of role {role!r} refused the role's credentials (401); the key in "
+            "the role's Secret needs fixing" + (f". It said: {said.strip()[:500]}" if said else "")
+        )
+        body = errors.error_body(text, type_="upstream_error", code="upstream_unauthorized")
+        return errors.UpstreamStatusError(status, body, message=message, headers=headers)
+    if isinstance(error, dict):
+        return errors.UpstreamStatusError(status, scrubbed, message=message, headers=headers)
+    text = scrubbed.decode(errors="replace").strip()[:1000]
+    wrapped = errors.error_body(
+        message + (f": {text}" if text else ""), type_="upstream_error", code=str(status)
+    )
+    return errors.UpstreamStatusError(status, wrapped, message=message, headers=headers)

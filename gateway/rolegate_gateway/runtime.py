@@ -38,6 +38,7 @@ from rolegate_gateway.adapters import Adapter, make_adapter
 from rolegate_gateway.config import GatewayConfig, RoleConfig
 from rolegate_gateway.metrics import Metrics, RoleMetrics
 from rolegate_gateway.queue import RoleQueue
+from rolegate_gateway.scrub import Scrubber
 
 __all__ = ["Call", "ReloadReport", "Role", "RoleWrapper", "Runtime", "public_origin"]
 
@@ -83,7 +84,7 @@ class RoleWrapper:
         "inflight",
         "metrics",
         "origin",
-        "secrets",
+        "scrubber",
     )
 
     def __init__(self, config: RoleConfig, adapter: Adapter, metrics: RoleMetrics) -> None:
@@ -91,7 +92,7 @@ class RoleWrapper:
         self.adapter = adapter
         self.metrics = metrics
         self.origin = public_origin(config.upstream.base_url)
-        self.secrets = [s.encode() for s in config.upstream.credentials.values()]
+        self.scrubber = Scrubber(config.upstream.credentials.values())
         self.inflight: set[Call] = set()
         self.deadline: float | None = None  # loop time past which calls are cut; None: live
         self.drain_s = 0.0  # seconds granted to calls in flight when retired
@@ -119,10 +120,10 @@ class RoleWrapper:
                 call.limit(self.deadline if when is None else when)
 
     def scrub(self, data: bytes) -> bytes:
-        """``data`` with this role's credential strings removed (upstreams may echo keys)."""
-        for secret in self.secrets:
-            data = data.replace(secret, b"")
-        return data
+        """``data`` (an upstream's error body) with this role's credentials removed: raw,
+        percent-, JSON-, base64- or hex-encoded, or masked (see :mod:`rolegate_gateway.scrub`).
+        """
+        return self.scrubber.scrub(data)
 
 
 class Role:

@@ -45,6 +45,7 @@ class FakeOpenAI:
     delay_s: float = 0.0  # before the answer's headers
     chunks: int = 3  # SSE content chunks per stream
     chunk_delay_s: float = 0.0
+    chunk_bytes: int = 0  # pad each SSE content chunk with this many "x"
     fail_status: int | None = None  # answer this status with an OpenAI error body
     fail_body: bytes | None = None  # raw body for fail_status instead
     fail_times: int | None = None  # fail only this many calls, then answer normally
@@ -55,7 +56,7 @@ class FakeOpenAI:
     max_in_flight: int = 0
     seen: list[Seen] = field(default_factory=list)
     started: list[str] = field(default_factory=list)  # first user message, in start order
-    cancelled: int = 0
+    cancelled: int = 0  # calls whose client (the gateway) went away mid-call
     shared: Peak | None = None  # also count calls here
 
     def reset(self) -> None:
@@ -126,13 +127,16 @@ class FakeOpenAI:
         body = await self._enter(request)
         try:
             yield body
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ConnectionError):
             self.cancelled += 1
             raise
         finally:
             self.in_flight -= 1
             if self.shared is not None:
                 self.shared.now -= 1
+
+    def _content(self, i: int) -> str:
+        return f"{self.name}-{i} " + "x" * self.chunk_bytes
 
     def _usage(self, body: dict[str, Any]) -> dict[str, int]:
         prompt = len(json.dumps(body.get("messages") or body.get("prompt") or body.get("input")))
@@ -163,7 +167,7 @@ class FakeOpenAI:
             events = [
                 {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
                 *(
-                    {"choices": [{"index": 0, "delta": {"content": f"{self.name}-{i} "}}]}
+                    {"choices": [{"index": 0, "delta": {"content": self._content(i)}}]}
                     for i in range(self.chunks)
                 ),
                 {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},

@@ -11,6 +11,7 @@ from rolegate_gateway import ConfigError, Upstream
 from rolegate_gateway.adapters import Endpoint, make_adapter
 from rolegate_gateway.api import Binding
 from rolegate_gateway.config import Credentials
+from rolegate_gateway.intake import Payload
 
 
 def _upstream(binding: Binding, **kw: object) -> Upstream:
@@ -28,7 +29,8 @@ def _upstream(binding: Binding, **kw: object) -> Upstream:
 def test_openai_compatible(binding: Binding) -> None:
     adapter = make_adapter(_upstream(binding, options={"temperature": 0.1, "top_p": 0.5}))
     req = adapter.request(
-        Endpoint.CHAT_COMPLETIONS, {"model": "role", "messages": [], "temperature": 0.9}
+        Endpoint.CHAT_COMPLETIONS,
+        Payload.of({"model": "role", "messages": [], "temperature": 0.9}),
     )
     assert req.url == "https://up.example/v1/chat/completions"
     assert req.headers["Authorization"] == "Bearer k"
@@ -37,7 +39,10 @@ def test_openai_compatible(binding: Binding) -> None:
 
 def test_no_key_no_auth_header() -> None:
     adapter = make_adapter(_upstream(Binding.OLLAMA, credentials=Credentials()))
-    assert "Authorization" not in adapter.request(Endpoint.EMBEDDINGS, {"model": "r"}).headers
+    assert (
+        "Authorization"
+        not in adapter.request(Endpoint.EMBEDDINGS, Payload.of({"model": "r"})).headers
+    )
 
 
 def test_azure_url_and_api_key_header() -> None:
@@ -49,7 +54,7 @@ def test_azure_url_and_api_key_header() -> None:
             azure_api_version="2024-10-21",
         )
     )
-    req = adapter.request(Endpoint.EMBEDDINGS, {"model": "role", "input": "x"})
+    req = adapter.request(Endpoint.EMBEDDINGS, Payload.of({"model": "role", "input": "x"}))
     assert req.url == (
         "https://res.openai.azure.com/openai/deployments/gpt4o/embeddings?api-version=2024-10-21"
     )

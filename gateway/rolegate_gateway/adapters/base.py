@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from rolegate_gateway.intake import Payload
+
 __all__ = ["Adapter", "Endpoint", "UpstreamRequest", "encode"]
 
 
@@ -34,11 +36,11 @@ class UpstreamRequest:
 class Adapter(Protocol):
     """Builds the upstream request for one role; holds no per-request state."""
 
-    def request(self, endpoint: Endpoint, payload: dict[str, Any]) -> UpstreamRequest:
-        """The upstream request for a client payload (already-parsed JSON object)."""
+    def request(self, endpoint: Endpoint, payload: Payload) -> UpstreamRequest:
+        """The upstream request for a client payload (its top-level members as JSON text)."""
         ...
 
 
-def encode(payload: dict[str, Any]) -> bytes:
-    """Compact JSON bytes, non-ASCII kept as UTF-8."""
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+def encode(value: Any) -> bytes:
+    """Compact JSON bytes of any JSON value, non-ASCII kept as UTF-8."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()

@@ -7,11 +7,10 @@ the response passes through as bytes (https://platform.openai.com/docs/api-refer
 
 from __future__ import annotations
 
-from typing import Any
-
 from rolegate_gateway.adapters.base import Endpoint, UpstreamRequest, encode
 from rolegate_gateway.auth import auth_headers
 from rolegate_gateway.config import Upstream
+from rolegate_gateway.intake import Payload, join_object
 
 __all__ = ["OpenAIAdapter"]
 
@@ -22,8 +21,8 @@ class OpenAIAdapter:
     __slots__ = ("_headers", "_model", "_options", "_urls")
 
     def __init__(self, upstream: Upstream) -> None:
-        self._model = upstream.model
-        self._options = dict(upstream.options)
+        self._model = encode(upstream.model)
+        self._options = {key: encode(value) for key, value in upstream.options.items()}
         self._headers = {"Content-Type": "application/json", **self.auth(upstream)}
         self._urls = {ep: self.url(upstream, ep) for ep in Endpoint}
 
@@ -35,8 +34,11 @@ class OpenAIAdapter:
         """Absolute URL of one endpoint."""
         return f"{upstream.base_url}/{endpoint.value}"
 
-    def request(self, endpoint: Endpoint, payload: dict[str, Any]) -> UpstreamRequest:
-        """Role options under the payload, the role's model in place of the role name."""
-        body = {**self._options, **payload} if self._options else payload
-        body["model"] = self._model
-        return UpstreamRequest(self._urls[endpoint], self._headers, encode(body))
+    def request(self, endpoint: Endpoint, payload: Payload) -> UpstreamRequest:
+        """Role options under the payload, the role's model in place of the role name.
+
+        The client's members pass on as the JSON text it sent (validated at intake).
+        """
+        members = {**self._options, **payload.members} if self._options else dict(payload.members)
+        members["model"] = self._model
+        return UpstreamRequest(self._urls[endpoint], self._headers, join_object(members))
