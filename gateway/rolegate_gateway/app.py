@@ -27,7 +27,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, ProcessCollector, generate_latest
 
-from rolegate_gateway import errors
+from rolegate_gateway import errors, proxy
 from rolegate_gateway.adapters import Endpoint
 from rolegate_gateway.intake import Intake
 from rolegate_gateway.keys import GUARD, INTAKE, RUNTIME, SESSION, SOURCE, ConfigSource
@@ -129,7 +129,7 @@ def _proxy(endpoint: Endpoint) -> Handler:
             role = request.app[RUNTIME].role(payload.model)
             priority = _priority(request)
             try:
-                return await forward(
+                response = await forward(
                     request,
                     role,
                     endpoint,
@@ -139,10 +139,26 @@ def _proxy(endpoint: Endpoint) -> Handler:
                 )
             except errors.GatewayError as exc:
                 raise _Routed(exc) from exc
+            if not response.prepared:
+                await _send(request, response)
+            return response
         finally:
             intake.budget.release(reserved)
 
     return handle
+
+
+async def _send(request: web.Request, response: web.StreamResponse) -> None:
+    """Write a whole (non-stream) answer within ``proxy.WRITE_TIMEOUT_S``: a client that
+    does not read it is disconnected, so it holds neither the connection nor the answer's
+    memory. (Streams have the same bound per write, in the proxy.)"""
+    try:
+        async with asyncio.timeout(proxy.WRITE_TIMEOUT_S):
+            await response.prepare(request)
+            await response.write_eof()
+    except (TimeoutError, ConnectionError):
+        if request.transport is not None:
+            request.transport.abort()
 
 
 def _model_entry(runtime: Runtime, name: str) -> dict[str, Any]:
@@ -178,7 +194,12 @@ async def _healthz(request: web.Request) -> web.Response:
 async def _readyz(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     if runtime.ready:
-        return web.json_response({"status": "ready", "config": runtime.config_hash})
+        # A source that is down does not make the gateway unready: it keeps serving its
+        # last good config, and every replica would otherwise leave the Service at once.
+        body: dict[str, object] = {"status": "ready", "config": runtime.config_hash}
+        if runtime.source_error is not None:
+            body["configSource"] = {"error": runtime.source_error, "since": runtime.source_since}
+        return web.json_response(body)
     reason = "shutting down" if not runtime.accepting else "no config applied yet"
     last = runtime.last_reload
     return web.json_response(
@@ -192,7 +213,9 @@ async def _status(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[RUNTIME].registry)
+    runtime = request.app[RUNTIME]
+    runtime.prune()  # drained wrappers' series of removed or relabelled roles go
+    body = generate_latest(runtime.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -213,17 +236,48 @@ async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _source_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Load the config once, then watch the source in a task cancelled at cleanup."""
+    """Load the config once, then watch the source in a supervised task cancelled at
+    cleanup."""
     if SOURCE not in app:
         yield
         return
     source = app[SOURCE]
     await source.load_once()
-    task = asyncio.create_task(source.run(), name="rolegate-config-source")
+    task = asyncio.create_task(_supervise(source, app[RUNTIME]), name="rolegate-config-source")
     yield
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await source.close()
+
+
+#: Backoff before restarting a config source that failed, seconds: first and largest.
+SOURCE_BACKOFF_S = (1.0, 30.0)
+
+
+async def _supervise(source: ConfigSource, runtime: Runtime) -> None:
+    """Run ``source.run()`` forever: when it fails (or returns), log it, say so in
+    ``/readyz`` and ``/status``, and restart it with exponential backoff (reset after a
+    run that lasted a minute). The config being served keeps being served meanwhile."""
+    loop = asyncio.get_running_loop()
+    first, largest = SOURCE_BACKOFF_S
+    backoff = first
+    while True:
+        started = loop.time()
+        try:
+            await source.run()
+            reason = "it stopped"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            reason = type(exc).__name__  # its text may quote what the source read
+            log.debug("the config source failed", exc_info=True)
+        if loop.time() - started > 60:
+            backoff = first
+        runtime.source_failed(f"{reason}; restarting in {backoff:g} s")
+        log.error("the config source is down (%s); restarting in %g s", reason, backoff)
+        await asyncio.sleep(backoff)
+        backoff = min(2 * backoff, largest)
+        runtime.source_restarted()
 
 
 async def _intake_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -108,7 +108,8 @@ def parser() -> argparse.ArgumentParser:
         type=_positive(float),
         default=d.header_timeout_s,
         metavar="SECONDS",
-        help=f"answer 408 when a request's headers take longer ({d.header_timeout_s:g})",
+        help="close a connection whose request headers take longer than this from their "
+        f"first byte ({d.header_timeout_s:g})",
     )
     limits.add_argument(
         "--body-timeout",

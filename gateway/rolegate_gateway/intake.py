@@ -7,8 +7,8 @@ is small, in a worker process when it is large.
 
 Why members as raw JSON text: a request is changed only at its top level (``model``
 replaced, the role's ``options`` filled in), so the values — an 8 MB base64 image, a long
-conversation — are validated once by the C JSON scanner and passed on as bytes, never
-re-encoded. Parsing an 8 MB image request takes ~10 ms this way instead of ~60 ms.
+conversation — are validated once by the C JSON scanner and passed on as the client's
+bytes, never re-encoded (and never at risk of being changed by a round trip).
 
 What is refused, each with 400 and OpenAI's error body: invalid UTF-8 (CESU-8 surrogate
 bytes included), invalid JSON, a top level that is not an object, lone UTF-16 surrogates
@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import multiprocessing
 import re
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from json.decoder import scanstring  # type: ignore[attr-defined]
 from typing import Any
@@ -38,9 +40,11 @@ from rolegate_gateway.settings import ServerSettings
 
 __all__ = ["BodyBudget", "Intake", "Payload", "join_object", "parse_body"]
 
+log = logging.getLogger(__name__)
+
 _WS = re.compile(r"[ \t\n\r]*")
 #: A \uD800-\uDFFF escape; only bodies that have one pay the exact lone-surrogate check.
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD]([89a-fA-F])[0-9a-fA-F]{2}")
 
 
 class _Refused(ValueError):
@@ -114,7 +118,7 @@ def parse_body(raw: bytes, *, max_values: int = 1_000_000) -> Payload:
     Raises:
         errors.InvalidRequest: see the module docstring for what is refused.
     """
-    if raw.count(b",") + raw.count(b"[") + raw.count(b"{") > max_values:
+    if len(raw) > max_values and _values(raw) > max_values:
         raise errors.InvalidRequest(
             f"the request body has more than {max_values:,} JSON values "
             "(counted as commas and opening brackets)"
@@ -128,26 +132,57 @@ def parse_body(raw: bytes, *, max_values: int = 1_000_000) -> Payload:
     members: dict[str, str] = {}
     try:
         _split(text, members)
-    except _Refused as exc:
-        raise _invalid(str(exc)) from None
+        if "\\u" in text:
+            for key, value in members.items():
+                if _lone_surrogate(value):
+                    raise _Refused(f"{key!r} holds a lone UTF-16 surrogate (\\ud800-\\udfff)")
+        for key in members:
+            key.encode()  # a key with a lone surrogate escape cannot be
+        model = members.get("model")
+        name = json.loads(model) if model is not None else None
     except json.JSONDecodeError as exc:
         raise _invalid(f"{exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    except UnicodeEncodeError:
+        raise _invalid("a key holds a lone UTF-16 surrogate (\\ud800-\\udfff)") from None
+    except ValueError as exc:  # _Refused, and int() of more than 4,300 digits
+        raise _invalid(str(exc).partition(";")[0][:200]) from None
     except RecursionError:
         raise _invalid("nested too deeply") from None
-    if "\\u" in text:
-        for key, value in members.items():
-            if _SURROGATE_ESCAPE.search(value) or _SURROGATE_ESCAPE.search(key):
-                _no_lone_surrogates(key, value)
-    for key in members:
-        try:
-            key.encode()
-        except UnicodeEncodeError:
-            raise _invalid("a key holds a lone UTF-16 surrogate") from None
-    model = members.get("model")
-    name = json.loads(model) if model is not None else None
     if not isinstance(name, str) or not name:
         raise errors.InvalidRequest("'model' (the role) must be a non-empty string", param="model")
     return Payload(name, {k: v.encode() for k, v in members.items()}, len(raw))
+
+
+def _values(raw: bytes) -> int:
+    """An upper bound on the JSON values in ``raw``: its commas and opening brackets."""
+    return raw.count(b",") + raw.count(b"[") + raw.count(b"{")
+
+
+def _lone_surrogate(text: str) -> bool:
+    """Whether JSON text holds a ``\\uD800``-``\\uDFFF`` escape without its pair.
+
+    The fast regex finds the candidates; an escape preceded by an odd number of
+    backslashes is literal text, not an escape. No parse, so a body full of emoji written
+    as escaped pairs costs a scan, not a re-encode.
+    """
+    pending = -1  # where the low half of the last high surrogate must start
+    for match in _SURROGATE_ESCAPE.finditer(text):
+        start = match.start()
+        slashes = 0
+        while start - slashes - 1 >= 0 and text[start - slashes - 1] == "\\":
+            slashes += 1
+        if slashes % 2:
+            continue  # "\\\\ud800" is a backslash and the text "ud800"
+        low = match.group(1) in "cdefCDEF"
+        if pending >= 0:
+            if low and start == pending:
+                pending = -1
+                continue
+            return True  # a high surrogate not followed by its low half
+        if low:
+            return True  # a low surrogate on its own
+        pending = match.end()
+    return pending >= 0
 
 
 def _split(text: str, members: dict[str, str]) -> None:
@@ -204,16 +239,6 @@ def _split(text: str, members: dict[str, str]) -> None:
         raise json.JSONDecodeError("Extra data", text, idx)
 
 
-def _no_lone_surrogates(key: str, value: str) -> None:
-    """Refuse a member whose strings hold an unpaired UTF-16 surrogate escape."""
-    try:
-        json.dumps(json.loads(value), ensure_ascii=False).encode()
-    except UnicodeEncodeError:
-        raise _invalid(
-            f"{key!r} holds a lone UTF-16 surrogate (\\ud800-\\udfff without its pair)"
-        ) from None
-
-
 class BodyBudget:
     """Bytes of request bodies held at once, gateway-wide; beyond ``limit``: 429.
 
@@ -247,10 +272,19 @@ class BodyBudget:
 
 def _forkserver_pool(workers: int) -> ProcessPoolExecutor:
     """Workers forked from a clean server process (never from this threaded one), which
-    imports this module once, so a worker starts in milliseconds."""
+    imports this module once. Blocks for as long as the forkserver and the workers take to
+    start (~0.5 s): call it off the event loop."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    # workers start on demand, in submit(): start them all here, not later on the loop
+    for done in [pool.submit(_noop) for _ in range(workers)]:
+        done.result()
+    return pool
+
+
+def _noop() -> None:
+    pass
 
 
 class Intake:
@@ -265,6 +299,7 @@ class Intake:
         self.budget = BodyBudget(settings.max_pending_body_bytes)
         self._pool: ProcessPoolExecutor | None = None
         self._slots = asyncio.Semaphore(settings.offload_workers)
+        self._starting = asyncio.Lock()
 
     async def read(self, request: web.Request) -> tuple[bytes, int]:
         """The body of ``request`` and the bytes reserved for it in :attr:`budget`.
@@ -314,17 +349,33 @@ class Intake:
 
         Raises:
             errors.InvalidRequest: see :func:`parse_body`.
+            errors.InternalError: the worker processes died twice in a row.
         """
         limits = self.settings
         if len(raw) <= limits.offload_body_bytes:
             return parse_body(raw, max_values=limits.max_json_values)
         async with self._slots:
+            for _ in range(2):
+                pool = await self._started_pool()
+                try:
+                    return await asyncio.get_running_loop().run_in_executor(
+                        pool, _parse_in_worker, raw, limits.max_json_values
+                    )
+                except BrokenProcessPool:  # a worker died (the OOM killer?): start anew
+                    log.warning("a worker process parsing request bodies died; restarting them")
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    if self._pool is pool:
+                        self._pool = None
+            raise errors.InternalError("the request body could not be parsed: its worker died")
+
+    async def _started_pool(self) -> ProcessPoolExecutor:
+        """The worker pool, started in a thread the first time (so the loop never waits)."""
+        async with self._starting:
             if self._pool is None:
-                self._pool = _forkserver_pool(limits.offload_workers)
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(
-                self._pool, _parse_in_worker, raw, limits.max_json_values
-            )
+                self._pool = await asyncio.to_thread(
+                    _forkserver_pool, self.settings.offload_workers
+                )
+            return self._pool
 
     def close(self) -> None:
         """Stop the worker processes, if any were started."""

@@ -360,7 +360,11 @@ class ManifestsSource:
         if isinstance(result, errors.ConfigError):
             self.sink.refuse(str(result), source=str(self.path))
             return False
-        self.sink.apply(result)
+        try:
+            self.sink.apply(result)
+        except BaseException:
+            self._seen = None  # not handed over: read again on the next poll
+            raise
         return True
 
     async def load_once(self) -> bool:

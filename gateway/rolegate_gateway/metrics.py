@@ -8,6 +8,7 @@ for them.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -47,6 +48,7 @@ class RoleMetrics:
         child = self._codes.get(code)
         if child is None:
             child = self._codes[code] = self.metrics.requests.labels(*self.labels, str(code))
+            self.metrics.used(self.labels, "requests", str(code))
         child.inc()
         self._duration.observe(duration_s)
 
@@ -62,6 +64,7 @@ class RoleMetrics:
         """Count an upstream failure: timeout, unavailable, status or drained. Statuses the
         client's request caused (``errors.CLIENT_STATUSES``) are not counted here."""
         self.metrics.upstream_errors.labels(*self.labels, kind).inc()
+        self.metrics.used(self.labels, "upstream_errors", kind)
 
 
 class _QueueCollector(Collector):
@@ -143,6 +146,7 @@ class Metrics:
             registry=registry,
         )
         registry.register(_QueueCollector(roles))
+        self._used: dict[tuple[str, ...], set[tuple[str, str]]] = {}
 
     def for_role(self, role: RoleConfig) -> RoleMetrics:
         """Metrics bound to one role's labels."""
@@ -150,6 +154,20 @@ class Metrics:
         return RoleMetrics(
             self, labels, self.duration.labels(*labels), self.ttft.labels(*labels), {}
         )
+
+    def used(self, labels: tuple[str, ...], family: str, extra: str) -> None:
+        """Note that a series of ``family`` (requests, upstream_errors) exists for a role's
+        ``labels`` plus ``extra`` (its code or kind), so :meth:`retire` can remove it."""
+        self._used.setdefault(labels, set()).add((family, extra))
+
+    def retire(self, labels: tuple[str, ...]) -> None:
+        """Remove every series of one role's label values (a removed or relabelled role)."""
+        for family, extra in self._used.pop(labels, set()):
+            with contextlib.suppress(KeyError):
+                getattr(self, family).remove(*labels, extra)
+        for metric in (self.duration, self.ttft, self.rejected):
+            with contextlib.suppress(KeyError):
+                metric.remove(*labels)
 
     def unrouted(self, code: int) -> None:
         """Count an answer given before a role was known (a malformed request, an unknown

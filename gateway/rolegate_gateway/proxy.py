@@ -98,6 +98,12 @@ async def forward(
         role.wrapper.metrics.rejected()
         role.wrapper.metrics.request(429, loop.time() - started)
         raise
+    except errors.GatewayError as exc:  # the queue closed: role removed, gateway stopping
+        role.wrapper.metrics.request(exc.status, loop.time() - started)
+        raise
+    except asyncio.CancelledError:  # the client went away while queued
+        role.wrapper.metrics.request(_CLIENT_CLOSED, loop.time() - started)
+        raise
     wrapper = role.wrapper  # the current one at admission: a reload moves waiters to the new
     admitted = loop.time()
     call = Call()
@@ -321,7 +327,7 @@ async def _status_error(
     scrubbed = wrapper.scrub(bytes(raw))
     try:
         parsed = json.loads(scrubbed)
-    except ValueError:
+    except (ValueError, RecursionError):
         parsed = None
     error = parsed.get("error") if isinstance(parsed, dict) else None
     if status == 401:

@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry
 from rolegate_gateway import errors
 from rolegate_gateway.adapters import Adapter, make_adapter
 from rolegate_gateway.config import GatewayConfig, RoleConfig
-from rolegate_gateway.metrics import Metrics, RoleMetrics
+from rolegate_gateway.metrics import Metrics, RoleMetrics, role_labels
 from rolegate_gateway.queue import RoleQueue
 from rolegate_gateway.scrub import Scrubber
 
@@ -194,6 +194,8 @@ class Runtime:
         self._draining: dict[str, Role] = {}  # removed roles with calls still in flight
         self._retired: list[RoleWrapper] = []
         self.accepting = True
+        self.source_error: str | None = None  # why the config source is down, if it is
+        self.source_since: str | None = None
 
     # -- lookups (request path) -------------------------------------------------------
 
@@ -260,7 +262,7 @@ class Runtime:
         self.config = config
         self.config_hash = config_hash
         self.applied_at = _now()
-        self._prune()
+        self.prune()
         self.metrics.config_applied(config_hash, len(roles))
         report = ReloadReport(
             "applied",
@@ -287,7 +289,8 @@ class Runtime:
         """Build the wrappers a config needs, before anything is swapped.
 
         Raises:
-            errors.ConfigError: a role's binding has no adapter.
+            errors.ConfigError: a role's binding has no adapter, or building its wrapper
+                failed in any way.
         """
         plan = _Plan()
         for rc in config.roles:
@@ -303,9 +306,16 @@ class Runtime:
                 continue
             try:
                 adapter = make_adapter(rc.upstream)
+                wrapper = RoleWrapper(rc, adapter, self.metrics.for_role(rc))
             except errors.ConfigError as exc:
                 raise errors.ConfigError(f"role {rc.namespace}/{rc.name}: {exc}") from exc
-            wrapper = RoleWrapper(rc, adapter, self.metrics.for_role(rc))
+            except Exception as exc:  # a bug, or a value nothing validated: refuse, keep serving
+                # the exception's text is left out: it may quote a value, a key among them
+                log.debug("building role %s failed", rc.name, exc_info=True)
+                raise errors.ConfigError(
+                    f"role {rc.namespace}/{rc.name}: its wrapper could not be built "
+                    f"({type(exc).__name__})"
+                ) from exc
             (plan.rebound if current is not None else plan.added)[rc.name] = wrapper
         return plan
 
@@ -313,11 +323,19 @@ class Runtime:
         if wrapper.deadline is not None:  # already draining (a removed role come back)
             return
         wrapper.retire(now, grace_s=self.drain_grace_s)
-        if wrapper.inflight:
-            self._retired.append(wrapper)
+        self._retired.append(wrapper)
 
-    def _prune(self) -> None:
+    def prune(self) -> None:
+        """Forget retired wrappers whose calls have all finished, and their metric series
+        when no live role has the same labels (a removed or relabelled role's series go)."""
+        live = {role_labels(role.config) for role in self.roles.values()}
+        drained = [w for w in self._retired if not w.inflight]
         self._retired = [w for w in self._retired if w.inflight]
+        draining = {role_labels(w.config) for w in self._retired}
+        for wrapper in drained:
+            labels = role_labels(wrapper.config)
+            if labels not in live and labels not in draining:
+                self.metrics.retire(labels)
         for name in [n for n, r in self._draining.items() if not r.queue.running]:
             del self._draining[name]
 
@@ -327,6 +345,16 @@ class Runtime:
             "config refused, keeping %s: %s", self.config_hash, reason, extra={"source": source}
         )
         self._report(ReloadReport("refused", _now(), self.config_hash, source, reason))
+
+    def source_failed(self, reason: str) -> None:
+        """Record that the config source is down (shown in /readyz and /status)."""
+        if self.source_error is None:
+            self.source_since = _now()
+        self.source_error = reason
+
+    def source_restarted(self) -> None:
+        """The config source runs again."""
+        self.source_error = self.source_since = None
 
     def _report(self, report: ReloadReport) -> ReloadReport:
         self.last_reload = report
@@ -347,7 +375,7 @@ class Runtime:
 
     def status(self) -> dict[str, Any]:
         """The /status document. Holds no credential: fields are picked, never dumped."""
-        self._prune()
+        self.prune()
         roles = {}
         for name, role in self.roles.items():
             up = role.config.upstream
@@ -378,6 +406,11 @@ class Runtime:
             "ready": self.ready,
             "config": {"hash": self.config_hash, "appliedAt": self.applied_at},
             "lastReload": self.last_reload.as_dict() if self.last_reload else None,
+            "configSource": {
+                "up": self.source_error is None,
+                "error": self.source_error,
+                "since": self.source_since,
+            },
             "roles": roles,
             "draining": draining,
         }

@@ -98,7 +98,7 @@ class Scrubber:
             return data
         if not changed:
             return data
-        return json.dumps(clean, ensure_ascii=False).encode()
+        return json.dumps(clean).encode()  # ASCII: a lone surrogate in it stays escaped
 
     def _clean(self, value: Any) -> tuple[Any, bool]:
         """``value`` (decoded JSON) with its strings scrubbed; and whether any changed."""

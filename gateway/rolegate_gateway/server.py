@@ -198,7 +198,9 @@ class _Handler(web_protocol.RequestHandler):
         current = self._current_request
         if self.transport is None or current is None:
             return
-        if not current.content.is_eof() or current.version < HttpVersion11 or self._messages:
+        pipelined = [payload for _, payload in self._messages]
+        complete = all(payload.is_eof() for payload in [current.content, *pipelined])
+        if not complete or current.version < HttpVersion11:
             self.force_close()  # a body that can never complete; or HTTP/1.0: gone
             return
         self._probe_peer()

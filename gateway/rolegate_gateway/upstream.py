@@ -10,9 +10,10 @@ Retries happen before anything reaches the client, so they are invisible to it:
 
 - a connect error (nothing was sent): backoff 0.25 s, 0.5 s, at most :data:`RETRIES` times;
 - a reused keep-alive connection that the upstream had already dropped (reset, broken
-  pipe or closed before any answer): again at once, at most :data:`STALE_RETRIES` times,
-  then as a connect error. A *fresh* connection that fails once the request was sent is
-  not retried: the upstream may have started a paid call;
+  pipe or closed before any answer, within :data:`STALE_WINDOW_S` of the request being
+  sent): again at once, at most :data:`STALE_RETRIES` times, then as a connect error.
+  A *fresh* connection that fails once the request was sent is not retried, nor a reused
+  one that fails later than that: the upstream may have started a paid call;
 - a 429, 502, 503 or 504 answer: like a connect error, waiting the upstream's
   ``retry-after-ms`` or ``Retry-After`` when longer than the backoff, but only up to
   :data:`MAX_RETRY_WAIT_S`; a longer wait is the client's to make (the gateway would hold
@@ -42,6 +43,7 @@ __all__ = [
     "MAX_RETRY_WAIT_S",
     "RETRIES",
     "STALE_RETRIES",
+    "STALE_WINDOW_S",
     "connection_trace",
     "passed_headers",
     "post",
@@ -51,8 +53,13 @@ __all__ = [
 
 #: Extra attempts after the first for connect errors and retryable statuses.
 RETRIES = 2
-#: Immediate extra attempts after a reused connection turned out to be dead.
+#: Immediate extra attempts after a reused connection turned out to be dead (an upstream
+#: that restarted leaves every pooled connection dead: one attempt may meet several).
 STALE_RETRIES = 8
+#: Seconds after the request's last byte within which a reused connection that breaks
+#: counts as dead before the request reached the upstream. Later, the upstream may have
+#: been working on it (and crashed on it): that is not retried.
+STALE_WINDOW_S = 0.5
 #: The first backoff, seconds; it doubles on each retry.
 BACKOFF_S = 0.25
 #: The longest ``Retry-After`` the gateway sleeps on before retrying, seconds.
@@ -79,9 +86,17 @@ _PASSED_PREFIX = "x-ratelimit-"
 
 @dataclass(slots=True)
 class _Attempt:
-    """One attempt's ``trace_request_ctx``: whether its connection came from the pool."""
+    """One attempt's ``trace_request_ctx``: whether its connection came from the pool, and
+    when (loop time) its last byte was sent; 0: nothing sent yet."""
 
     reused: bool = False
+    sent_at: float = 0.0
+
+    def stale(self, now: float) -> bool:
+        """A failure now is a dead keep-alive connection, not an upstream that failed
+        while working on the request: the connection was reused and broke within
+        :data:`STALE_WINDOW_S` of the request being sent."""
+        return self.reused and (not self.sent_at or now - self.sent_at <= STALE_WINDOW_S)
 
 
 async def _on_reuse(
@@ -94,11 +109,23 @@ async def _on_reuse(
         attempt.reused = True
 
 
+async def _on_sent(
+    session: aiohttp.ClientSession,
+    ctx: SimpleNamespace,
+    params: aiohttp.TraceRequestChunkSentParams | aiohttp.TraceRequestHeadersSentParams,
+) -> None:
+    attempt = ctx.trace_request_ctx
+    if isinstance(attempt, _Attempt):
+        attempt.sent_at = asyncio.get_running_loop().time()
+
+
 def connection_trace() -> aiohttp.TraceConfig:
     """The ``TraceConfig`` the upstream session must carry for :func:`post` to retry a
     dead keep-alive connection (without it every connection counts as fresh)."""
     trace = aiohttp.TraceConfig()
     trace.on_connection_reuseconn.append(_on_reuse)
+    trace.on_request_headers_sent.append(_on_sent)
+    trace.on_request_chunk_sent.append(_on_sent)
     trace.freeze()
     return trace
 
@@ -131,7 +158,7 @@ async def post(
             if not _fits(attempt, delay, budget, loop.time()):
                 raise
         except aiohttp.ClientConnectionError as exc:
-            if not (tried.reused and _dropped(exc)):
+            if not (tried.stale(loop.time()) and _dropped(exc)):
                 raise
             if stale < STALE_RETRIES and _fits(0, 0.0, budget, loop.time()):
                 stale += 1

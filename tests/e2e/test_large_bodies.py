@@ -21,6 +21,8 @@ def test_large_bodies_keep_memory_and_loop_time_bounded(tmp_path: Path) -> None:
     assert one["codes"] == [400]  # more JSON values than a request may hold
     assert four["codes"] == [400] * 4
     assert images["codes"] == [200] * 4
+    assert figures["first_large"]["codes"] == [200]
+    assert figures["first_large"]["healthz_max_ms"] < 250, figures  # workers start off-loop
     assert one["healthz_max_ms"] < 1_000, figures
     assert four["healthz_max_ms"] < 2_000, figures
     assert images["healthz_max_ms"] < 250, figures

@@ -45,6 +45,7 @@ class FakeOpenAI:
     delay_s: float = 0.0  # before the answer's headers
     chunks: int = 3  # SSE content chunks per stream
     chunk_delay_s: float = 0.0
+    embedding_size: int = 3  # numbers per embedding (a multiple of 3)
     chunk_bytes: int = 0  # pad each SSE content chunk with this many "x"
     fail_status: int | None = None  # answer this status with an OpenAI error body
     fail_body: bytes | None = None  # raw body for fail_status instead
@@ -226,7 +227,11 @@ class FakeOpenAI:
                     "object": "list",
                     "model": body["model"],
                     "data": [
-                        {"object": "embedding", "index": i, "embedding": [0.1, 0.2, float(i)]}
+                        {
+                            "object": "embedding",
+                            "index": i,
+                            "embedding": [0.1, 0.2, float(i)] * max(1, self.embedding_size // 3),
+                        }
                         for i in range(len(inputs))
                     ],
                     "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)},

@@ -12,7 +12,10 @@ records what it received. ``mode`` picks the misbehaviour:
 - ``"abort_stream"``: every ``abort_every``-th request (the 1st, the 1st + n, …) gets
   its stream's headers and two events, then a reset; the others are answered;
 - ``"stall_stream"``: send a stream's headers, then nothing until the peer goes;
-- ``"raw"``: send ``answer`` (a whole HTTP response, bytes) to every request.
+- ``"raw"``: send ``answer`` (a whole HTTP response, bytes) to every request;
+- ``"crash_on_poison"``: answer as ``"ok"``, but a request whose body holds ``poison``
+  is worked on for ``poison_s`` seconds, then its connection is reset (an upstream that
+  died on it).
 
 A reset is a close with SO_LINGER 0: the peer sees ECONNRESET, not an orderly FIN.
 """
@@ -43,6 +46,7 @@ class RawUpstream:
 
     mode: str = "ok"
     abort_every: int = 2
+    poison_s: float = 1.0
     answer: bytes = b""
     requests: list[RawRequest] = field(default_factory=list)
     connections: int = 0
@@ -122,6 +126,10 @@ class RawUpstream:
                 return False
             case "raw":
                 writer.write(self.answer)
+            case "crash_on_poison" if "poison" in json.dumps(request.body):
+                await asyncio.sleep(self.poison_s)
+                self._reset(writer)
+                return False
             case "stall_stream":
                 writer.write(_stream_head())
                 await writer.drain()

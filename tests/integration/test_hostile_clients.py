@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from rolegate_gateway import proxy
 from rolegate_gateway.keys import GUARD, INTAKE
 from rolegate_gateway.settings import MIB, ServerSettings
 from tests.conftest import Gateway, Upstream, until
@@ -49,6 +50,7 @@ CASES: list[tuple[str, bytes, int]] = [
     ("NaN", request(CHAT, b'{"model":"extract","temperature":NaN}'), 400),
     ("Infinity", request(CHAT, b'{"model":"extract","temperature":-Infinity}'), 400),
     ("1e400", request(CHAT, b'{"model":"extract","temperature":1e400}'), 400),
+    ("a 5,000-digit integer", request(CHAT, b'{"model":"extract","n":' + b"7" * 5000 + b"}"), 400),
     ("not JSON", request(CHAT, b"{not json"), 400),
     ("trailing data", request(CHAT, _chat() + b" {}"), 400),
     ("empty body", request(CHAT, b""), 400),
@@ -167,6 +169,55 @@ async def test_a_client_that_half_closes_after_its_request_gets_the_answer(
     assert answer is not None
     assert answer.status == 200
     assert answer.json()["choices"][0]["message"]["content"] == "hi from A"
+
+
+async def test_a_half_closed_client_waits_for_a_slow_answer_and_a_gone_one_is_cancelled(
+    gateway: Gateway, upstream: Upstream
+) -> None:
+    """While the answer is not ready, a half-closed client is probed with interim
+    ``100 Continue`` answers: it keeps waiting; a client that closed for good is noticed
+    and its upstream call cancelled."""
+    upstream.fake.delay_s = 1.5
+    answer = await raw_http.exchange(gateway.port, request(CHAT, _chat()), half_close=True)
+    assert answer is not None
+    assert answer.status == 200
+
+    sock = raw_http.connect(gateway.port)
+    sock.sendall(request(CHAT, _chat("leaving")))
+    await until(lambda: upstream.fake.started[-1:] == ["leaving"])
+    sock.close()  # FIN, like a half-close; the probe's reset tells them apart
+    await until(lambda: upstream.fake.cancelled == 1, timeout_s=3)
+    role = gateway.runtime.roles["extract"]
+    await until(lambda: role.queue.running == 0)
+    assert role.queue.cancelled_total == 1
+
+
+async def test_nesting_at_the_limit_is_never_a_5xx(gateway: Gateway) -> None:
+    for depth in range(950, 1000, 6):
+        nested = b"[" * depth + b'"\\ud83d\\ude00"' + b"]" * depth
+        raw = request(CHAT, b'{"model":"extract","messages":' + nested + b"}")
+        answer = await raw_http.exchange(gateway.port, raw)
+        assert answer is not None
+        assert answer.status in (200, 400), (depth, answer.body[:200])
+
+
+async def test_a_dead_parsing_worker_is_replaced(gateway: Gateway) -> None:
+    """Bodies over 256 KiB are parsed in worker processes; one killed (as by the OOM
+    killer) is replaced and the next large body is served."""
+    assert gateway.app is not None
+    intake = gateway.app[INTAKE]
+    large = request(CHAT, _chat("x" * 300_000))
+    first = await raw_http.exchange(gateway.port, large)
+    assert first is not None
+    assert first.status == 200
+    pool = intake._pool
+    assert pool is not None
+    for process in list(pool._processes.values()):  # type: ignore[attr-defined]
+        process.kill()
+    again = await raw_http.exchange(gateway.port, large)
+    assert again is not None
+    assert again.status == 200
+    assert intake._pool is not pool
 
 
 async def test_a_gzip_body_is_accepted(gateway: Gateway) -> None:
@@ -292,3 +343,28 @@ async def test_bodies_held_at_once_are_capped_and_given_back(
     assert third.status == 200
     assert budget.held == 0
     del reader
+
+
+async def test_a_client_that_never_reads_a_whole_answer_is_dropped(
+    tmp_path: Path,
+    start_upstream: Callable[..., Awaitable[Upstream]],
+    start_gateway: Callable[..., Awaitable[Gateway]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 20 MB non-stream answer to a client that never reads: the connection (and the
+    answer's memory) goes after the write timeout."""
+    monkeypatch.setattr(proxy, "WRITE_TIMEOUT_S", 1.0)
+    big = await start_upstream(name="big", embedding_size=3_000_000)
+    m.write(tmp_path / "roles.yaml", m.role("embed", host=big.url, model="e"))
+    gateway = await start_gateway(tmp_path, settings=ServerSettings(keepalive_timeout_s=60))
+    assert gateway.app is not None
+    guard = gateway.app[GUARD]
+    sock = raw_http.connect(gateway.port, rcvbuf=4096)
+    try:
+        body = b'{"model":"embed","input":"x"}'
+        sock.sendall(request("/v1/embeddings", body, headers={"Connection": "keep-alive"}))
+        await until(lambda: guard.open == 1)
+        await until(lambda: big.fake.seen)
+        await until(lambda: guard.open == 0, timeout_s=5)
+    finally:
+        sock.close()

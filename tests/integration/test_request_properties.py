@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import math
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -27,14 +27,17 @@ _TEXT = st.text(
     | st.sampled_from('\ud800\udfff\\"\x00😀'),
     max_size=12,
 )
-_NUMBERS = st.integers(min_value=-(2**70), max_value=2**70) | st.floats(
-    allow_nan=True, allow_infinity=True
+_NUMBERS = (
+    st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    # around int()'s limit of 4,300 digits: written into the JSON text by _encode
+    | st.integers(4290, 4310).map(lambda digits: f"@@digits{digits}@@")
 )
 _LEAVES = st.none() | st.booleans() | _NUMBERS | _TEXT
 _JSON = st.recursive(
     _LEAVES,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TEXT, inner, max_size=4),
-    max_leaves=16,
+    max_leaves=40,
 )
 _MESSAGES = st.lists(
     st.fixed_dictionaries(
@@ -56,10 +59,14 @@ _BODIES = st.fixed_dictionaries(
 )
 
 
+_DIGITS = re.compile(rb'"@@digits(\d+)@@"')
+
+
 def _encode(body: Any, mangle: int) -> bytes:
     """JSON text (NaN/Infinity as Python writes them; lone surrogates escaped), then
     sometimes damaged: truncated, a byte flipped, or wrapped."""
     raw = json.dumps(body, allow_nan=True).encode()
+    raw = _DIGITS.sub(lambda found: b"9" * int(found.group(1)), raw)
     match mangle % 6:
         case 0:
             return raw[: len(raw) // 2]
@@ -72,12 +79,13 @@ def _encode(body: Any, mangle: int) -> bytes:
             return raw
 
 
-def _check(port: int, path: str, raw: bytes) -> None:
+def _check(port: int, path: str, raw: bytes, sent: list[int]) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         conn.request("POST", path, raw, {"Content-Type": "application/json"})
         answer = conn.getresponse()
         data = answer.read()
+        sent.append(answer.status)
     finally:
         conn.close()
     assert answer.status < 500, (answer.status, raw[:200], data[:200])
@@ -120,14 +128,17 @@ async def test_any_body_gets_a_non_5xx_answer_and_4xx_are_openai_errors(
         )
         @given(path=paths, body=_BODIES, mangle=st.integers(0, 10_000))
         def prop(path: str, body: dict[str, Any], mangle: int) -> None:
-            _check(gateway.port, path, _encode(body, mangle))
+            _check(gateway.port, path, _encode(body, mangle), sent)
+
+        sent: list[int] = []
 
         await asyncio.to_thread(prop)
         counted = gateway.runtime.registry.get_sample_value
         total = sum(
             counted("rolegate_requests_total", labels) or 0.0 for labels in _request_labels(gateway)
         )
-        assert math.isclose(total, EXAMPLES, rel_tol=0.2)  # every request counted once
+        assert total == len(sent)  # every request counted once, under its own code
+        assert len(sent) >= EXAMPLES // 2
     finally:
         await runner.cleanup()
 

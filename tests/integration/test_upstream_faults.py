@@ -150,6 +150,28 @@ async def test_reused_connections_reset_by_the_upstream_are_retried(
     assert _count(gw, "rolegate_upstream_errors_total") == 0
 
 
+async def test_a_reused_connection_that_breaks_while_the_upstream_works_is_not_retried(
+    raw: Callable[..., Awaitable[RawUpstream]], setup: Setup
+) -> None:
+    """Every connection in the pool is reused, and the upstream dies on one request after
+    working on it for a while: that request was paid for once and is sent once."""
+    server = await raw(mode="crash_on_poison", poison_s=1.0)
+    gw = await setup(server.url, maxAsync=8)
+
+    async def ask(content: str) -> int:
+        payload = {"model": "extract", "messages": [{"role": "user", "content": content}]}
+        async with http.post(f"{gw.v1}/chat/completions", json=payload) as resp:
+            await resp.read()
+            return resp.status
+
+    async with aiohttp.ClientSession() as http:
+        assert await asyncio.gather(*(ask("warm") for _ in range(6))) == [200] * 6
+        code = await ask("poison")
+    poisoned = [r for r in server.requests if "poison" in json.dumps(r.body)]
+    assert code == 502
+    assert len(poisoned) == 1
+
+
 async def test_a_fresh_connection_reset_after_the_request_is_not_retried(
     raw: Callable[..., Awaitable[RawUpstream]],
     setup: Setup,

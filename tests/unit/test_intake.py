@@ -54,6 +54,12 @@ def test_an_empty_object_has_no_model() -> None:
         (b'{"model":"a","t":"\\ud800"}', "lone UTF-16 surrogate"),
         (b'{"model":"a","t":"\xed\xa0\x80"}', "not UTF-8"),
         (b'{"model":"a","t":' + b"[" * 5000 + b"]" * 5000 + b"}", "nested too deeply"),
+        (b'{"model":"a","n":' + b"1" * 5000 + b"}", "Exceeds the limit"),
+        (b'{"model":' + b"1" * 5000 + b"}", "Exceeds the limit"),
+        (b'{"model":"a","t":"\\udc00"}', "lone UTF-16 surrogate"),
+        (b'{"model":"a","t":"\\ud83d x \\ude00"}', "lone UTF-16 surrogate"),
+        (b'{"model":"a","t":"\\ud83d\\\\ude00"}', "lone UTF-16 surrogate"),
+        (b'{"model":"a","t":"\\\\\\ud83d"}', "lone UTF-16 surrogate"),
         (b"[]", "must be a JSON object"),
         (b"", "must be a JSON object"),
     ],
@@ -71,8 +77,30 @@ def test_the_value_count_bounds_the_parse() -> None:
         parse_body(raw, max_values=100)
 
 
-def test_a_surrogate_pair_escape_is_fine() -> None:
-    assert parse_body(b'{"model":"a","t":"\\ud83d\\ude00"}').value("t") == "\U0001f600"
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'"\\ud83d\\ude00"',  # a pair
+        b'"\\\\ud800"',  # a backslash and the text ud800
+        b'"\\\\\\\\udc00 \\uD83D\\uDE00"',  # two backslashes, text; a pair in capitals
+    ],
+)
+def test_surrogate_pairs_and_literal_text_are_fine(text: bytes) -> None:
+    assert parse_body(b'{"model":"a","t":' + text + b"}").value("t") == json.loads(text)
+
+
+def test_nesting_at_the_limit_with_a_surrogate_pair_is_a_400_or_accepted() -> None:
+    """Every depth is either parsed or refused as too deep: never a RecursionError."""
+    outcomes = set()
+    for depth in range(900, 1000, 3):
+        raw = b'{"model":"a","t":' + b"[" * depth + b'"\\ud83d\\ude00"' + b"]" * depth + b"}"
+        outcome = "parsed"
+        try:
+            parse_body(raw)
+        except errors.InvalidRequest as exc:
+            outcome = exc.message
+        outcomes.add(outcome)
+    assert outcomes <= {"parsed", "the request body is not valid JSON: nested too deeply"}
 
 
 def test_the_budget_refuses_with_429_only_when_something_is_held() -> None:

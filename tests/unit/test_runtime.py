@@ -70,3 +70,72 @@ async def test_close_stops_admitting() -> None:
     assert not runtime.ready
     with pytest.raises(errors.Draining):
         await runtime.roles["a"].queue.acquire(10)
+
+
+async def test_any_failure_building_a_wrapper_refuses_the_config(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runtime = Runtime()
+    runtime.apply(_config(_role("a")))
+    served = runtime.config_hash
+
+    def broken(upstream: object) -> object:
+        raise TypeError(f"cannot use {SECRET}")  # a message that quotes a value
+
+    monkeypatch.setattr("rolegate_gateway.runtime.make_adapter", broken)
+    report = runtime.apply(_config(_role("a", model="other")))
+    assert report.outcome == "refused"
+    assert report.error == "role default/a: its wrapper could not be built (TypeError)"
+    assert runtime.config_hash == served
+    assert runtime.roles["a"].config.upstream.model == "m"  # the old config keeps serving
+    assert SECRET not in json.dumps(runtime.status())
+    refused = runtime.registry.get_sample_value("rolegate_reloads_total", {"outcome": "refused"})
+    assert refused == 1
+
+
+def _series(runtime: Runtime, role: str) -> list[str]:
+    return sorted(
+        f"{sample.name}{sorted(sample.labels.items())}"
+        for family in runtime.registry.collect()
+        for sample in family.samples
+        if sample.labels.get("role") == role
+        and not family.name.startswith("rolegate_in")
+        and family.name not in ("rolegate_queued", "rolegate_max_async")
+    )
+
+
+async def test_series_of_removed_and_relabelled_roles_are_removed() -> None:
+    runtime = Runtime()
+    runtime.apply(_config(_role("a"), _role("b")))
+    for name in ("a", "b"):
+        metrics = runtime.roles[name].wrapper.metrics
+        metrics.request(200, 0.1)
+        metrics.request(502, 0.1)
+        metrics.upstream_error("unavailable")
+        metrics.rejected()
+    assert any("'model', 'm'" in s for s in _series(runtime, "a"))
+
+    # b is removed while a call is in flight: its series stay until the call ends
+    await runtime.roles["b"].queue.acquire(10)
+    wrapper_b = runtime.roles["b"].wrapper
+    from rolegate_gateway.runtime import Call
+
+    call = Call()
+    wrapper_b.enter(call)
+    runtime.apply(_config(_role("a", model="other")))  # a relabelled (model), b removed
+    runtime.prune()
+    assert _series(runtime, "b"), "b drains: its series stay meanwhile"
+    assert not [s for s in _series(runtime, "a") if "'model', 'm')" in s]
+    wrapper_b.leave(call)
+    runtime.prune()
+    assert _series(runtime, "b") == []
+
+    # a rebind that keeps the labels (only the host changes) keeps the series
+    runtime.roles["a"].wrapper.metrics.request(200, 0.1)
+    before = _series(runtime, "a")
+    moved = role_config(
+        "a", model="other", max_async=2, base_url="https://elsewhere/v1", key=SECRET
+    )
+    runtime.apply(_config(moved))
+    runtime.prune()
+    assert _series(runtime, "a") == before

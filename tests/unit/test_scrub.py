@@ -113,3 +113,13 @@ def test_several_secrets_and_no_secret() -> None:
 def test_deeply_nested_json_falls_back_to_the_raw_pass() -> None:
     body = b"[" * 100_000 + KEY.encode() + b"]" * 100_000
     assert KEY.encode() not in SCRUB.scrub(body)
+
+
+def test_a_json_body_with_a_lone_surrogate_and_deep_nesting_is_scrubbed_not_raised() -> None:
+    scrubber = Scrubber([KEY])
+    body = json.dumps({"error": {"message": f"bad key {KEY}", "x": "\ud800"}}).encode()
+    clean = scrubber.scrub(body)
+    assert KEY.encode() not in clean
+    assert json.loads(clean)["error"]["x"] == "\ud800"
+    deep = b"[" * 5000 + json.dumps(KEY).encode() + b"]" * 5000
+    assert KEY.encode() not in scrubber.scrub(deep)
