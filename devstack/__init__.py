@@ -10,7 +10,9 @@ What it owns, module by module:
 - :mod:`devstack.poll` and :mod:`devstack.http`: waiting for a condition, and plain GETs of
   health and status endpoints.
 - :mod:`devstack.k8s`: Kubernetes binaries built from Go modules, and a control plane on
-  loopback (:class:`~devstack.k8s.controlplane.ControlPlane`) with KWOK CPU and GPU nodes.
+  loopback (:class:`~devstack.k8s.controlplane.ControlPlane`) with KWOK CPU and GPU nodes
+  and fault controls (API server and etcd restarts, etcd compaction, an audit log).
+- :mod:`devstack.relay`: a TCP relay on loopback whose connections a fault test cuts.
 - :mod:`devstack.llama`: llama.cpp's OpenAI-compatible server built from PyPI's sdist, tiny
   GGUF chat and embedding models generated from a seed, and the server as a process.
 - :mod:`devstack.peers`: the benchmark's peers, each built into the cache (LiteLLM).

@@ -11,6 +11,15 @@ Ctrl-C, or on SIGTERM, which the harness turns into KeyboardInterrupt) stops the
     with ControlPlane(full=True) as cp:
         cp.kubectl(["get", "nodes"])          # CompletedProcess; raises CommandError on failure
 
+Fault controls, for tests of what real clusters do to their clients: restart the API server
+(:meth:`ControlPlane.restart_apiserver`, same port, etcd's data kept) or etcd
+(:meth:`ControlPlane.restart_etcd`, same data and port), compact etcd so that older
+resourceVersions fall out of the window (:meth:`ControlPlane.compact_etcd`), and give one
+client a path to the API server that can be cut (:meth:`ControlPlane.relay`, a
+:class:`devstack.relay.Relay` with a kubeconfig through it). With ``audit=True`` the API
+server writes an audit log of Secret and LLMRole requests (:meth:`ControlPlane.audit_events`:
+who listed and watched what), which is how a test counts a client's requests over TLS.
+
 By hand: ``python -m devstack up [--full]`` prints the kubeconfig and waits for Ctrl-C. The
 binaries come from build.sh (see :mod:`devstack.k8s.build`).
 """
@@ -37,8 +46,9 @@ from devstack import http, process
 from devstack.k8s import build, components, nodes, pki
 from devstack.poll import wait_until
 from devstack.process import Process, free_ports
+from devstack.relay import Relay
 
-__all__ = ["TMP_PREFIX", "CommandError", "ControlPlane", "ControlPlaneError"]
+__all__ = ["TMP_PREFIX", "ApiRelay", "CommandError", "ControlPlane", "ControlPlaneError"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +56,22 @@ TMP_PREFIX: Final = "rolegate-k8s-"
 """The prefix of every control plane's temporary directory (under the system's tmp)."""
 _POLL_S: Final = 0.1
 _LOG_TAIL_LINES: Final = 30
+_AUDIT_POLICY: Final = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    # Metadata only: who asked what, never a body (Secrets hold keys).
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {
+            "level": "Metadata",
+            "resources": [
+                {"group": "", "resources": ["secrets"]},
+                {"group": "rolegate.dev", "resources": ["llmroles", "llmroles/status"]},
+            ],
+        },
+        {"level": "None"},
+    ],
+}
 _live: weakref.WeakSet[ControlPlane] = weakref.WeakSet()
 
 
@@ -66,6 +92,13 @@ def _stop_leftovers() -> None:
         plane.stop()
 
 
+class ApiRelay(Relay):
+    """A :class:`~devstack.relay.Relay` to a control plane's API server, with
+    :attr:`kubeconfig`: the admin kubeconfig with its server set to the relay."""
+
+    kubeconfig: Path
+
+
 class ControlPlane:
     """One control plane on 127.0.0.1 with free ports; a context manager.
 
@@ -75,6 +108,10 @@ class ControlPlane:
         bin_dir: where the binaries are; default :func:`build.bin_dir` (not built here).
         startup_timeout_s: seconds allowed for each readiness wait.
         keep_tmp: keep the temporary directory after stop (for debugging).
+        audit: write an audit log of Secret and LLMRole requests (metadata only); read it
+            with :meth:`audit_events`.
+        apiserver_args: more kube-apiserver flags (e.g. ``--watch-cache=false``, so watches
+            are served by etcd and :meth:`compact_etcd` makes old resourceVersions expire).
     """
 
     def __init__(
@@ -85,6 +122,8 @@ class ControlPlane:
         bin_dir: Path | None = None,
         startup_timeout_s: float = 60.0,
         keep_tmp: bool = False,
+        audit: bool = False,
+        apiserver_args: Sequence[str] = (),
     ) -> None:
         self.full: Final = full
         self.node_specs: Final = tuple(
@@ -93,7 +132,11 @@ class ControlPlane:
         self.bin_dir: Final = bin_dir or build.bin_dir()
         self.startup_timeout_s = startup_timeout_s
         self.keep_tmp = keep_tmp
+        self.audit: Final = audit
+        self.apiserver_args: Final = tuple(apiserver_args)
         self.components: dict[str, Process] = {}
+        self._relays: list[ApiRelay] = []
+        self._etcd_url = ""
         self._tmp: Path | None = None
         self._pki: pki.Pki | None = None
         self._port = 0
@@ -227,6 +270,114 @@ class ControlPlane:
             for name, c in self.components.items()
         )
 
+    # -- faults -----------------------------------------------------------------------------
+
+    def relay(self) -> ApiRelay:
+        """A started relay to the API server and a kubeconfig through it (admin identity),
+        for one client whose connection a test cuts; closed by :meth:`stop` (or close it).
+
+        Raises:
+            OSError: no loopback port could be bound.
+        """
+        relay = ApiRelay(("127.0.0.1", self._port), name=f"api-relay-{len(self._relays)}")
+        port = relay.start()
+        self._relays.append(relay)
+        relay.kubeconfig = pki.write_kubeconfig(
+            self.tmp_dir / f"relay-{port}.kubeconfig",
+            server=f"https://127.0.0.1:{port}",
+            ca_cert=self.pki.ca_cert,
+            client=self.pki.admin,
+        )
+        return relay
+
+    def restart_apiserver(self, *, down_s: float = 0.0) -> float:
+        """Stop kube-apiserver (SIGTERM; SIGKILL after 10 s), wait ``down_s`` seconds, start
+        it again on the same port over the same etcd, and wait until ``/readyz`` says ok.
+
+        Its watch cache starts empty at etcd's current revision: a client that resumes a
+        watch from an older resourceVersion gets 410 Gone. Returns the seconds from the stop
+        until ready again.
+
+        Raises:
+            devstack.process.ProcessDied: it exited while starting (its log tail attached).
+            TimeoutError: not ready within ``startup_timeout_s``.
+        """
+        started = time.monotonic()
+        apiserver = self.components["kube-apiserver"]
+        apiserver.stop(grace_s=10.0)
+        time.sleep(down_s)
+        apiserver.start()
+        self._wait_apiserver()
+        took = time.monotonic() - started
+        log.info("kube-apiserver restarted in %.1f s", took)
+        return took
+
+    def restart_etcd(self, *, down_s: float = 0.0) -> float:
+        """Stop etcd (SIGTERM; SIGKILL after 10 s), wait ``down_s`` seconds, start it again
+        with the same data directory and port, and wait until etcd is healthy and the API
+        server ready again. Returns the seconds from the stop until then.
+
+        Raises:
+            devstack.process.ProcessDied: etcd exited while starting (log tail attached).
+            TimeoutError: not healthy within ``startup_timeout_s``.
+        """
+        started = time.monotonic()
+        etcd = self.components["etcd"]
+        etcd.stop(grace_s=10.0)
+        time.sleep(down_s)
+        etcd.start()
+        self._wait_etcd()
+        self._wait_apiserver()
+        took = time.monotonic() - started
+        log.info("etcd restarted in %.1f s", took)
+        return took
+
+    def etcd_revision(self) -> int:
+        """etcd's current revision (what the API server calls the latest resourceVersion).
+
+        Raises:
+            OSError: etcd does not answer.
+        """
+        answer = self._etcd("/v3/kv/range", {"key": "AA==", "limit": 1, "count_only": True})
+        return int(answer["header"]["revision"])
+
+    def compact_etcd(self) -> int:
+        """Compact etcd's history up to its current revision; returns that revision.
+
+        Every resourceVersion older than it is gone from etcd: a watch that etcd serves from
+        one (the API server's watch cache off, ``apiserver_args=["--watch-cache=false"]``)
+        ends with 410 Gone, as after a long disconnect in a busy cluster. A watch the watch
+        cache serves still resumes (the cache keeps its own window in memory).
+
+        Raises:
+            OSError: etcd does not answer (urllib.error.HTTPError: it refused).
+        """
+        revision = self.etcd_revision()
+        self._etcd("/v3/kv/compaction", {"revision": str(revision), "physical": True})
+        log.info("etcd compacted at revision %d", revision)
+        return revision
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        """The audit log so far: one dict per request stage (``ResponseStarted`` for
+        watches, ``ResponseComplete`` for all), with ``verb`` (get, list, watch, ...),
+        ``userAgent``, ``requestURI``, ``objectRef`` and ``responseStatus``. Secret and
+        LLMRole requests only, and never a body.
+
+        Raises:
+            RuntimeError: the control plane was started without ``audit=True``.
+        """
+        if not self.audit:
+            raise RuntimeError("this control plane keeps no audit log (audit=False)")
+        try:
+            lines = (self.tmp_dir / "logs" / "audit.log").read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        events = []
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                events.append(json.loads(line))  # the last line may be half written
+        return events
+
     # -- lifecycle --------------------------------------------------------------------------
 
     def __enter__(self) -> ControlPlane:
@@ -292,6 +443,9 @@ class ControlPlane:
         thread), so a Ctrl-C cannot cut the cleanup short; they are delivered once it is done.
         """
         with process.signals_deferred():
+            for relay in self._relays:
+                relay.close()
+            self._relays.clear()
             for component in reversed(list(self.components.values())):
                 component.stop(grace_s=10.0)
             if self._tmp is not None and not self.keep_tmp:
@@ -321,6 +475,25 @@ class ControlPlane:
             raise CommandError(proc.returncode, argv, proc.stdout, proc.stderr)
         return proc
 
+    def _etcd(self, path: str, body: dict[str, Any]) -> Any:
+        """POST to etcd's JSON gateway (``/v3/...``, keys base64) and decode the answer."""
+        request = urllib.request.Request(
+            f"{self._etcd_url}{path}", data=json.dumps(body).encode(), method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return json.loads(answer.read())
+
+    def _wait_etcd(self) -> None:
+        self.wait_for(
+            "etcd /health", lambda: http.get_json(f"{self._etcd_url}/health")["health"] == "true"
+        )
+
+    def _wait_apiserver(self) -> None:
+        self.wait_for(
+            "kube-apiserver /readyz",
+            lambda: http.get_text(f"{self.server}/readyz", context=self._ssl) == "ok",
+        )
+
     def _add(self, name: str, argv: list[str]) -> Process:
         component = Process(name, argv, log_path=self.tmp_dir / "logs" / f"{name}.log")
         self.components[name] = component
@@ -336,7 +509,7 @@ class ControlPlane:
         pki.write_kubeconfig(
             self.kubeconfig, server=self.server, ca_cert=keys.ca_cert, client=keys.admin
         )
-        etcd_url = f"http://127.0.0.1:{etcd_port}"
+        self._etcd_url = f"http://127.0.0.1:{etcd_port}"
         self._add(
             "etcd",
             components.etcd_argv(
@@ -346,23 +519,31 @@ class ControlPlane:
                 peer_port=peer_port,
             ),
         )
-        self.wait_for(
-            "etcd /health", lambda: http.get_json(f"{etcd_url}/health")["health"] == "true"
-        )
+        self._wait_etcd()
+        extra = list(self.apiserver_args)
+        if self.audit:
+            policy = tmp / "audit-policy.json"
+            policy.write_text(json.dumps(_AUDIT_POLICY))
+            extra += [
+                f"--audit-policy-file={policy}",
+                f"--audit-log-path={tmp / 'logs' / 'audit.log'}",
+                "--audit-log-format=json",
+                "--audit-log-mode=blocking",
+            ]
         self._add(
             "kube-apiserver",
-            components.apiserver_argv(
-                binary=self.bin_dir / "kube-apiserver",
-                etcd_url=etcd_url,
-                port=self._port,
-                cert_dir=tmp / "apiserver-certs",
-                keys=keys,
-            ),
+            [
+                *components.apiserver_argv(
+                    binary=self.bin_dir / "kube-apiserver",
+                    etcd_url=self._etcd_url,
+                    port=self._port,
+                    cert_dir=tmp / "apiserver-certs",
+                    keys=keys,
+                ),
+                *extra,
+            ],
         )
-        self.wait_for(
-            "kube-apiserver /readyz",
-            lambda: http.get_text(f"{self.server}/readyz", context=self._ssl) == "ok",
-        )
+        self._wait_apiserver()
         self.wait_for("namespace default", lambda: bool(self.api("/api/v1/namespaces/default")))
         if not self.full:
             # No controller-manager, so no service-account controller: add what it would.

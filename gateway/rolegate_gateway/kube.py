@@ -5,10 +5,14 @@ layout of the config Secret (:data:`CONFIG_KEY`, :data:`HASH_ANNOTATION`) and
 :class:`ConfigSecretSource`, which watches that one Secret and feeds ``Runtime.apply``.
 
 The watch follows https://kubernetes.io/docs/reference/using-api/api-concepts/#efficient-detection-of-changes:
-list (here: get) once, then watch from that resourceVersion; a watch the server ends is
-resumed from the last resourceVersion seen; a broken one (410 Gone, a dropped connection)
-starts over with a get. A Secret whose ``config.json`` is byte-for-byte what the runtime
-already has is not handed over again, so resuming reloads nothing.
+list the Secret (a field selector on its name) and watch from the *list's* resourceVersion
+(the collection's, which the API server's watch cache is sure to hold; the Secret's own may
+be older than a restarted API server's window); a watch the server ends is resumed from the
+last resourceVersion seen (events and bookmarks); 410 Gone starts over with a list at once,
+and any other error starts over with a list after a backoff. A Secret whose
+``config.json`` is byte-for-byte what the sink last accepted is not handed over again, so
+resuming or listing again reloads nothing; content the sink refused (or raised on) is not
+recorded as handed over, so a later list hands it over again.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import base64
 import binascii
 import logging
 import os
+import random
 from pathlib import Path
 from typing import Any, cast
 
@@ -39,6 +44,7 @@ __all__ = [
     "load_configuration",
     "log_failure",
     "read_secret",
+    "unavailable",
 ]
 
 log = logging.getLogger(__name__)
@@ -68,18 +74,35 @@ async def load_configuration(kubeconfig: Path | None = None) -> client.Configura
     return configuration
 
 
-async def api_client(kubeconfig: Path | None = None) -> client.ApiClient:
-    """A Kubernetes API client configured by :func:`load_configuration`; close it with
-    ``await api.close()``.
+async def api_client(
+    kubeconfig: Path | None = None, *, user_agent: str = "rolegate-gateway"
+) -> client.ApiClient:
+    """A Kubernetes API client configured by :func:`load_configuration`, sending
+    ``user_agent`` (what the API server's audit log and metrics name the client by); close
+    it with ``await api.close()``.
 
     Raises:
         kubernetes_asyncio.config.ConfigException: no usable configuration.
     """
-    return client.ApiClient(await load_configuration(kubeconfig))
+    api = client.ApiClient(await load_configuration(kubeconfig))
+    api.user_agent = user_agent
+    return api
 
 
 #: What trouble with the API server looks like; anything else raised is a bug.
 API_ERRORS = (ApiException, aiohttp.ClientError, OSError, TimeoutError)
+
+
+def unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` says the API server is unreachable or unavailable for now (no
+    connection, a cut one, a timeout, HTTP 429 or 5xx): retry soon, it is likely back in
+    seconds (a restart, a rollout). False for any other error, which waiting will not fix
+    quickly (401, 403, 404, a bug): back off longer."""
+    if isinstance(exc, ApiException):
+        return exc.status in (0, 429) or (exc.status or 0) >= 500
+    return isinstance(
+        exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError, TimeoutError)
+    )
 
 
 def describe(exc: BaseException) -> str:
@@ -134,8 +157,14 @@ async def read_secret(
 class ConfigSecretSource:
     """Watches one Secret through the API and feeds the sink when its config changes.
 
-    Needs RBAC ``get``, ``list`` and ``watch`` on secrets in ``namespace`` (the list and
-    watch are narrowed to ``name`` by a field selector).
+    Needs RBAC ``list`` and ``watch`` on secrets in ``namespace`` (both narrowed to
+    ``name`` by a field selector; ``get`` is not used).
+
+    Retries: after 410 Gone it lists again at once (a second 410 in a row backs off); after
+    other errors it backs off from ``retry_delay_s``, doubling, up to
+    ``max_unavailable_delay_s`` while the API server is unreachable or answers 429/5xx (so a
+    restarted API server is seen within seconds) and up to ``max_retry_delay_s`` otherwise;
+    each delay is jittered by up to 20 % so replicas do not retry in step.
     """
 
     def __init__(
@@ -146,8 +175,9 @@ class ConfigSecretSource:
         *,
         kubeconfig: Path | None = None,
         watch_timeout_s: int = 300,
-        retry_delay_s: float = 1.0,
+        retry_delay_s: float = 0.5,
         max_retry_delay_s: float = 30.0,
+        max_unavailable_delay_s: float = 2.0,
     ) -> None:
         self.namespace = namespace
         self.name = name
@@ -155,16 +185,19 @@ class ConfigSecretSource:
         self.kubeconfig = kubeconfig
         #: Seconds the API server keeps one watch open before ending it (resumed at once).
         self.watch_timeout_s = watch_timeout_s
-        #: Seconds before the first retry after an API error; doubles up to the maximum.
+        #: Seconds before the first retry after an API error (default 0.5); doubles up to
+        #: ``max_unavailable_delay_s`` (default 2) while the API server is unreachable or
+        #: unavailable, up to ``max_retry_delay_s`` (default 30) for other errors.
         self.retry_delay_s = retry_delay_s
         self.max_retry_delay_s = max_retry_delay_s
-        #: Watch requests made so far, and Secrets read whole (a start, or a start over
+        self.max_unavailable_delay_s = max_unavailable_delay_s
+        #: Watch requests made so far, and lists that answered (a start, or a start over
         #: after a broken watch); for tests and logs.
         self.watches = 0
         self.reads = 0
         self._api: client.ApiClient | None = None
         self._resource_version: str | None = None
-        self._last_encoded: str | None = None  # config.json as last handed over
+        self._last_encoded: str | None = None  # config.json as the sink last accepted it
 
     @property
     def ref(self) -> str:
@@ -177,12 +210,17 @@ class ConfigSecretSource:
         return client.CoreV1Api(self._api)
 
     def _hand_over(self, secret: dict[str, Any]) -> bool:
-        """Feed the sink the config in ``secret`` (a raw Secret); True when applied."""
+        """Feed the sink the config in ``secret`` (a raw Secret); True when the sink
+        accepted it (applied, or unchanged). Only accepted content is recorded, after the
+        sink took it: refused content is handed over again by the next list.
+
+        Raises:
+            Exception: whatever the sink raised (the content is not recorded).
+        """
         encoded = (secret.get("data") or {}).get(CONFIG_KEY, "")
         if encoded == self._last_encoded:
             log.debug("config Secret %s unchanged", self.ref)
             return False
-        self._last_encoded = encoded
         where = f"Secret {self.ref}"
         try:
             if not encoded:
@@ -195,35 +233,62 @@ class ConfigSecretSource:
         except errors.ConfigError as exc:
             self.sink.refuse(f"{where}: {exc}", source=where)
             return False
-        self.sink.apply(parsed)
+        report = self.sink.apply(parsed)
+        if getattr(report, "outcome", None) == "refused":
+            return False
+        self._last_encoded = encoded
         return True
 
-    async def _get(self) -> bool:
-        """Read the Secret and hand it over; remember where to watch from."""
-        secret = await read_secret(await self._core(), self.namespace, self.name)
-        if secret is None:
-            self._resource_version = None
+    async def _list(self) -> bool:
+        """List the Secret by name, hand it over, and remember the list's resourceVersion
+        to watch from; True when a config was accepted.
+
+        Raises:
+            ApiException: an HTTP error; see :data:`API_ERRORS` for the rest.
+        """
+        core = await self._core()
+        response = cast(
+            Any,
+            await core.list_namespaced_secret(
+                self.namespace,
+                field_selector=f"metadata.name={self.name}",
+                _preload_content=False,
+                _request_timeout=30,
+            ),
+        )
+        async with response:
+            body: dict[str, Any] = await response.json()
+            if response.status >= 400:
+                raise ApiException(status=response.status, reason=body.get("message"))
+        self.reads += 1
+        self._resource_version = str(body["metadata"]["resourceVersion"])
+        items = body.get("items") or []
+        log.debug("listed config Secret %s at resourceVersion %s", self.ref, self._resource_version)
+        if not items:
             log.warning(
                 "config Secret %s not found; waiting for the operator to write it", self.ref
             )
             return False
-        self.reads += 1
-        self._resource_version = secret["metadata"]["resourceVersion"]
-        return self._hand_over(secret)
+        return self._hand_over(items[0])
 
     async def load_once(self) -> bool:
-        """Read the Secret now; True when its config was applied.
+        """List the Secret now; True when its config was accepted.
 
         API trouble is logged, not raised: :meth:`run` retries.
         """
         try:
-            return await self._get()
+            return await self._list()
         except API_ERRORS as exc:
             log.warning("cannot read config Secret %s: %s", self.ref, describe(exc))
             return False
 
     async def _watch(self) -> None:
-        """One watch request, until the server ends it."""
+        """One watch request from the last resourceVersion, until the server ends it.
+
+        Raises:
+            ApiException: 410 Gone (that resourceVersion is out of the server's window), or
+                another error; see :data:`API_ERRORS` for the rest.
+        """
         core = await self._core()
         kwargs: dict[str, Any] = {
             "field_selector": f"metadata.name={self.name}",
@@ -234,7 +299,9 @@ class ConfigSecretSource:
         if self._resource_version is not None:
             kwargs["resource_version"] = self._resource_version
         self.watches += 1
-        async with watch.Watch() as stream:
+        log.debug("watching config Secret %s from %s", self.ref, self._resource_version)
+        # return_type "object": events stay plain dicts (no model classes, which log bodies).
+        async with watch.Watch(return_type="object") as stream:
             async for event in stream.stream(core.list_namespaced_secret, self.namespace, **kwargs):
                 kind, obj = event["type"], event["raw_object"]
                 self._resource_version = stream.resource_version or self._resource_version
@@ -246,27 +313,58 @@ class ConfigSecretSource:
                     log.warning("config Secret %s was deleted; keeping the config in use", self.ref)
 
     async def run(self) -> None:
-        """Watch until cancelled: resume a watch the server ended, start over after errors."""
+        """Watch until cancelled: resume a watch the server ended, list again after 410 Gone
+        (at once) or another error (after a backoff)."""
         delay_s = self.retry_delay_s
-        needs_get = self._resource_version is None
+        needs_list = self._resource_version is None
+        gone_before = False  # the previous attempt ended in 410 too
+        failures = 0
         while True:
             try:
-                if needs_get:
-                    await self._get()
-                    needs_get = False
+                if needs_list:
+                    await self._list()
+                    needs_list = False
+                if failures:
+                    log.info(
+                        "config Secret %s: watching again after %d failures", self.ref, failures
+                    )
+                    failures = 0
                 await self._watch()
                 delay_s = self.retry_delay_s
+                gone_before = False
+                continue
+            except ApiException as exc:
+                if exc.status == 410 and not gone_before:
+                    log.info(
+                        "config Secret %s: resourceVersion %s is gone (410), listing again",
+                        self.ref,
+                        self._resource_version,
+                    )
+                    gone_before = True
+                    needs_list = True
+                    continue
+                error: Exception = exc
             except Exception as exc:  # whatever broke, watching must go on
+                error = exc
+            gone_before = False
+            needs_list = True
+            failures += 1
+            cap_s = self.max_unavailable_delay_s if unavailable(error) else self.max_retry_delay_s
+            delay_s = min(delay_s, cap_s)
+            if failures == 1 or not isinstance(error, API_ERRORS):
                 log_failure(
                     log,
-                    exc,
+                    error,
                     "watch of config Secret %s broke, starting over in %.1f s: %s",
                     self.ref,
                     delay_s,
                 )
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, self.max_retry_delay_s)
-                needs_get = True
+            else:
+                log.debug(
+                    "config Secret %s: attempt %d failed: %s", self.ref, failures, describe(error)
+                )
+            await asyncio.sleep(delay_s * random.uniform(0.8, 1.0))
+            delay_s = min(delay_s * 2, cap_s)
 
     async def close(self) -> None:
         """Close the API client's connections."""

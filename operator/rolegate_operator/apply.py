@@ -1,13 +1,16 @@
-"""Kubernetes API calls of the operator: the config Secret, role status, Events.
+"""Kubernetes API calls of the operator: the config Secret, role status, Events, and the
+full lists a resync reads.
 
-Owns every write the operator makes, and nothing else: what to write comes from
-``render``. Bodies are plain dicts (camelCase, as the API has them). A write is made only
-by the caller's decision; this module does not compare.
+Owns every API call the operator makes outside kopf's watches, and nothing else: what to
+write comes from ``render``. Bodies are plain dicts (camelCase, as the API has them), read
+without the client's model classes. A write is made only by the caller's decision; this
+module does not compare.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -21,6 +24,8 @@ __all__ = ["PLURAL", "Kube"]
 PLURAL = "llmroles"
 
 _TIMEOUT_S = 30  # one API request; the API server answers in milliseconds when healthy
+#: Objects per page of a list (a 1,000-role list is two pages; each page is one snapshot).
+LIST_PAGE = 500
 # Keyword arguments the client takes but its type stubs do not name.
 _MERGE_PATCH: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
 
@@ -28,6 +33,23 @@ _MERGE_PATCH: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
 def _raw(body: dict[str, Any]) -> Any:
     """A raw dict body where the client's stubs ask for its model class (it takes both)."""
     return body
+
+
+async def _checked(call: Awaitable[Any]) -> dict[str, Any]:
+    """The decoded JSON answer of a ``_preload_content=False`` call.
+
+    With that option the client raises nothing for an HTTP error status, so this does
+    (without the body's message for a Secret's sake: only the status and reason).
+
+    Raises:
+        ApiException: an HTTP error status.
+    """
+    response = cast(Any, await call)
+    async with response:
+        if response.status >= 400:
+            raise ApiException(status=response.status, reason=response.reason)
+        body: dict[str, Any] = await response.json()
+        return body
 
 
 class Kube:
@@ -55,7 +77,7 @@ class Kube:
         meta = body["metadata"]
         # The answer (the whole Secret) is not decoded or kept: it holds every key.
         if current is None:
-            await self.core.create_namespaced_secret(
+            call = self.core.create_namespaced_secret(
                 meta["namespace"], _raw(body), _preload_content=False, _request_timeout=_TIMEOUT_S
             )
         else:
@@ -63,38 +85,98 @@ class Kube:
                 **body,
                 "metadata": {**meta, "resourceVersion": current["metadata"]["resourceVersion"]},
             }
-            await self.core.replace_namespaced_secret(
+            call = self.core.replace_namespaced_secret(
                 meta["name"],
                 meta["namespace"],
                 _raw(replacement),
                 _preload_content=False,
                 _request_timeout=_TIMEOUT_S,
             )
+        response = cast(Any, await call)
+        async with response:
+            if response.status >= 400:  # 409: changed meanwhile; the caller reads again
+                raise ApiException(status=response.status, reason=response.reason)
         self.writes["secret"] += 1
 
     async def patch_status(
-        self, namespace: str, name: str, uid: str, status: dict[str, Any]
-    ) -> bool:
+        self, namespace: str, name: str, *, resource_version: str, status: dict[str, Any]
+    ) -> str | None:
         """Merge-patch an LLMRole's status subresource (lists, e.g. conditions, replaced
-        whole), on the object with ``uid`` only (a precondition). False when that object is
-        gone (deleted, or deleted and created anew): not an error, the next pass sees it."""
+        whole), on the object at ``resource_version`` only; returns the object's new
+        resourceVersion.
+
+        The precondition is ``metadata.resourceVersion`` in the patch: the API server
+        refuses the update with 409 Conflict unless the object is still at that version, on
+        the status subresource too (a ``metadata.uid`` in a status patch is silently
+        dropped, not checked). So a status rendered from an older view never lands: not on
+        a role changed meanwhile, and not on a role deleted and created anew with the same
+        name. None when refused so (409) or gone (404): not an error, the next pass renders
+        from a newer view.
+        """
         try:
-            await self.custom.patch_namespaced_custom_object_status(
+            answer = await self.custom.patch_namespaced_custom_object_status(
                 GROUP,
                 VERSION,
                 namespace,
                 PLURAL,
                 name,
-                {"metadata": {"uid": uid}, "status": status},
+                {"metadata": {"resourceVersion": resource_version}, "status": status},
                 _request_timeout=_TIMEOUT_S,
                 **_MERGE_PATCH,
             )
         except ApiException as exc:
             if exc.status in (404, 409):
-                return False
+                return None
             raise
         self.writes["status"] += 1
-        return True
+        return str(cast(dict[str, Any], answer)["metadata"]["resourceVersion"])
+
+    async def list_roles(self, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
+        """Every LLMRole in ``namespace`` (None: all namespaces), raw, and the list's
+        resourceVersion (a consistent read, in pages of :data:`LIST_PAGE`)."""
+        if namespace is None:
+            return await self._list(
+                lambda **kw: self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **kw)
+            )
+        return await self._list(
+            lambda **kw: self.custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, **kw
+            )
+        )
+
+    async def list_secrets(self, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
+        """Every Secret in ``namespace`` (None: all namespaces), raw (``data`` base64: keep
+        only what is needed), and the list's resourceVersion."""
+        if namespace is None:
+            return await self._list(lambda **kw: self.core.list_secret_for_all_namespaces(**kw))
+        return await self._list(lambda **kw: self.core.list_namespaced_secret(namespace, **kw))
+
+    async def _list(self, call: Callable[..., Awaitable[Any]]) -> tuple[list[dict[str, Any]], str]:
+        """All pages of one list call; the resourceVersion is the first page's (every page
+        of one list is the same snapshot).
+
+        Raises:
+            ApiException: an HTTP error (410: the continue token expired; the caller lists
+                again on its next pass).
+        """
+        items: list[dict[str, Any]] = []
+        version = ""
+        token: str | None = None
+        while True:
+            page = await _checked(
+                call(
+                    limit=LIST_PAGE,
+                    _continue=token,
+                    _preload_content=False,
+                    _request_timeout=_TIMEOUT_S,
+                )
+            )
+            meta = page.get("metadata") or {}
+            version = version or str(meta.get("resourceVersion") or "")
+            items.extend(page.get("items") or [])
+            token = meta.get("continue") or None
+            if token is None:
+                return items, version
 
     async def post_event(self, body: dict[str, Any]) -> None:
         """Create an events.k8s.io/v1 Event."""

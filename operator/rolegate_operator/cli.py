@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rolegate_operator import crd
-from rolegate_operator.settings import Settings
+from rolegate_operator.settings import DEFAULT_RESYNC_S, Settings
 
 __all__ = ["main", "parser"]
 
@@ -35,6 +35,13 @@ def _secret_name(value: str) -> str:
         and len(name) <= 253
     ):
         raise argparse.ArgumentTypeError(f"{value!r}: expected NAMESPACE/NAME")
+    return value
+
+
+def _namespace(value: str) -> str:
+    """A namespace name (not a pattern: the operator lists each namespace it serves)."""
+    if not (_DNS_LABEL.match(value) and len(value) <= 63):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a namespace name")
     return value
 
 
@@ -81,6 +88,7 @@ def parser() -> argparse.ArgumentParser:
     scope.add_argument(
         "--namespace",
         action="append",
+        type=_namespace,
         metavar="NS",
         help="watch LLMRoles in this namespace (repeatable)",
     )
@@ -103,10 +111,12 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--resync-interval",
-        default=300.0,
+        default=DEFAULT_RESYNC_S,
         type=_seconds,
         metavar="SECONDS",
-        help="reconcile every role at least this often (default: %(default)s)",
+        help="reconcile every role from fresh lists of LLMRoles and Secrets at least this "
+        "often: the longest a deletion missed by a broken watch can stay served "
+        "(default: %(default)s)",
     )
     run.add_argument(
         "--kubeconfig",

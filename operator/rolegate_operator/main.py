@@ -1,10 +1,13 @@
 """The kopf handlers: the only module with ``@kopf`` decorators, each handler thin.
 
-Two indices hold what the operator sees: every LLMRole (raw) and every Secret's
-role-related keys (decoded). kopf calls no handler before both indices hold every object
-of the initial listing, so the first reconcile after a (re)start sees all roles. The event
-handlers only wake the :class:`~rolegate_operator.reconcile.Reconciler`, which writes the
-config Secret, statuses and Events.
+The operator's view of every LLMRole and every Secret's role-related keys is the
+reconciler's :class:`~rolegate_operator.store.Store`: the event handlers record each watch
+event in it and wake the :class:`~rolegate_operator.reconcile.Reconciler`, which writes the
+config Secret, statuses and Events, and which also replaces the store from fresh lists of
+the API (its first pass, every resync, and after a watch listed anew), because kopf's
+relisting after a watch gap never reports what was deleted meanwhile. No kopf index is
+used: an index has the same blind spot, and kopf would hold every handler until its first
+listing, which with no object at all is never "done" for an empty install.
 
 Every handler is ``async``: kopf runs plain functions in threads, and waking the
 reconciler's asyncio.Event from a thread would not wake it.
@@ -12,8 +15,8 @@ reconciler's asyncio.Event from a thread would not wake it.
 Why no ``on.create``/``on.update``/``on.resume``: the config is one Secret for all roles, so
 any change asks for the same level-triggered reconcile; and kopf's change handlers record
 their progress in annotations on each LLMRole, a write to the user's object that GitOps
-tools would see. Event handlers and indices write nothing, and need no finalizer: a deleted
-role leaves the index, and the next reconcile leaves it out of the config.
+tools would see. Event handlers write nothing, and need no finalizer: a deleted role leaves
+the store, and the next reconcile leaves it out of the config.
 """
 
 from __future__ import annotations
@@ -29,27 +32,17 @@ from rolegate_gateway.api import GROUP, VERSION
 from rolegate_gateway.kube import api_client, load_configuration
 from rolegate_gateway.logs import quiet_client_bodies
 from rolegate_operator.apply import PLURAL, Kube
-from rolegate_operator.reconcile import Reconciler, secret_keys
+from rolegate_operator.reconcile import Reconciler
 from rolegate_operator.settings import Settings
 
 __all__ = ["run"]
 
 log = logging.getLogger(__name__)
 
-
-@kopf.index(GROUP, VERSION, PLURAL)
-async def llmroles(body: kopf.Body, namespace: str | None, name: str | None, **_: Any) -> Any:
-    """(namespace, name) -> the raw LLMRole."""
-    return {(namespace, name): dict(body)}
+#: The User-Agent of the reconciler's API calls (kopf's own say ``kopf/<version>``).
+USER_AGENT = "rolegate-operator"
 
 
-@kopf.index("", "v1", "secrets")
-async def secrets(body: kopf.Body, namespace: str | None, name: str | None, **_: Any) -> Any:
-    """(namespace, name) -> the Secret's role-related keys, decoded (nothing else kept)."""
-    return {(namespace, name): secret_keys(body)}
-
-
-# kopf passes the indices to startup handlers too; its ActivityFn protocol does not list them.
 @kopf.on.login()
 async def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
     """kopf's connection, from the same configuration as the reconciler's client (in a pod:
@@ -79,30 +72,21 @@ async def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
     )
 
 
-@kopf.on.startup()  # type: ignore[arg-type]
-async def startup(
-    settings: kopf.OperatorSettings,
-    memo: kopf.Memo,
-    llmroles: kopf.Index[Any, Any],
-    secrets: kopf.Index[Any, Any],
-    **_: Any,
-) -> None:
-    """Start the reconciler over the two indices."""
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Start the reconciler; its first pass lists everything, events or not."""
     # Events are ours (one per condition transition); kopf's would repeat log lines.
     settings.posting.enabled = False
     # Bounded watches, so a half-open connection is noticed within minutes.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     ours: Settings = memo.settings
-    kube = Kube(await api_client(ours.kubeconfig))
-
-    def roles() -> list[Any]:
-        return [body for store in llmroles.values() for body in store]
-
-    def secret_data() -> dict[Any, Any]:
-        return {key: next(iter(store)) for key, store in secrets.items()}
-
-    memo.reconciler = Reconciler(ours, kube, roles=roles, secrets=secret_data)
+    # kopf retries a failed request up to 21 s apart by default; an API server back from a
+    # restart should see the watches back within seconds (after these, kopf starts over).
+    cap_s = ours.max_unavailable_delay_s
+    settings.networking.error_backoffs = [min(cap_s, d) for d in (0.5, 1, 2, 2, 2, 2, 2, 2)]
+    kube = Kube(await api_client(ours.kubeconfig, user_agent=USER_AGENT))
+    memo.reconciler = Reconciler(ours, kube)
     memo.task = asyncio.create_task(memo.reconciler.run(), name="rolegate-reconcile")
 
 
@@ -118,28 +102,27 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def role_changed(memo: kopf.Memo, **_: Any) -> None:
-    """An LLMRole appeared, changed or went: reconcile."""
-    memo.reconciler.wake()
+async def role_changed(memo: kopf.Memo, type: str | None, body: kopf.Body, **_: Any) -> None:
+    """An LLMRole was listed, appeared, changed or went: record it and reconcile."""
+    reconciler: Reconciler | None = getattr(memo, "reconciler", None)
+    if reconciler is not None:
+        reconciler.role_event(type, body)
 
 
 @kopf.on.event("", "v1", "secrets")
-async def secret_changed(
-    memo: kopf.Memo, namespace: str | None, name: str | None, **_: Any
-) -> None:
-    """A Secret changed: reconcile when some role references it, or when it is the config
-    Secret (edited or deleted by hand: put it right)."""
-    reconciler: Reconciler = memo.reconciler
-    reconciler.indexed()
-    ours = (namespace, name) == reconciler.settings.config_secret
-    if ours or (namespace and name and reconciler.references(namespace, name)):
-        reconciler.wake()
+async def secret_changed(memo: kopf.Memo, type: str | None, body: kopf.Body, **_: Any) -> None:
+    """A Secret was listed, appeared, changed or went: record its role-related keys, and
+    reconcile when some role references it or it is the config Secret."""
+    reconciler: Reconciler | None = getattr(memo, "reconciler", None)
+    if reconciler is not None:
+        reconciler.secret_event(type, body)
 
 
 @kopf.on.probe(id="reconcile")
 async def probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
-    """The liveness endpoint's report: the last reconcile, the last error, and the writes
-    made since start (config Secret, statuses, Events; zero while nothing changes)."""
+    """The liveness endpoint's report: the last reconcile, the last error, the writes
+    made since start (config Secret, statuses, Events; zero while nothing changes) and the
+    fresh lists read since start."""
     reconciler: Reconciler | None = getattr(memo, "reconciler", None)
     last = reconciler.last if reconciler else None
     return {
@@ -148,6 +131,7 @@ async def probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
         "configHash": last.config_hash if last else None,
         "lastError": reconciler.last_error if reconciler else None,
         "writes": dict(reconciler.kube.writes) if reconciler else None,
+        "lists": reconciler.lists if reconciler else None,
     }
 
 

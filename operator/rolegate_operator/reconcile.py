@@ -9,10 +9,22 @@ thing: render the whole config from what the operator sees, then write only what
    is kept while a condition holds, so an unchanged role renders equal);
 3. an Event for each condition that flipped.
 
-A :class:`Reconciler` runs this level-triggered loop: handlers only :meth:`~Reconciler.wake`
-it, a burst of changes is batched into one pass, a failed pass is retried with backoff, and
-a pass every ``resync_s`` repairs edits made behind the operator's back. It never writes a
-role's spec, and never writes anything when nothing changed.
+A :class:`Reconciler` runs this level-triggered loop over a :class:`~rolegate_operator.store.Store`
+that kopf's watch events keep current (handlers only record the event and
+:meth:`~Reconciler.wake` it), so event-driven passes read no list. A burst of changes is
+batched into one pass, and a failed pass is retried with backoff.
+
+Truth from the API: the first pass, a pass every ``resync_s``, and the pass after a watch
+listed anew (kopf's listing events: a restarted API server, a resourceVersion gone with 410)
+first *replace* the store from fresh lists of LLMRoles and Secrets. A watch gap can hide a
+deletion (kopf's relist never says what went); the fresh list drops it, so a deleted role or
+a deleted Secret's key leaves the config within one resync interval at most, and at once in
+the usual case where the gap ends with a relist. The first pass needs no event either: with
+no LLMRole and no Secret at all, the empty config is written once that first list is done.
+
+Status writes carry the role's resourceVersion as a precondition (see
+:meth:`~rolegate_operator.apply.Kube.patch_status`), so a status rendered from an older view
+never lands. It never writes a role's spec, and never writes anything when nothing changed.
 
 Errors: a spec problem is a False condition on that role, never an exception. API trouble
 is retried by the loop with backoff (kopf's TemporaryError/PermanentError retry kopf's own
@@ -24,20 +36,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import dataclasses
 import datetime
 import logging
 import socket
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from rolegate_gateway.api import ConditionStatus
-from rolegate_gateway.kube import API_ERRORS, CONFIG_KEY, describe, log_failure
+from rolegate_gateway.kube import API_ERRORS, CONFIG_KEY, describe, log_failure, unavailable
 from rolegate_gateway.roles import SECRET_KEYS
 from rolegate_operator import render
 from rolegate_operator.apply import Kube
 from rolegate_operator.settings import Settings
+from rolegate_operator.store import Store, key_of, resource_version, version_of
 
 __all__ = ["Pass", "Reconciler", "role_object", "secret_keys"]
 
@@ -55,6 +70,7 @@ def role_object(body: Mapping[str, Any]) -> render.RoleObject:
         created=str(meta.get("creationTimestamp", "")),
         spec=dict(body.get("spec") or {}),
         status=dict(body.get("status") or {}),
+        resource_version=str(meta.get("resourceVersion") or ""),
     )
 
 
@@ -75,7 +91,8 @@ def secret_keys(body: Mapping[str, Any]) -> dict[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class Pass:
-    """What one reconcile did."""
+    """What one reconcile did; ``list_s`` is the seconds its fresh lists took (None: it read
+    the store only)."""
 
     roles: int
     served: int
@@ -83,6 +100,18 @@ class Pass:
     wrote_config: bool
     statuses_written: int
     events_posted: int
+    list_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """A status this operator wrote: on the role with ``uid``, making it ``version``; the
+    store's view of the role is behind it while at one of the versions in ``behind``."""
+
+    uid: str
+    behind: frozenset[str]
+    version: str
+    status: dict[str, Any]
 
 
 def _not_written(exc: BaseException, namespace: str, name: str) -> render.Check:
@@ -101,50 +130,96 @@ def _seconds(stamp: str) -> str:
 
 
 class Reconciler:
-    """Renders the config and statuses from two live views and writes what differs.
+    """Renders the config and statuses from the :class:`Store` and writes what differs.
 
-    ``roles`` and ``secrets`` are called for snapshots of what the operator sees (kopf's
-    indices): raw LLMRoles, and (namespace, name) -> decoded Secret keys.
+    kopf's handlers feed it with :meth:`role_event` and :meth:`secret_event`; :meth:`run`
+    reconciles until cancelled.
     """
 
-    def __init__(
-        self,
-        settings: Settings,
-        kube: Kube,
-        *,
-        roles: Callable[[], Iterable[Mapping[str, Any]]],
-        secrets: Callable[[], Mapping[render.SecretKey, Mapping[str, str]]],
-    ) -> None:
+    def __init__(self, settings: Settings, kube: Kube, *, store: Store | None = None) -> None:
         self.settings = settings
         self.kube = kube
-        self._roles = roles
-        self._secrets = secrets
+        self.store = store if store is not None else Store()
         self._wake = asyncio.Event()
-        self._indexed = False
         self._instance = socket.gethostname()
-        #: (namespace, name) -> (uid, status) as last written or confirmed.
-        self._written: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+        #: (namespace, name) -> the status last written, while the store may lag behind it.
+        self._written: dict[tuple[str, str], _Written] = {}
         #: The last pass, and the last error (None after a good pass); for the probe.
         self.last: Pass | None = None
         self.last_error: str | None = None
-
-    def indexed(self) -> None:
-        """Say that kopf's indices hold every object (any handler call means so); timed
-        passes wait for it, so a slow first listing never renders a partial config."""
-        self._indexed = True
+        #: Fresh lists made (each one list of LLMRoles and one of Secrets per namespace).
+        self.lists = 0
 
     def wake(self) -> None:
         """Ask for a reconcile soon (changes within ``debounce_s`` share one pass)."""
-        self._indexed = True
         self._wake.set()
 
     def references(self, namespace: str, name: str) -> bool:
         """True when some role names the Secret ``namespace/name``."""
         key = (namespace, name)
-        return any(role_object(body).secret_ref() == key for body in self._roles())
+        return any(role_object(body).secret_ref() == key for body in self.store.role_bodies())
 
-    async def reconcile(self) -> Pass:
-        """One pass: render everything, write what differs.
+    def role_event(self, kind: str | None, body: Mapping[str, Any]) -> None:
+        """Record a watch event of an LLMRole (``kind`` None: listed by a watch that
+        started over, so a fresh list is due: it may have missed deletions) and wake."""
+        key, version = key_of(body), version_of(body)
+        if kind == "DELETED":
+            self.store.roles.delete(key, version)
+        else:
+            self.store.roles.put(key, version, dict(body))
+        if kind is None:
+            self.store.stale = True
+        self.wake()
+
+    def secret_event(self, kind: str | None, body: Mapping[str, Any]) -> None:
+        """Record a watch event of a Secret (only its role-related keys are kept) and wake
+        when some role references it, when it is the config Secret (edited or deleted by
+        hand: put it right), or when it was listed anew (``kind`` None: as
+        :meth:`role_event`)."""
+        key, version = key_of(body), version_of(body)
+        if kind == "DELETED":
+            self.store.secrets.delete(key, version)
+        else:
+            self.store.secrets.put(key, version, secret_keys(body))
+        if kind is None:
+            self.store.stale = True
+            self.wake()
+        elif key == self.settings.config_secret or self.references(*key):
+            self.wake()
+
+    async def refresh(self) -> float:
+        """Replace the store from fresh lists of LLMRoles and Secrets in the namespaces
+        served (all: one cluster-wide list each); returns the seconds it took.
+
+        Raises:
+            ApiException, aiohttp.ClientError, OSError, TimeoutError: API trouble; the store
+                stays stale, so the next pass lists again.
+        """
+        started = time.monotonic()
+        self.store.stale = False  # a listing event from now on asks for another list
+        try:
+            for namespace in self.settings.namespaces or (None,):
+                roles, roles_version = await self.kube.list_roles(namespace)
+                secrets, secrets_version = await self.kube.list_secrets(namespace)
+                self.store.roles.replace(
+                    ((key_of(b), version_of(b), b) for b in roles),
+                    resource_version(roles_version),
+                    namespace=namespace,
+                )
+                self.store.secrets.replace(
+                    ((key_of(b), version_of(b), secret_keys(b)) for b in secrets),
+                    resource_version(secrets_version),
+                    namespace=namespace,
+                )
+        except BaseException:
+            self.store.stale = True
+            raise
+        self.lists += 1
+        return time.monotonic() - started
+
+    async def reconcile(self, *, fresh: bool = False) -> Pass:
+        """One pass: render everything from the store (replaced from fresh lists first
+        when ``fresh``), write what differs.
 
         A failed config write does not stop the statuses: roles that would be served say
         ``Ready=Unknown, ConfigNotWritten``. A failed status write does not stop the other
@@ -154,10 +229,11 @@ class Reconciler:
             ApiException, aiohttp.ClientError, OSError, TimeoutError: API trouble; nothing
                 is lost, the next pass starts over from a fresh read.
         """
-        objects = [role_object(body) for body in self._roles()]
+        list_s = await self.refresh() if fresh else None
+        objects = [role_object(body) for body in self.store.role_bodies()]
         ns, name = self.settings.config_secret
         rendered = render.render(
-            objects, self._secrets(), config_secret=self.settings.config_secret_ref
+            objects, self.store.secret_data(), config_secret=self.settings.config_secret_ref
         )
         failures: list[Exception] = []
         not_written: render.Check | None = None
@@ -192,28 +268,42 @@ class Reconciler:
             wrote_config=wrote,
             statuses_written=statuses,
             events_posted=events,
+            list_s=list_s,
         )
 
     async def _status(self, outcome: render.Outcome, now: str) -> int | None:
         """Write one role's status if it differs, and an Event per condition that changed.
 
-        Returns None when nothing was written, else the number of Events posted.
+        Returns None when nothing was written (unchanged, or refused because the role
+        changed or was re-created since this view of it), else the number of Events posted.
         """
         role = outcome.role
         key = (role.namespace, role.name)
-        # What this operator last wrote is newer than a watch that has not caught up.
+        # What this operator last wrote is newer than a view that has not caught up yet.
         mine = self._written.get(key)
-        previous = mine[1] if mine and mine[0] == role.uid else role.status
-        desired = render.desired_status(outcome, now=_seconds(now), previous=previous)
-        if desired == role.status:
-            self._written[key] = (role.uid, desired)
+        behind = mine is not None and mine.uid == role.uid and role.resource_version in mine.behind
+        current = mine.status if mine is not None and behind else role.status
+        version = mine.version if mine is not None and behind else role.resource_version
+        desired = render.desired_status(outcome, now=_seconds(now), previous=current)
+        if desired == current:
             return None
-        if not await self.kube.patch_status(role.namespace, role.name, role.uid, desired):
-            return None  # gone meanwhile
-        self._written[key] = (role.uid, desired)
+        written = await self.kube.patch_status(
+            role.namespace, role.name, resource_version=version, status=desired
+        )
+        if written is None:  # changed, re-created or gone meanwhile: its event wakes a pass
+            self._written.pop(key, None)
+            log.debug("status of role %s not written: the role changed meanwhile", role.ref)
+            return None
+        superseded = (mine.behind | {mine.version}) if mine is not None and behind else None
+        self._written[key] = _Written(
+            uid=role.uid,
+            behind=superseded or frozenset({role.resource_version}),
+            version=written,
+            status=desired,
+        )
         log.info("wrote the status of role %s", role.ref, extra={"role": role.ref})
         events = 0
-        for change in render.transitions(previous, desired):
+        for change in render.transitions(current, desired):
             body = render.event(role, change, now=now, instance=self._instance)
             events += await self._post(body)
             log.info(
@@ -254,32 +344,56 @@ class Reconciler:
         return True
 
     async def run(self) -> None:
-        """Reconcile on every wake-up and every ``resync_s``, until cancelled.
+        """Reconcile on every wake-up, until cancelled; the first pass, one every
+        ``resync_s`` (even while events keep coming) and one after a watch listed anew
+        read fresh lists first.
 
-        No pass runs before kopf's indices hold every object (see :meth:`indexed`), so a
-        restarted operator never writes a partial config.
+        A failed pass is retried after a backoff: from ``retry_delay_s``, doubling up to
+        ``max_retry_delay_s``, or up to ``max_unavailable_delay_s`` while the API server is
+        unreachable or unavailable, a wait that a wake-up (the watch is back) cuts short.
         """
+        loop = asyncio.get_running_loop()
         delay_s = self.settings.retry_delay_s
+        next_list = loop.time()  # the first pass lists
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.resync_s)
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, next_list - loop.time()))
                 await asyncio.sleep(self.settings.debounce_s)
             except TimeoutError:
-                if not self._indexed:
-                    continue
+                pass
             self._wake.clear()
+            fresh = self.store.stale or loop.time() >= next_list
             try:
-                self.last = await self.reconcile()
+                self.last = await self.reconcile(fresh=fresh)
             except Exception as exc:  # a bug must not stop reconciling for good
+                short = unavailable(exc)
+                if short:
+                    delay_s = min(delay_s, self.settings.max_unavailable_delay_s)
                 self.last_error = f"{type(exc).__name__}: {describe(exc)}"
                 log_failure(log, exc, "reconcile failed, retrying in %.1f s: %s", delay_s)
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, self.settings.max_retry_delay_s)
+                await self._backoff(delay_s, wakeable=short)
+                cap_s = (
+                    self.settings.max_unavailable_delay_s
+                    if short
+                    else self.settings.max_retry_delay_s
+                )
+                delay_s = min(delay_s * 2, cap_s)
                 self._wake.set()
                 continue
+            if fresh:
+                next_list = loop.time() + self.settings.resync_s
             self.last_error = None
             delay_s = self.settings.retry_delay_s
             log.debug("reconciled: %s", self.last)
+
+    async def _backoff(self, delay_s: float, *, wakeable: bool) -> None:
+        """Sleep ``delay_s`` seconds; with ``wakeable``, a wake-up ends the sleep early."""
+        if not wakeable:
+            await asyncio.sleep(delay_s)
+            return
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=delay_s)
 
 
 def _same(current: Mapping[str, Any], body: Mapping[str, Any]) -> bool:

@@ -197,7 +197,7 @@ def test_run_defaults() -> None:
         "kubeconfig": None,
         "gateway_config_secret": "rolegate/gateway-config",
         "liveness": "127.0.0.1:8081",
-        "resync_interval": 300.0,
+        "resync_interval": 60.0,
         "log_level": "info",
         "log_format": "text",
     }
@@ -237,6 +237,7 @@ def test_run_flags() -> None:
             "not allowed with argument --namespace",
         ),
         (["run", "-A", "--gateway-config-secret=a/b", "--log-format=xml"], "invalid choice: 'xml'"),
+        (["run", "--namespace=team-*", "--gateway-config-secret=a/b"], "a namespace name"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(

@@ -18,12 +18,15 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from rolegate_operator.apply import Kube
 from rolegate_operator.reconcile import Reconciler
 from rolegate_operator.settings import Settings
+from rolegate_operator.store import Store
 
 KEY = "sk-RECONCILE-77aa"
 
 
 class FakeKube(Kube):
-    """Records writes; ``fail`` names writes to refuse with HTTP 500 (once each)."""
+    """Records writes; ``fail`` names writes to refuse with HTTP 500 (once each). Status
+    patches check their resourceVersion precondition against :attr:`versions` (role name ->
+    the server's resourceVersion) as the API server does, and bump it."""
 
     def __init__(self) -> None:
         self.writes = {"secret": 0, "status": 0, "event": 0}
@@ -31,6 +34,8 @@ class FakeKube(Kube):
         self.statuses: dict[str, dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
         self.fail: set[str] = set()
+        self.versions: dict[str, int] = {}
+        self.conflicts = 0
 
     def _maybe_fail(self, what: str) -> None:
         if what in self.fail:
@@ -46,12 +51,16 @@ class FakeKube(Kube):
         self.writes["secret"] += 1
 
     async def patch_status(
-        self, namespace: str, name: str, uid: str, status: dict[str, Any]
-    ) -> bool:
+        self, namespace: str, name: str, *, resource_version: str, status: dict[str, Any]
+    ) -> str | None:
         self._maybe_fail(f"status/{name}")
+        if self.versions.setdefault(name, 1) != int(resource_version):
+            self.conflicts += 1
+            return None
+        self.versions[name] += 1
         self.statuses[name] = status
         self.writes["status"] += 1
-        return True
+        return str(self.versions[name])
 
     async def post_event(self, body: dict[str, Any]) -> None:
         self.events.append(body)
@@ -66,6 +75,7 @@ def llmrole(
             "name": name,
             "namespace": "team",
             "uid": f"uid-{name}",
+            "resourceVersion": "1",
             "generation": 1,
             "creationTimestamp": "2026-11-21T10:00:00Z",
         },
@@ -78,20 +88,38 @@ def llmrole(
     }
 
 
+class Secrets:
+    """The store's Secrets, as a mapping a test edits: ``secrets[ns, name] = keys``."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def __setitem__(self, key: tuple[str, str], keys: dict[str, str]) -> None:
+        held = self.store.secrets.entries.get(key)
+        self.store.secrets.put(key, (held[0] if held else 0) + 1, keys)
+
+
 @pytest.fixture
-def world() -> tuple[Reconciler, FakeKube, list[dict[str, Any]], dict[Any, dict[str, str]]]:
+def world() -> tuple[Reconciler, FakeKube, list[dict[str, Any]], Secrets]:
     kube = FakeKube()
+    store = Store(stale=False)
     roles = [llmrole("extract"), llmrole("query")]
-    secrets = {("team", "creds"): {"apiKey": KEY}}
+    for role in roles:
+        store.roles.put(("team", role["metadata"]["name"]), 1, role)
+    secrets = Secrets(store)
+    secrets["team", "creds"] = {"apiKey": KEY}
     settings = Settings(config_secret=("rolegate", "gw-config"))
-    reconciler = Reconciler(settings, kube, roles=lambda: roles, secrets=lambda: secrets)
+    reconciler = Reconciler(settings, kube, store=store)
     return reconciler, kube, roles, secrets
 
 
 def see_own_writes(kube: FakeKube, roles: list[dict[str, Any]]) -> None:
-    """What the watch delivers later: the statuses written, in the operator's view."""
+    """What the watch delivers later: the statuses written, and their resourceVersions, in
+    the operator's view."""
     for role in roles:
-        role["status"] = kube.statuses.get(role["metadata"]["name"], role["status"])
+        name = role["metadata"]["name"]
+        role["status"] = kube.statuses.get(name, role["status"])
+        role["metadata"]["resourceVersion"] = str(kube.versions.get(name, 1))
 
 
 async def test_first_pass_writes_config_statuses_and_events_then_nothing(world: Any) -> None:
@@ -101,14 +129,15 @@ async def test_first_pass_writes_config_statuses_and_events_then_nothing(world: 
     assert len(kube.events) == 4  # Ready and CredentialsResolved of each role
     assert KEY in base64.b64decode(kube.secret["data"]["config.json"]).decode()
 
-    # The watch has not caught up yet: a status may be sent again, but the same one (no
-    # lastTransitionTime stamped anew) and no Event repeats.
+    # The watch has not caught up yet: what was written is known, so nothing is sent
+    # again (no lastTransitionTime stamped anew) and no Event repeats.
     written = copy.deepcopy(kube.statuses)
     await asyncio.sleep(1.1)  # a later second, in case anything were stamped anew
     again = await reconciler.reconcile()
-    assert again.wrote_config is False
+    assert (again.wrote_config, again.statuses_written) == (False, 0)
     assert kube.statuses == written
     assert len(kube.events) == 4
+    assert kube.conflicts == 0
 
     see_own_writes(kube, roles)
     writes = dict(kube.writes)
@@ -166,3 +195,57 @@ async def test_rotation_rewrites_the_config_and_the_role_hash_only(world: Any) -
     assert rotated.statuses_written == 2
     assert all(kube.statuses[n]["configHash"] != h for n, h in hashes.items())
     assert len(kube.events) == events  # no condition changed
+
+
+async def test_a_change_while_the_view_lags_is_written_on_top_of_the_own_write(
+    world: Any,
+) -> None:
+    reconciler, kube, _, secrets = world
+    await reconciler.reconcile()
+    # The watch has not delivered the status writes yet; the key rotates meanwhile: the new
+    # status goes on top of the version this operator wrote, not the stale view's.
+    secrets["team", "creds"] = {"apiKey": KEY + "-rotated"}
+    rotated = await reconciler.reconcile()
+    assert (rotated.statuses_written, kube.conflicts) == (2, 0)
+    assert kube.versions == {"extract": 3, "query": 3}
+
+
+async def test_a_status_for_a_role_changed_or_recreated_meanwhile_is_not_written(
+    world: Any,
+) -> None:
+    reconciler, kube, roles, _ = world
+    await reconciler.reconcile()
+    see_own_writes(kube, roles)
+    # Deleted and created anew with the same name (or changed) behind the operator's back:
+    # the server is at another version, so the stale view's status is refused (409).
+    kube.versions["extract"] = 7
+    roles[0]["metadata"]["uid"] = "uid-extract-2"
+    reconciler.store.secrets.put(("team", "creds"), 9, {})  # a change that alters statuses
+    stale = await reconciler.reconcile()
+    assert stale.statuses_written == 1  # query's
+    assert kube.conflicts == 1
+    assert kube.statuses["extract"]["conditions"][1]["reason"] == "SecretResolved"
+
+
+async def test_a_fresh_pass_drops_what_the_lists_no_longer_hold(world: Any) -> None:
+    reconciler, kube, roles, _ = world
+    listed = [roles[0]]  # query deleted, and creds too, while the watch was away
+
+    async def list_roles(namespace: str | None) -> tuple[list[dict[str, Any]], str]:
+        return listed, "5"
+
+    async def list_secrets(namespace: str | None) -> tuple[list[dict[str, Any]], str]:
+        return [], "5"
+
+    kube.list_roles = list_roles
+    kube.list_secrets = list_secrets
+    first = await reconciler.reconcile()
+    assert (first.roles, first.served, first.list_s) == (2, 2, None)  # the store's view
+
+    reconciler.role_event(None, roles[0])  # a watch listed anew: a gap ended
+    assert reconciler.store.stale
+    fresh = await reconciler.reconcile(fresh=True)
+    assert (fresh.roles, fresh.served, reconciler.lists) == (1, 0, 1)
+    assert fresh.list_s is not None
+    assert not reconciler.store.stale
+    assert kube.statuses["extract"]["conditions"][1]["reason"] == "SecretNotFound"

@@ -36,6 +36,7 @@ class RoleObject:
     created: str  # metadata.creationTimestamp, RFC 3339 (sorts by time)
     spec: Mapping[str, Any]
     status: Mapping[str, Any]
+    resource_version: str = ""  # metadata.resourceVersion of this view of it
 
     @property
     def ref(self) -> str:
