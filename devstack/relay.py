@@ -120,9 +120,13 @@ class Relay:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None or not thread.is_alive():
             return
-        self._call(self._shutdown())
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
+        try:
+            self._call(self._shutdown())
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=10)
+        if thread.is_alive():
+            raise RuntimeError(f"{self.name}: its thread did not end within 10 s")
 
     def __enter__(self) -> Relay:
         if self._thread is None:
@@ -192,6 +196,10 @@ class Relay:
         await self._restore()
         if self._server is not None:
             await self._server.wait_closed()
+        pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in pending:  # the pipes of connections cut above: end them, not orphan them
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1

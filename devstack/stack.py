@@ -33,7 +33,14 @@ def install_crd(plane: ControlPlane) -> str:
         TimeoutError: the CRD was not served within 60 s.
     """
     plane.kubectl(["apply", "-f", str(CRDS)])
-    plane.kubectl(["wait", "--for=condition=Established", f"crd/{LLMROLE_CRD}", "--timeout=60s"])
+    # kubectl wait exits at once on an error (a server that has just started may still
+    # answer 503 for a moment, or not find the CRD yet): retried, within the same bound.
+    wait = ["wait", "--for=condition=Established", f"crd/{LLMROLE_CRD}", "--timeout=10s"]
+    plane.wait_for(
+        "the LLMRole CRD Established",
+        lambda: plane.kubectl(wait, check=False).returncode == 0,
+        timeout_s=60,
+    )
     plane.wait_for(
         "kubectl explain llmroles",
         lambda: plane.kubectl(["explain", LLMROLE_CRD], check=False).returncode == 0,

@@ -443,11 +443,13 @@ class ControlPlane:
         thread), so a Ctrl-C cannot cut the cleanup short; they are delivered once it is done.
         """
         with process.signals_deferred():
-            for relay in self._relays:
-                relay.close()
-            self._relays.clear()
-            for component in reversed(list(self.components.values())):
-                component.stop(grace_s=10.0)
+            try:
+                for relay in self._relays:
+                    relay.close()
+            finally:  # a relay that fails to close must not leave etcd and the apiserver
+                self._relays.clear()
+                for component in reversed(list(self.components.values())):
+                    component.stop(grace_s=10.0)
             if self._tmp is not None and not self.keep_tmp:
                 shutil.rmtree(self._tmp, ignore_errors=True)
             elif self._tmp is not None:

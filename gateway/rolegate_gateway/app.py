@@ -202,10 +202,10 @@ async def _readyz(request: web.Request) -> web.Response:
         return web.json_response(body)
     reason = "shutting down" if not runtime.accepting else "no config applied yet"
     last = runtime.last_reload
-    return web.json_response(
-        {"status": "not ready", "reason": reason, "lastError": last.error if last else None},
-        status=503,
-    )
+    body = {"status": "not ready", "reason": reason, "lastError": last.error if last else None}
+    if runtime.source_error is not None:
+        body["configSource"] = {"error": runtime.source_error, "since": runtime.source_since}
+    return web.json_response(body, status=503)
 
 
 async def _status(request: web.Request) -> web.Response:

@@ -329,6 +329,7 @@ class ConfigSecretSource:
                         "config Secret %s: watching again after %d failures", self.ref, failures
                     )
                     failures = 0
+                    self.sink.source_restarted()
                 await self._watch()
                 delay_s = self.retry_delay_s
                 gone_before = False
@@ -349,6 +350,8 @@ class ConfigSecretSource:
             gone_before = False
             needs_list = True
             failures += 1
+            said = describe(error) if isinstance(error, API_ERRORS) else type(error).__name__
+            self.sink.source_failed(f"the config Secret cannot be read or watched: {said}")
             cap_s = self.max_unavailable_delay_s if unavailable(error) else self.max_retry_delay_s
             delay_s = min(delay_s, cap_s)
             if failures == 1 or not isinstance(error, API_ERRORS):

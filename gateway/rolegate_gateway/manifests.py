@@ -307,11 +307,16 @@ def _credentials(
 
 
 class ConfigSink(Protocol):
-    """What a config source feeds: the runtime's ``apply`` and ``refuse``."""
+    """What a config source feeds: the runtime's ``apply`` and ``refuse``, and what it
+    says about its own health (``source_failed``, ``source_restarted``: /readyz, /status)."""
 
     def apply(self, config: GatewayConfig) -> object: ...
 
     def refuse(self, reason: str, *, source: str) -> None: ...
+
+    def source_failed(self, reason: str) -> None: ...
+
+    def source_restarted(self) -> None: ...
 
 
 class ManifestsSource:

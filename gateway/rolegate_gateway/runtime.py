@@ -225,9 +225,15 @@ class Runtime:
         config_hash = config.hash
         if config_hash == self.config_hash:
             return self._report(ReloadReport("unchanged", _now(), config_hash))
+        plan = _Plan()
         try:
-            plan = self._plan(config)
+            self._plan(config, plan)
         except errors.ConfigError as exc:
+            live = {role_labels(role.config) for role in self.roles.values()}
+            for wrapper in [*plan.added.values(), *plan.rebound.values()]:
+                labels = role_labels(wrapper.config)
+                if labels not in live:
+                    self.metrics.retire(labels)  # never served: no series of it remains
             self.refuse(str(exc), source="apply")
             return self.last_reload  # type: ignore[return-value]
 
@@ -285,14 +291,13 @@ class Runtime:
         )
         return self._report(report)
 
-    def _plan(self, config: GatewayConfig) -> _Plan:
-        """Build the wrappers a config needs, before anything is swapped.
+    def _plan(self, config: GatewayConfig, plan: _Plan) -> None:
+        """Build into ``plan`` the wrappers a config needs, before anything is swapped.
 
         Raises:
             errors.ConfigError: a role's binding has no adapter, or building its wrapper
                 failed in any way.
         """
-        plan = _Plan()
         for rc in config.roles:
             current = self.roles.get(rc.name)
             if current is not None and current.config == rc:
@@ -317,7 +322,6 @@ class Runtime:
                     f"({type(exc).__name__})"
                 ) from exc
             (plan.rebound if current is not None else plan.added)[rc.name] = wrapper
-        return plan
 
     def _retire(self, wrapper: RoleWrapper, now: float) -> None:
         if wrapper.deadline is not None:  # already draining (a removed role come back)

@@ -19,8 +19,10 @@ listed anew (kopf's listing events: a restarted API server, a resourceVersion go
 first *replace* the store from fresh lists of LLMRoles and Secrets. A watch gap can hide a
 deletion (kopf's relist never says what went); the fresh list drops it, so a deleted role or
 a deleted Secret's key leaves the config within one resync interval at most, and at once in
-the usual case where the gap ends with a relist. The first pass needs no event either: with
-no LLMRole and no Secret at all, the empty config is written once that first list is done.
+the usual case where the gap ends with a relist that finds some object (kopf reports listed
+objects one by one, never the end of a listing: a relist of nothing goes unseen). The first
+pass needs no event either: with no LLMRole and no Secret at all, the empty config is
+written once that first list is done.
 
 Status writes carry the role's resourceVersion as a precondition (see
 :meth:`~rolegate_operator.apply.Kube.patch_status`), so a status rendered from an older view
@@ -45,6 +47,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from rolegate_gateway.api import ConditionStatus
 from rolegate_gateway.kube import API_ERRORS, CONFIG_KEY, describe, log_failure, unavailable
@@ -350,7 +354,8 @@ class Reconciler:
 
         A failed pass is retried after a backoff: from ``retry_delay_s``, doubling up to
         ``max_retry_delay_s``, or up to ``max_unavailable_delay_s`` while the API server is
-        unreachable or unavailable, a wait that a wake-up (the watch is back) cuts short.
+        unreachable or unavailable, a wait that a wake-up (the watch is back) cuts short
+        when the connection was lost (not when the server answered 429 or 5xx).
         """
         loop = asyncio.get_running_loop()
         delay_s = self.settings.retry_delay_s
@@ -371,7 +376,11 @@ class Reconciler:
                     delay_s = min(delay_s, self.settings.max_unavailable_delay_s)
                 self.last_error = f"{type(exc).__name__}: {describe(exc)}"
                 log_failure(log, exc, "reconcile failed, retrying in %.1f s: %s", delay_s)
-                await self._backoff(delay_s, wakeable=short)
+                # A wake-up (a watch event: the server is back) cuts the wait short only after
+                # a lost connection; a server answering 429/5xx is busy, and the operator's
+                # own status writes would wake it every debounce interval.
+                answered = isinstance(exc, ApiException) and bool(exc.status)
+                await self._backoff(delay_s, wakeable=short and not answered)
                 cap_s = (
                     self.settings.max_unavailable_delay_s
                     if short

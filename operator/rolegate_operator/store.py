@@ -56,12 +56,20 @@ class Section(Generic[_V]):
 
     entries: dict[Key, tuple[int, _V]] = field(default_factory=dict)
     tombstones: dict[Key, int] = field(default_factory=dict)
+    #: The resourceVersion of the last list applied, by namespace (None: every namespace).
+    listed: dict[str | None, int] = field(default_factory=dict)
 
     def put(self, key: Key, version: int, value: _V) -> bool:
         """Record ``value`` seen at ``version`` (an ADDED, MODIFIED or listed object);
-        False when what is held is newer (the event was stale) and nothing changed."""
+        False when what is held is newer (the event was stale) and nothing changed.
+
+        An event no newer than the last list of its namespace is stale too when the list
+        did not hold the object: it was deleted since (a late event must not bring back
+        what a fresh list dropped)."""
         held = self.entries.get(key)
         if held is not None and held[0] > version >= 0:
+            return False
+        if held is None and 0 <= version <= self._listed(key[0]):
             return False
         gone = self.tombstones.get(key)
         if gone is not None and gone >= version >= 0:
@@ -100,6 +108,11 @@ class Section(Generic[_V]):
             else:
                 del self.tombstones[key]
         self.entries = fresh
+        if list_version >= 0:
+            self.listed[namespace] = max(list_version, self.listed.get(namespace, -1))
+
+    def _listed(self, namespace: str) -> int:
+        return max(self.listed.get(namespace, -1), self.listed.get(None, -1))
 
     def values(self) -> list[_V]:
         """Every value held."""

@@ -19,6 +19,12 @@ class Sink:
         self.applied.append(config)
         return None
 
+    def source_failed(self, reason: str) -> None:
+        pass
+
+    def source_restarted(self) -> None:
+        pass
+
     def refuse(self, reason: str, *, source: str) -> None:
         self.refused.append(reason)
 

@@ -33,6 +33,12 @@ class Sink:
             raise RuntimeError("wrapper construction failed")
         return Report(outcome)
 
+    def source_failed(self, reason: str) -> None:
+        pass
+
+    def source_restarted(self) -> None:
+        pass
+
     def refuse(self, reason: str, *, source: str) -> None:
         raise AssertionError(reason)
 

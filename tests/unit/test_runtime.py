@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
+import rolegate_gateway.runtime as runtime_module
 from rolegate_gateway import GatewayConfig, RoleConfig, Runtime, errors
 from tests.fakes.configs import role_config
 
@@ -91,6 +93,25 @@ async def test_any_failure_building_a_wrapper_refuses_the_config(
     assert SECRET not in json.dumps(runtime.status())
     refused = runtime.registry.get_sample_value("rolegate_reloads_total", {"outcome": "refused"})
     assert refused == 1
+
+
+async def test_a_refused_config_leaves_no_series_of_roles_it_would_have_added(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runtime = Runtime()
+    runtime.apply(_config(_role("a")))
+    real = runtime_module.make_adapter
+
+    def broken_for_c(upstream: Any) -> Any:
+        if upstream.model == "broken":
+            raise TypeError("no")
+        return real(upstream)
+
+    monkeypatch.setattr(runtime_module, "make_adapter", broken_for_c)
+    report = runtime.apply(_config(_role("a"), _role("b"), _role("c", model="broken")))
+    assert report.outcome == "refused"
+    assert _series(runtime, "b") == []
+    assert _series(runtime, "a")  # the served role keeps its series
 
 
 def _series(runtime: Runtime, role: str) -> list[str]:

@@ -60,3 +60,14 @@ def test_versions_that_are_not_integers_lose_to_the_list() -> None:
     section.put(("ns", "a"), -1, "a?")
     section.replace(listed(("b", 1)), 5, namespace=None)
     assert section.values() == ["b@1"]
+
+
+def test_a_late_event_does_not_bring_back_what_a_fresh_list_dropped() -> None:
+    section: Section[str] = Section()
+    section.put(("ns", "x"), 5, "x@5")
+    section.replace([], 100, namespace="ns")  # x was deleted at some version <= 100
+    assert not section.put(("ns", "x"), 40, "x@40")  # a MODIFIED kopf still had queued
+    assert section.values() == []
+    assert section.put(("ns", "x"), 120, "x@120")  # created again after the list
+    assert section.values() == ["x@120"]
+    assert section.put(("other", "y"), 40, "y@40")  # another namespace's list decides
