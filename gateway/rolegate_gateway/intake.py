@@ -320,17 +320,19 @@ class Intake:
         timeout_s = limits.body_timeout_s + (declared or limits.max_body_bytes) / max(
             1, limits.body_min_rate
         )
-        body = _Body()
+        chunks: list[bytes] = []  # joined once at the end (a bytearray would be copied
+        size = 0  # twice more when pickled for a worker)
         try:
             try:
                 async with asyncio.timeout(timeout_s):
                     while chunk := await request.content.readany():
-                        if body.size + len(chunk) > limits.max_body_bytes:
+                        size += len(chunk)
+                        if size > limits.max_body_bytes:
                             raise _too_large(request, limits.max_body_bytes)
-                        body.add(chunk)
-                        if body.size > reserved:
-                            self.budget.reserve(body.size - reserved)
-                            reserved = body.size
+                        chunks.append(chunk)
+                        if size > reserved:
+                            self.budget.reserve(size - reserved)
+                            reserved = size
             except TimeoutError:
                 request.protocol.close()
                 raise errors.RequestTimeout(
@@ -342,7 +344,7 @@ class Intake:
         except BaseException:  # refused, or the client went away (cancelled, reset)
             self.budget.release(reserved)
             raise
-        return body.done(), reserved
+        return b"".join(chunks), reserved
 
     async def parse(self, raw: bytes) -> Payload:
         """Parse a body: on the loop when small, in a worker process when large.
@@ -386,27 +388,6 @@ class Intake:
 
 def _parse_in_worker(raw: bytes, max_values: int) -> Payload:
     return parse_body(raw, max_values=max_values)
-
-
-class _Body:
-    """A body being received, as chunks joined once at the end.
-
-    (Reading into one preallocated bytearray saves the join but costs more: a bytearray
-    is copied twice when pickled for a worker process.)
-    """
-
-    __slots__ = ("_chunks", "size")
-
-    def __init__(self) -> None:
-        self._chunks: list[bytes] = []
-        self.size = 0
-
-    def add(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
-        self.size += len(chunk)
-
-    def done(self) -> bytes:
-        return b"".join(self._chunks)
 
 
 def _too_large(request: web.Request, limit: int) -> errors.InvalidRequest:

@@ -65,9 +65,11 @@ def raise_nofile_limit() -> int:
     return soft
 
 
-def _canned(status: int, reason: str, message: str, *, code: str, extra: str = "") -> bytes:
+def _canned(
+    status: int, reason: str, message: str, *, type_: str, code: str, extra: str = ""
+) -> bytes:
     """A whole HTTP/1.1 answer with OpenAI's error body, for a connection about to close."""
-    body = errors.error_body(message, type_="invalid_request_error", code=code)
+    body = errors.error_body(message, type_=type_, code=code)
     head = (
         f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n{extra}\r\n"
@@ -79,6 +81,7 @@ _OVERLOADED = _canned(
     503,
     "Service Unavailable",
     "the gateway has too many open connections; retry shortly",
+    type_="service_unavailable",
     code="too_many_connections",
     extra="Retry-After: 1\r\n",
 )

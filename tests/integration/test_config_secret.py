@@ -1,24 +1,23 @@
 """The gateway's config Secret source on a real API server: watch, resume, break, refuse.
 
-The source runs in-process against a real ``Runtime``, talking to the API server through a
-TCP relay the test can cut, so a broken watch is a real dropped connection.
+The source runs in-process against a real ``Runtime``, talking to the API server through
+the control plane's relay (``devstack.relay``), which the test cuts, so a broken watch is a
+real dropped connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
-from devstack.k8s.controlplane import ControlPlane
+from devstack.k8s.controlplane import ApiRelay, ControlPlane
 from rolegate_gateway.config import GatewayConfig, RoleConfig
 from rolegate_gateway.kube import ConfigSecretSource
 from rolegate_gateway.runtime import Runtime
@@ -30,77 +29,26 @@ from tests.fixtures.cluster import Kubectl
 NAME = "gw-config"
 
 
-class Relay:
-    """A TCP relay on loopback to one address; :meth:`cut` drops every open connection,
-    ``refusing`` drops new ones."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.writers: list[asyncio.StreamWriter] = []
-        self.server: asyncio.Server | None = None
-        self.refusing = False  # drop new connections at once (the API server "down")
-
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port: int = self.server.sockets[0].getsockname()[1]
-        return port
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.refusing:
-            writer.transport.abort()
-            return
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
-        self.writers += [writer, up_writer]
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    def cut(self) -> None:
-        for writer in self.writers:
-            writer.transport.abort()
-        self.writers.clear()
-
-    async def close(self) -> None:
-        self.cut()
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-
-
 def role(name: str) -> RoleConfig:
     return role_config(name, key="sk-CFGSECRET-1")
 
 
 @pytest.fixture
-async def relay(cluster: ControlPlane) -> AsyncIterator[tuple[Relay, Path]]:
-    """A relay to the API server and a kubeconfig that goes through it."""
-    server = urlsplit(cluster.server)
-    relay = Relay(server.hostname or "127.0.0.1", server.port or 443)
-    port = await relay.start()
-    config = yaml.safe_load(cluster.kubeconfig.read_text())
-    for entry in config["clusters"]:
-        entry["cluster"]["server"] = f"https://127.0.0.1:{port}"
-    path = cluster.tmp_dir / f"relay-{port}.kubeconfig"
-    path.write_text(yaml.safe_dump(config))
-    yield relay, path
-    await relay.close()
-    path.unlink()
+def relay(cluster: ControlPlane) -> Iterator[ApiRelay]:
+    """A relay to the API server (``relay.kubeconfig`` goes through it)."""
+    relay = cluster.relay()
+    yield relay
+    relay.close()
 
 
 async def test_watch_resumes_and_reconnects_without_reloading(
     namespace: str,
     kubectl: Kubectl,
-    relay: tuple[Relay, Path],
+    relay: ApiRelay,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    cut, kubeconfig = relay
+    kubeconfig = relay.kubeconfig
 
     async def write(config: GatewayConfig | None, raw: str | None = None) -> None:
         body = config_secret(config or GatewayConfig(), namespace=namespace, name=NAME)
@@ -133,17 +81,17 @@ async def test_watch_resumes_and_reconnects_without_reloading(
 
         # A dropped watch is resumed from its resourceVersion, like one the server ended.
         watches = source.watches
-        cut.cut()
+        relay.cut()
+        relay.restore()
         await until(lambda: source.watches > watches + 1, timeout_s=15)
         assert source.reads == reads
         assert runtime.last_reload is report
 
         # The API server unreachable for a while: started over with a read of the same
         # content once it is back; no reload.
-        cut.refusing = True
-        cut.cut()
+        relay.cut("refuse")
         await asyncio.sleep(1.5)
-        cut.refusing = False
+        relay.restore()
         await until(lambda: source.reads == reads + 1, timeout_s=15)
         watches = source.watches
         await until(lambda: source.watches > watches, timeout_s=15)
