@@ -139,13 +139,18 @@ def _proxy(endpoint: Endpoint) -> Handler:
                 )
             except errors.GatewayError as exc:
                 raise _Routed(exc) from exc
-            if not response.prepared:
+            if not response.prepared and (response.content_length or 0) > _SMALL_ANSWER_BYTES:
                 await _send(request, response)
             return response
         finally:
             intake.budget.release(reserved)
 
     return handle
+
+
+#: A whole answer this small is written without a timeout: it fits the transport's write
+#: buffer (aiohttp's high-water mark is 64 KiB), so writing it never waits on the client.
+_SMALL_ANSWER_BYTES = 64 * 1024
 
 
 async def _send(request: web.Request, response: web.StreamResponse) -> None:

@@ -317,6 +317,14 @@ class Intake:
             raise _too_large(request, limits.max_body_bytes)
         reserved = declared or 0
         self.budget.reserve(reserved)
+        content = request.content
+        if declared is not None and content.is_eof() and not content.exception():
+            # the usual small request: all of it arrived with the headers, no wait to bound
+            body = content.read_nowait()
+            if len(body) > limits.max_body_bytes:  # it inflated (Content-Encoding)
+                self.budget.release(reserved)
+                raise _too_large(request, limits.max_body_bytes)
+            return body, reserved
         timeout_s = limits.body_timeout_s + (declared or limits.max_body_bytes) / max(
             1, limits.body_min_rate
         )

@@ -112,7 +112,7 @@ async def _on_reuse(
 async def _on_sent(
     session: aiohttp.ClientSession,
     ctx: SimpleNamespace,
-    params: aiohttp.TraceRequestChunkSentParams | aiohttp.TraceRequestHeadersSentParams,
+    params: aiohttp.TraceRequestChunkSentParams,
 ) -> None:
     attempt = ctx.trace_request_ctx
     if isinstance(attempt, _Attempt):
@@ -124,8 +124,7 @@ def connection_trace() -> aiohttp.TraceConfig:
     dead keep-alive connection (without it every connection counts as fresh)."""
     trace = aiohttp.TraceConfig()
     trace.on_connection_reuseconn.append(_on_reuse)
-    trace.on_request_headers_sent.append(_on_sent)
-    trace.on_request_chunk_sent.append(_on_sent)
+    trace.on_request_chunk_sent.append(_on_sent)  # every request has a body: its last chunk
     trace.freeze()
     return trace
 
