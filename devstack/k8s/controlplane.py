@@ -11,14 +11,8 @@ Ctrl-C, or on SIGTERM, which the harness turns into KeyboardInterrupt) stops the
     with ControlPlane(full=True) as cp:
         cp.kubectl(["get", "nodes"])          # CompletedProcess; raises CommandError on failure
 
-Fault controls, for tests of what real clusters do to their clients: restart the API server
-(:meth:`ControlPlane.restart_apiserver`, same port, etcd's data kept) or etcd
-(:meth:`ControlPlane.restart_etcd`, same data and port), compact etcd so that older
-resourceVersions fall out of the window (:meth:`ControlPlane.compact_etcd`), and give one
-client a path to the API server that can be cut (:meth:`ControlPlane.relay`, a
-:class:`devstack.relay.Relay` with a kubeconfig through it). With ``audit=True`` the API
-server writes an audit log of Secret and LLMRole requests (:meth:`ControlPlane.audit_events`:
-who listed and watched what), which is how a test counts a client's requests over TLS.
+Fault controls (restarts, compaction, a relay a test can cut, the audit log) come from
+:class:`devstack.k8s.faults.Faults`, which ``ControlPlane`` mixes in.
 
 By hand: ``python -m devstack up [--full]`` prints the kubeconfig and waits for Ctrl-C. The
 binaries come from build.sh (see :mod:`devstack.k8s.build`).
@@ -43,10 +37,10 @@ from types import TracebackType
 from typing import Any, Final
 
 from devstack import http, process
-from devstack.k8s import build, components, nodes, pki
+from devstack.k8s import build, components, faults, nodes, pki
+from devstack.k8s.faults import ApiRelay
 from devstack.poll import wait_until
 from devstack.process import Process, free_ports
-from devstack.relay import Relay
 
 __all__ = ["TMP_PREFIX", "ApiRelay", "CommandError", "ControlPlane", "ControlPlaneError"]
 
@@ -92,14 +86,7 @@ def _stop_leftovers() -> None:
         plane.stop()
 
 
-class ApiRelay(Relay):
-    """A :class:`~devstack.relay.Relay` to a control plane's API server, with
-    :attr:`kubeconfig`: the admin kubeconfig with its server set to the relay."""
-
-    kubeconfig: Path
-
-
-class ControlPlane:
+class ControlPlane(faults.Faults):
     """One control plane on 127.0.0.1 with free ports; a context manager.
 
     Args:
@@ -132,7 +119,7 @@ class ControlPlane:
         self.bin_dir: Final = bin_dir or build.bin_dir()
         self.startup_timeout_s = startup_timeout_s
         self.keep_tmp = keep_tmp
-        self.audit: Final = audit
+        self.audit = audit
         self.apiserver_args: Final = tuple(apiserver_args)
         self.components: dict[str, Process] = {}
         self._relays: list[ApiRelay] = []
@@ -270,114 +257,6 @@ class ControlPlane:
             for name, c in self.components.items()
         )
 
-    # -- faults -----------------------------------------------------------------------------
-
-    def relay(self) -> ApiRelay:
-        """A started relay to the API server and a kubeconfig through it (admin identity),
-        for one client whose connection a test cuts; closed by :meth:`stop` (or close it).
-
-        Raises:
-            OSError: no loopback port could be bound.
-        """
-        relay = ApiRelay(("127.0.0.1", self._port), name=f"api-relay-{len(self._relays)}")
-        port = relay.start()
-        self._relays.append(relay)
-        relay.kubeconfig = pki.write_kubeconfig(
-            self.tmp_dir / f"relay-{port}.kubeconfig",
-            server=f"https://127.0.0.1:{port}",
-            ca_cert=self.pki.ca_cert,
-            client=self.pki.admin,
-        )
-        return relay
-
-    def restart_apiserver(self, *, down_s: float = 0.0) -> float:
-        """Stop kube-apiserver (SIGTERM; SIGKILL after 10 s), wait ``down_s`` seconds, start
-        it again on the same port over the same etcd, and wait until ``/readyz`` says ok.
-
-        Its watch cache starts empty at etcd's current revision: a client that resumes a
-        watch from an older resourceVersion gets 410 Gone. Returns the seconds from the stop
-        until ready again.
-
-        Raises:
-            devstack.process.ProcessDied: it exited while starting (its log tail attached).
-            TimeoutError: not ready within ``startup_timeout_s``.
-        """
-        started = time.monotonic()
-        apiserver = self.components["kube-apiserver"]
-        apiserver.stop(grace_s=10.0)
-        time.sleep(down_s)
-        apiserver.start()
-        self._wait_apiserver()
-        took = time.monotonic() - started
-        log.info("kube-apiserver restarted in %.1f s", took)
-        return took
-
-    def restart_etcd(self, *, down_s: float = 0.0) -> float:
-        """Stop etcd (SIGTERM; SIGKILL after 10 s), wait ``down_s`` seconds, start it again
-        with the same data directory and port, and wait until etcd is healthy and the API
-        server ready again. Returns the seconds from the stop until then.
-
-        Raises:
-            devstack.process.ProcessDied: etcd exited while starting (log tail attached).
-            TimeoutError: not healthy within ``startup_timeout_s``.
-        """
-        started = time.monotonic()
-        etcd = self.components["etcd"]
-        etcd.stop(grace_s=10.0)
-        time.sleep(down_s)
-        etcd.start()
-        self._wait_etcd()
-        self._wait_apiserver()
-        took = time.monotonic() - started
-        log.info("etcd restarted in %.1f s", took)
-        return took
-
-    def etcd_revision(self) -> int:
-        """etcd's current revision (what the API server calls the latest resourceVersion).
-
-        Raises:
-            OSError: etcd does not answer.
-        """
-        answer = self._etcd("/v3/kv/range", {"key": "AA==", "limit": 1, "count_only": True})
-        return int(answer["header"]["revision"])
-
-    def compact_etcd(self) -> int:
-        """Compact etcd's history up to its current revision; returns that revision.
-
-        Every resourceVersion older than it is gone from etcd: a watch that etcd serves from
-        one (the API server's watch cache off, ``apiserver_args=["--watch-cache=false"]``)
-        ends with 410 Gone, as after a long disconnect in a busy cluster. A watch the watch
-        cache serves still resumes (the cache keeps its own window in memory).
-
-        Raises:
-            OSError: etcd does not answer (urllib.error.HTTPError: it refused).
-        """
-        revision = self.etcd_revision()
-        self._etcd("/v3/kv/compaction", {"revision": str(revision), "physical": True})
-        log.info("etcd compacted at revision %d", revision)
-        return revision
-
-    def audit_events(self) -> list[dict[str, Any]]:
-        """The audit log so far: one dict per request stage (``ResponseStarted`` for
-        watches, ``ResponseComplete`` for all), with ``verb`` (get, list, watch, ...),
-        ``userAgent``, ``requestURI``, ``objectRef`` and ``responseStatus``. Secret and
-        LLMRole requests only, and never a body.
-
-        Raises:
-            RuntimeError: the control plane was started without ``audit=True``.
-        """
-        if not self.audit:
-            raise RuntimeError("this control plane keeps no audit log (audit=False)")
-        try:
-            lines = (self.tmp_dir / "logs" / "audit.log").read_text().splitlines()
-        except FileNotFoundError:
-            return []
-        events = []
-        for line in lines:
-            with contextlib.suppress(ValueError):
-                events.append(json.loads(line))  # the last line may be half written
-        return events
-
     # -- lifecycle --------------------------------------------------------------------------
 
     def __enter__(self) -> ControlPlane:
@@ -476,14 +355,6 @@ class ControlPlane:
         if check and proc.returncode != 0:
             raise CommandError(proc.returncode, argv, proc.stdout, proc.stderr)
         return proc
-
-    def _etcd(self, path: str, body: dict[str, Any]) -> Any:
-        """POST to etcd's JSON gateway (``/v3/...``, keys base64) and decode the answer."""
-        request = urllib.request.Request(
-            f"{self._etcd_url}{path}", data=json.dumps(body).encode(), method="POST"
-        )
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            return json.loads(answer.read())
 
     def _wait_etcd(self) -> None:
         self.wait_for(

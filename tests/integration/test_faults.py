@@ -10,45 +10,39 @@ process of it is left. Convergence times are printed (``pytest -s`` shows them).
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import dataclasses
-import datetime
-import http.server as http_server
 import json
-import re
-import secrets
 import signal
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from devstack import http
-from devstack.k8s.controlplane import ApiRelay, ControlPlane
-from devstack.poll import wait_until
-from devstack.process import Process, alive, group_members
-from devstack.stack import GatewayProcess, OperatorProcess, install_crd
+from devstack.k8s.controlplane import ControlPlane
+from devstack.stack import install_crd
 from rolegate_gateway.config import GatewayConfig
-from rolegate_gateway.kube import CONFIG_KEY
-from rolegate_operator.render import config_secret
 from tests.fakes import manifests as m
 from tests.fakes.configs import role_config
+from tests.fixtures.faults import (
+    KEY,
+    RESYNC_S,
+    Traffic,
+    answering_upstream,
+    ask,
+    gateway,
+    models,
+    new_namespace,
+    operator,
+    requests,
+    role,
+    running,
+    utc_now,
+    wait,
+)
 
 pytestmark = pytest.mark.cluster
-
-CONFIG = "gw-config"
-KEY = "sk-FAULTS-c0ffee"
-#: The operator's resync interval in these tests (seconds): the bound they hold it to.
-RESYNC_S = 5.0
-#: An upstream nothing listens on: these tests never call one, they ask for roles only.
-NOWHERE = "http://127.0.0.1:9/v1"
 
 
 @pytest.fixture(scope="module")
@@ -69,143 +63,6 @@ def etcd_plane(k8s_bin_dir: Path) -> Iterator[ControlPlane]:
         yield cp
 
 
-@dataclass
-class Namespace:
-    """One fresh namespace of a plane, and kubectl in it."""
-
-    plane: ControlPlane
-    name: str
-    tmp: Path
-
-    def kubectl(self, *args: str, check: bool = True, timeout_s: float = 60) -> str:
-        done = self.plane.kubectl(args, namespace=self.name, check=check, timeout_s=timeout_s)
-        return done.stdout + done.stderr
-
-    def apply(self, *docs: dict[str, Any], timeout_s: float = 60) -> str:
-        for doc in docs:
-            doc["metadata"]["namespace"] = self.name
-        path = m.write(self.tmp / f"apply-{secrets.token_hex(4)}.yaml", *docs)
-        return self.kubectl("apply", "-f", str(path), timeout_s=timeout_s)
-
-    def config(self) -> GatewayConfig | None:
-        """The config Secret's content; None while there is none."""
-        found = self.plane.kubectl(
-            ["get", "secret", CONFIG, "-o", "json"], namespace=self.name, check=False
-        )
-        if found.returncode != 0:
-            return None
-        raw = base64.b64decode(json.loads(found.stdout)["data"][CONFIG_KEY])
-        return GatewayConfig.from_wire(raw)
-
-    def config_roles(self) -> list[str] | None:
-        config = self.config()
-        return None if config is None else [r.name for r in config.roles]
-
-    def condition(self, role: str, kind: str) -> tuple[str, str]:
-        body = json.loads(self.kubectl("get", "llmrole", role, "-o", "json"))
-        for cond in (body.get("status") or {}).get("conditions", []):
-            if cond["type"] == kind:
-                return cond["status"], cond["reason"]
-        return "", ""
-
-    def write_config(self, config: GatewayConfig) -> None:
-        """Write the config Secret as the operator would (for gateway-only tests)."""
-        self.apply(config_secret(config, namespace=self.name, name=CONFIG))
-
-
-def _namespace(plane: ControlPlane, tmp_path: Path, request: pytest.FixtureRequest) -> Namespace:
-    stem = re.sub(r"[^a-z0-9]+", "-", request.node.name.removeprefix("test_").lower())
-    name = f"f-{stem[:40].strip('-')}-{secrets.token_hex(2)}"
-    plane.kubectl(["create", "namespace", name])
-    return Namespace(plane, name, tmp_path)
-
-
-def role(name: str, **spec: Any) -> dict[str, Any]:
-    return m.role(name, binding="vllm", model="tiny", host=NOWHERE, **spec)
-
-
-def operator(
-    ns: Namespace, *, kubeconfig: Path | None = None, resync_s: float = RESYNC_S
-) -> OperatorProcess:
-    return OperatorProcess(
-        kubeconfig=kubeconfig or ns.plane.kubeconfig,
-        namespaces=[ns.name],
-        config_secret=f"{ns.name}/{CONFIG}",
-        log_path=ns.tmp / "operator.log",
-        extra=["--resync-interval", str(resync_s), "--log-level", "debug"],
-    )
-
-
-def gateway(ns: Namespace) -> GatewayProcess:
-    return GatewayProcess(
-        kubeconfig=ns.plane.kubeconfig,
-        config_secret=f"{ns.name}/{CONFIG}",
-        log_path=ns.tmp / "gateway.log",
-    )
-
-
-@contextlib.contextmanager
-def running(*procs: Process, relays: tuple[ApiRelay, ...] = ()) -> Iterator[None]:
-    """Start ``procs`` (from this, the main thread: they die with the test run); on exit
-    stop them and the relays, then check that none of their processes is left."""
-    groups: set[int] = set()
-    try:
-        for proc in procs:
-            proc.start()
-            assert proc.pid is not None
-            groups.add(proc.pid)
-        yield
-    finally:
-        for proc in reversed(procs):
-            if proc.pid is not None:
-                groups.add(proc.pid)  # a restart has a new one
-            proc.stop(grace_s=10)
-        for relay in relays:
-            relay.close()
-    left = {pgid: group_members(pgid) for pgid in groups}
-    assert not any(alive(pgid) or members for pgid, members in left.items()), left
-    assert not [t for t in threading.enumerate() if t.name.startswith("api-relay")]
-
-
-def wait(what: str, predicate: Callable[[], object], timeout_s: float, *procs: Process) -> float:
-    """Seconds until ``predicate`` holds; TimeoutError past ``timeout_s``, ProcessDied if
-    one of ``procs`` exits meanwhile."""
-
-    def check() -> None:
-        for proc in procs:
-            proc.check_running()
-
-    return wait_until(
-        predicate,
-        timeout_s=timeout_s,
-        what=what,
-        poll_s=0.1,
-        tolerate=(OSError, ValueError, KeyError),
-        check=check,
-    )
-
-
-def models(gw: GatewayProcess) -> list[str]:
-    return sorted(e["id"] for e in http.get_json(f"{gw.url}/v1/models")["data"])
-
-
-def ask(gw: GatewayProcess, role_name: str) -> int:
-    """POST a chat completion for ``role_name``; the HTTP status."""
-    body = json.dumps({"model": role_name, "messages": [{"role": "user", "content": "x"}]})
-    request = urllib.request.Request(
-        f"{gw.url}/v1/chat/completions",
-        data=body.encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            return int(answer.status)
-    except urllib.error.HTTPError as error:
-        with error:
-            return int(error.code)
-
-
 # -- watch gaps -------------------------------------------------------------------------------
 
 
@@ -222,7 +79,7 @@ def test_a_deletion_during_a_watch_gap_is_honoured_within_one_resync(
     cp: ControlPlane = request.getfixturevalue(
         "plane" if fault == "apiserver-restart" else "etcd_plane"
     )
-    ns = _namespace(cp, tmp_path, request)
+    ns = new_namespace(cp, tmp_path, request)
     relay = cp.relay()
     op = operator(ns, kubeconfig=relay.kubeconfig, resync_s=resync_s)
     gw = gateway(ns)
@@ -244,7 +101,7 @@ def test_a_deletion_during_a_watch_gap_is_honoured_within_one_resync(
         else:
             ns.apply(role("a", maxAsync=3))  # a change after the deletions, then compacted
             cp.compact_etcd()
-        since = _utc_now()
+        since = utc_now()
         relay.restore()
         took = wait("only a in the config", lambda: ns.config_roles() == ["a"], 30, op)
         ready = wait(
@@ -276,38 +133,10 @@ def test_a_deletion_during_a_watch_gap_is_honoured_within_one_resync(
 # -- the gateway's watch ----------------------------------------------------------------------
 
 
-def requests(
-    cp: ControlPlane, namespace: str, agent: str, since: str, *, resource: str = "secrets"
-) -> dict[str, int]:
-    """The requests for ``resource`` in ``namespace`` whose User-Agent starts with ``agent``
-    received at or after ``since`` (RFC 3339), by verb; a watch counts once, when its
-    response started (the ``watch`` parameter decides: the audit log may call a watch's
-    end a list)."""
-    counts: dict[str, int] = {}
-    for event in cp.audit_events():
-        if not str(event.get("userAgent", "")).startswith(agent):
-            continue
-        ref = event.get("objectRef") or {}
-        if (ref.get("namespace"), ref.get("resource")) != (namespace, resource):
-            continue
-        if event.get("requestReceivedTimestamp", "") < since:
-            continue
-        watch = "watch=true" in str(event.get("requestURI", "")).lower()
-        verb = "watch" if watch else str(event.get("verb", ""))
-        if (event.get("stage") == "ResponseStarted") == watch:
-            counts[verb] = counts.get(verb, 0) + 1
-    return counts
-
-
-def _utc_now() -> str:
-    """Now as the audit log writes times (RFC 3339, UTC, microseconds)."""
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def test_after_an_apiserver_restart_the_gateway_lists_once_and_watches(
     plane: ControlPlane, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    ns = _namespace(plane, tmp_path, request)
+    ns = new_namespace(plane, tmp_path, request)
     ns.write_config(GatewayConfig(roles=(role_config("a"),)))
     gw = gateway(ns)
     with running(gw):
@@ -317,7 +146,7 @@ def test_after_an_apiserver_restart_the_gateway_lists_once_and_watches(
         assert before.get("list") == 1, before  # started with one list, then watched
         assert "get" not in before
 
-        since = _utc_now()
+        since = utc_now()
         plane.restart_apiserver()
         time.sleep(4)  # the Secret unchanged: time for a 410 loop to show, were there one
         after = requests(plane, ns.name, "rolegate-gateway", since)
@@ -342,7 +171,7 @@ def test_after_an_apiserver_restart_the_gateway_lists_once_and_watches(
 def test_sigkill_of_the_operator_during_a_50_role_apply_converges(
     plane: ControlPlane, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    ns = _namespace(plane, tmp_path, request)
+    ns = new_namespace(plane, tmp_path, request)
     op, gw = operator(ns), gateway(ns)
     names = [f"r{i:02d}" for i in range(50)]
     with running(op, gw):
@@ -377,7 +206,7 @@ def test_sigkill_of_the_operator_during_a_50_role_apply_converges(
 def test_an_etcd_restart_while_roles_change_converges(
     plane: ControlPlane, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    ns = _namespace(plane, tmp_path, request)
+    ns = new_namespace(plane, tmp_path, request)
     op, gw = operator(ns), gateway(ns)
     names = [f"e{i:02d}" for i in range(12)]
     kept = names[:8]  # the last four are deleted again
@@ -428,7 +257,7 @@ def test_an_etcd_restart_while_roles_change_converges(
 def test_a_frozen_operator_catches_up_after_sigcont(
     plane: ControlPlane, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    ns = _namespace(plane, tmp_path, request)
+    ns = new_namespace(plane, tmp_path, request)
     op = operator(ns)
     with running(op):
         op.wait_live()
@@ -452,7 +281,7 @@ def test_a_frozen_operator_catches_up_after_sigcont(
 def test_an_empty_install_gets_an_empty_config_and_a_ready_gateway(
     plane: ControlPlane, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    ns = _namespace(plane, tmp_path, request)
+    ns = new_namespace(plane, tmp_path, request)
     assert json.loads(ns.kubectl("get", "secrets,llmroles", "-o", "json"))["items"] == []
     op, gw = operator(ns), gateway(ns)
     with running(op, gw):
@@ -472,82 +301,13 @@ def test_an_empty_install_gets_an_empty_config_and_a_ready_gateway(
 # -- traffic through the faults ---------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def answering_upstream() -> Iterator[str]:
-    """An OpenAI-protocol upstream in a thread that answers every POST with a small chat
-    completion; yields its /v1 URL."""
-
-    class Handler(http_server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            body = json.dumps(
-                {
-                    "id": "c",
-                    "object": "chat.completion",
-                    "created": 0,
-                    "model": "tiny",
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": "ok"},
-                            "finish_reason": "stop",
-                        }
-                    ],
-                }
-            ).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    class Server(http_server.ThreadingHTTPServer):
-        def handle_error(self, request: Any, client_address: Any) -> None:
-            pass  # a gateway killed mid-request breaks the pipe: expected here
-
-    server = Server(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, name="fault-upstream", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
-@dataclass
-class Traffic:
-    """Requests sent to the gateway in a loop, in a thread: their statuses, in order."""
-
-    gw: GatewayProcess
-    codes: list[int | str] = dataclasses.field(default_factory=list)
-    stop: threading.Event = dataclasses.field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                self.codes.append(ask(self.gw, "a"))
-            except (OSError, ValueError) as exc:  # refused; or no URL while it restarts
-                self.codes.append(type(exc).__name__)
-            time.sleep(0.02)
-
-    def mark(self) -> int:
-        return len(self.codes)
-
-
 def test_requests_survive_an_apiserver_restart_and_a_gateway_killed_mid_reload(
     plane: ControlPlane, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """The gateway serves from its config, not from the API: an apiserver restart loses no
     request. A gateway SIGKILLed during a reload comes back serving the latest config;
     only the requests sent while it was dead fail (its contract)."""
-    ns = _namespace(plane, tmp_path, request)
+    ns = new_namespace(plane, tmp_path, request)
     op, gw = operator(ns), gateway(ns)
     with answering_upstream() as upstream, running(op, gw):
         ns.apply(m.role("a", binding="vllm", model="tiny", host=upstream, maxAsync=2))
@@ -604,7 +364,7 @@ def test_the_gateway_says_its_config_source_is_down_while_the_apiserver_is(
 ) -> None:
     """While the API server is down the gateway keeps serving its config and says in
     /readyz (still 200) and /status that its config source is down; then that it is back."""
-    ns = _namespace(plane, tmp_path, request)
+    ns = new_namespace(plane, tmp_path, request)
     ns.write_config(GatewayConfig(roles=(role_config("a"),)))
     gw = gateway(ns)
     with running(gw):

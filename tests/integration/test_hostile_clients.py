@@ -101,17 +101,6 @@ async def gateway(
     return await start_gateway(tmp_path)
 
 
-async def _read_all(reader: asyncio.StreamReader) -> bytes:
-    """Everything until the server closes, whether with FIN or RST."""
-    data = b""
-    try:
-        while chunk := await reader.read(65536):
-            data += chunk
-    except ConnectionResetError:
-        pass
-    return data
-
-
 def _unrouted(gateway: Gateway, code: int) -> float:
     value = gateway.runtime.registry.get_sample_value(
         "rolegate_requests_total",
@@ -256,14 +245,14 @@ async def test_slow_idle_and_surplus_connections_are_closed_on_time(
     async def silent() -> tuple[float, bytes]:
         opened = loop.time()
         reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
-        data = await _read_all(reader)
+        data = await raw_http.read_all(reader)
         writer.close()
         return loop.time() - opened, data
 
     async def slowloris() -> tuple[float, bytes]:
         reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
         first = loop.time()
-        answer = asyncio.create_task(_read_all(reader))
+        answer = asyncio.create_task(raw_http.read_all(reader))
         try:
             for byte in request(CHAT, _chat())[:60]:
                 writer.write(bytes([byte]))
