@@ -61,7 +61,9 @@ class Case:
 class Budget:
     """Bounds of one measurement: requests started within ``max_duration_s`` seconds, the
     same window for every target; ``max_requests`` is only a safety cap. Before it,
-    ``warmup_per_connection`` unrecorded requests per connection, without draining."""
+    ``warmup_per_connection`` unrecorded requests per connection, without draining. The
+    window is held open until as many recorded requests as connections were started: a
+    target whose answers outlast the window (a stall) is measured, not left empty."""
 
     max_requests: int = 1_000_000
     max_duration_s: float = 3.0
@@ -141,6 +143,7 @@ def make_load(target: Target, case: Case, budget: Budget) -> Load:
         concurrency=case.concurrency,
         warmup_requests=budget.warmup_per_connection * case.concurrency,
         max_requests=budget.max_requests,
+        min_requests=case.concurrency,
         max_duration_s=budget.max_duration_s,
         timeout_s=budget.timeout_s,
     )

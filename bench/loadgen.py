@@ -8,9 +8,11 @@ Owns the client side of every measurement. ``python -m bench.loadgen`` reads one
 2. waits for the line ``go`` (the orchestrator starts its CPU and memory meters) while the
    workers keep going: nothing drains, so the measured phase starts in the steady state;
 3. from ``go``, records every request *started* within the window of ``max_duration_s``
-   seconds (ended early by ``stop``, end of input, or ``max_requests``, a safety cap),
-   then waits for those in flight and prints ``{"event": "done", ...}``: a :func:`run_load`
-   result, raw latencies included so that the orchestrator can pool rounds.
+   seconds (ended early by ``stop``, end of input, or ``max_requests``, a safety cap;
+   held open past its end until ``min_requests`` were started in it, so that a target
+   slower than the window still yields samples rather than an empty row), then waits
+   for those in flight and prints ``{"event": "done", ...}``: a :func:`run_load` result,
+   raw latencies included so that the orchestrator can pool rounds.
 
 Bounded in count and time, and loopback only: a URL whose host is not 127.0.0.1 is refused.
 A request counts as answered when its status is 200 and its body is a chat completion, or,
@@ -56,6 +58,7 @@ class Load:
     concurrency: int = 1
     warmup_requests: int = 0
     max_requests: int = 1000
+    min_requests: int = 1
     max_duration_s: float = 5.0
     timeout_s: float = 30.0
 
@@ -142,6 +145,7 @@ class _Run:
         self.closed_at = 0.0
         self._issued = 0
         self._recorded = 0
+        self._last_start = 0.0
         self._answered_unrecorded = 0
         if load.warmup_requests <= 0:
             self.warm.set()
@@ -161,13 +165,14 @@ class _Run:
             now = time.perf_counter()
             record = self.window is not None
             if self.window is not None:
-                if now >= self.window[1]:
-                    self.close(self.window[1])
+                if now >= self.window[1] and self._recorded >= self.load.min_requests:
+                    self.close(max(self.window[1], self._last_start))
                     break
                 if self._recorded >= self.load.max_requests:
                     self.close(now)
                     break
                 self._recorded += 1
+                self._last_start = now
             index = self._issued
             self._issued += 1
             stream = index % 2 == 1 if self.load.stream == "mixed" else bool(self.load.stream)
