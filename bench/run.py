@@ -64,6 +64,11 @@ class Settings:
     reloads: int = 20
     reload_concurrency: int = 32
     min_p99_samples: int = MIN_P99_SAMPLES
+    #: Another rolegate checkout measured beside this one as target ``baseline`` (a
+    #: before/after comparison in one run); None: not measured.
+    baseline: Path | None = None
+    #: Measure LiteLLM's proxy too.
+    litellm: bool = True
 
 
 def _commit() -> str:
@@ -98,10 +103,10 @@ def _say(line: str) -> None:
 
 
 def _start_targets(
-    workdir: Path, upstream: Process, key: str, stack: contextlib.ExitStack
+    workdir: Path, upstream: Process, key: str, stack: contextlib.ExitStack, settings: Settings
 ) -> tuple[list[Target], dict[str, dict[str, Any]]]:
-    """Direct, rolegate and (when it starts) LiteLLM, each stopped by ``stack``; and what
-    the results say of each."""
+    """Direct, rolegate, the baseline checkout's rolegate (when given) and (when asked and
+    it starts) LiteLLM, each stopped by ``stack``; and what the results say of each."""
     upstream_v1 = f"{upstream.url}/v1"
     auth = {"Authorization": f"Bearer {key}"}  # sent to all: same request everywhere
     targets = [Target("direct", f"{upstream_v1}/chat/completions", auth)]
@@ -113,6 +118,17 @@ def _start_targets(
         Target("rolegate", f"{gateway.url}/v1/chat/completions", auth, gateway, Meter.of(gateway))
     )
     info["rolegate"] = {"url": f"{gateway.url}/v1", "command": "rolegate-gateway --manifests FILE"}
+    if settings.baseline is not None:
+        base = start_rolegate(
+            manifests, log_path=workdir / "baseline.log", src=settings.baseline.resolve()
+        )
+        stack.callback(base.stop)
+        targets.append(
+            Target("baseline", f"{base.url}/v1/chat/completions", auth, base, Meter.of(base))
+        )
+        info["baseline"] = {"url": f"{base.url}/v1", "src": str(settings.baseline)}
+    if not settings.litellm:
+        return targets, info
     _say(f"rolegate serving on {gateway.url}; starting LiteLLM {litellm_peer.LITELLM_VERSION} ...")
     try:
         litellm = start_litellm(workdir, upstream_v1)
@@ -143,7 +159,8 @@ def run(settings: Settings, *, out_dir: Path, name: str, keep: bool = False) -> 
         stack.callback(upstream.stop)
         loadgen = LoadGen(workdir / "loadgen.log")
         stack.callback(loadgen.close)
-        targets, info = _start_targets(workdir, upstream, "sk-" + secrets.token_urlsafe(32), stack)
+        key = "sk-" + secrets.token_urlsafe(32)
+        targets, info = _start_targets(workdir, upstream, key, stack, settings)
         cases = [Case(s, c) for s in (False, True) for c in settings.concurrency]
         runs = compare(
             loadgen, targets, cases, rounds=settings.rounds, budget=settings.budget, progress=_say
@@ -227,6 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--apply-roles", type=int, default=d.apply_roles)
     p.add_argument("--reloads", type=int, default=d.reloads)
     p.add_argument("--keep", action="store_true", help="keep logs and manifests")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        help="another rolegate checkout (e.g. a git worktree of an older commit) measured "
+        "beside this one as target 'baseline'",
+    )
+    p.add_argument("--no-litellm", action="store_true", help="leave LiteLLM's proxy out")
     args = p.parse_args(argv)
     settings = Settings(
         rounds=args.rounds,
@@ -236,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         role_counts=args.role_counts,
         apply_roles=args.apply_roles,
         reloads=args.reloads,
+        baseline=args.baseline,
+        litellm=not args.no_litellm,
     )
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:

@@ -136,17 +136,25 @@ def gateway_cli() -> Path:
 
 
 def start_rolegate(
-    manifests: Path, *, log_path: Path, reload_interval_s: float = 1.0, timeout_s: float = 60
+    manifests: Path,
+    *,
+    log_path: Path,
+    reload_interval_s: float = 1.0,
+    timeout_s: float = 60,
+    src: Path | None = None,
 ) -> Process:
     """``rolegate-gateway --manifests FILE --host 127.0.0.1 --port 0``; ready when /readyz
-    answers 200.
+    answers 200. With ``src`` (another rolegate checkout, e.g. a ``git worktree`` of an
+    older commit): that checkout's gateway, ``python -m rolegate_gateway`` with
+    ``PYTHONPATH=src/gateway``, in this virtualenv.
 
     Raises:
         devstack.process.ProcessDied, devstack.process.NotReady: it did not start (the
             message holds its log).
     """
+    command = [sys.executable, "-m", "rolegate_gateway"] if src else [str(gateway_cli())]
     argv = [
-        str(gateway_cli()),
+        *command,
         "--manifests",
         str(manifests),
         "--host",
@@ -160,6 +168,7 @@ def start_rolegate(
         "rolegate",
         argv,
         log_path=log_path,
+        env={"PYTHONPATH": str(src / "gateway")} if src else None,
         url_pattern=r"on (http://127\.0\.0\.1:\d+)/v1",
         ready_path="/readyz",
         timeout_s=timeout_s,

@@ -28,13 +28,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, ProcessCollector, generate_latest
 
 from rolegate_gateway import errors, proxy
-from rolegate_gateway.adapters import Endpoint
 from rolegate_gateway.intake import Intake
 from rolegate_gateway.keys import GUARD, INTAKE, RUNTIME, SESSION, SOURCE, ConfigSource
 from rolegate_gateway.proxy import forward
 from rolegate_gateway.runtime import Runtime
 from rolegate_gateway.server import ConnectionGuard, GuardedRunner
 from rolegate_gateway.settings import ServerSettings
+from rolegate_gateway.translators import Endpoint
 from rolegate_gateway.upstream import connection_trace
 
 __all__ = ["DEFAULT_PRIORITY", "create_app", "start"]

@@ -23,7 +23,15 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from rolegate_gateway import errors
 from rolegate_gateway.api import Binding
 
-__all__ = ["CONFIG_VERSION", "Credentials", "GatewayConfig", "Limits", "RoleConfig", "Upstream"]
+__all__ = [
+    "CONFIG_VERSION",
+    "Credentials",
+    "GatewayConfig",
+    "Limits",
+    "RefusedRole",
+    "RoleConfig",
+    "Upstream",
+]
 
 #: The version of the wire format; a gateway refuses a config of another version and keeps
 #: its previous one (as Envoy AI Gateway's filterapi does).
@@ -64,6 +72,8 @@ class Upstream(_Frozen):
     credentials: Credentials = Field(default_factory=Credentials)
     azure_api_version: str | None = None
     azure_deployment: str | None = None
+    anthropic_version: str | None = None
+    anthropic_max_tokens: int | None = Field(default=None, ge=1)
     bedrock_region: str | None = None
 
 
@@ -106,6 +116,28 @@ def _canonical(data: dict[str, Any]) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
 
+class RefusedRole(_Frozen):
+    """A role of the config this gateway cannot serve: its binding is one it does not know
+    (a config written by a newer operator). It is left out; the other roles are served."""
+
+    name: str
+    namespace: str = "default"
+    binding: str
+    reason: str
+
+
+_BINDINGS = frozenset(b.value for b in Binding)
+
+
+def _unknown_binding(role: object) -> str | None:
+    """The binding of a raw role when it is a string no :class:`Binding` has, else None."""
+    upstream = role.get("upstream") if isinstance(role, dict) else None
+    binding = upstream.get("binding") if isinstance(upstream, dict) else None
+    if isinstance(binding, str) and binding not in _BINDINGS:
+        return binding
+    return None
+
+
 class GatewayConfig(_Frozen):
     """Every role of one gateway. Role names are unique across namespaces.
 
@@ -115,6 +147,10 @@ class GatewayConfig(_Frozen):
 
     version: Literal["rolegate.dev/gateway-config/v1"] = "rolegate.dev/gateway-config/v1"
     roles: tuple[RoleConfig, ...] = ()
+    refused: tuple[RefusedRole, ...] = Field(
+        default=(),
+        description="Roles left out on reading: their binding is unknown to this gateway.",
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> GatewayConfig:
@@ -135,13 +171,16 @@ class GatewayConfig(_Frozen):
         return self
 
     def to_wire(self) -> bytes:
-        """The config as canonical JSON bytes, secrets included (for the config Secret only)."""
+        """The config as canonical JSON bytes, secrets included (for the config Secret only);
+        refused roles are not part of it."""
         data = {"version": self.version, "roles": [role.wire() for role in self.roles]}
         return _canonical(data)
 
     @classmethod
     def from_wire(cls, raw: bytes) -> GatewayConfig:
-        """Parse :meth:`to_wire` output.
+        """Parse :meth:`to_wire` output. A role whose binding this gateway does not know is
+        left out into :attr:`refused` (the others are served: an operator newer than the
+        gateway must not stop it from serving anything).
 
         Raises:
             errors.ConfigError: not JSON, another version, or a field fails validation.
@@ -155,6 +194,24 @@ class GatewayConfig(_Frozen):
             raise errors.ConfigError(
                 f"gateway config version {version!r} is not {CONFIG_VERSION!r}"
             )
+        roles = data.get("roles")
+        if isinstance(roles, list):
+            refused = []
+            for role in roles:
+                binding = _unknown_binding(role)
+                if binding is not None:
+                    refused.append(
+                        {
+                            "name": str(role.get("name")),
+                            "namespace": str(role.get("namespace", "default")),
+                            "binding": binding[:64],
+                            "reason": f"binding {binding[:64]!r} is unknown to this gateway "
+                            "version (a newer operator wrote it); upgrade the gateway",
+                        }
+                    )
+            if refused:
+                data = {**data, "roles": [r for r in roles if _unknown_binding(r) is None]}
+                data["refused"] = refused
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
@@ -162,8 +219,12 @@ class GatewayConfig(_Frozen):
 
     @property
     def hash(self) -> str:
-        """sha256 of the wire form, first 16 hex digits: changes when anything changes."""
-        return hashlib.sha256(self.to_wire()).hexdigest()[:16]
+        """sha256 of the wire form (and of any refused role), first 16 hex digits: changes
+        when anything changes."""
+        digest = hashlib.sha256(self.to_wire())
+        for role in self.refused:
+            digest.update(_canonical(role.model_dump()))
+        return digest.hexdigest()[:16]
 
     def secret_values(self) -> list[str]:
         """Every credential string in the config (for scrubbing)."""

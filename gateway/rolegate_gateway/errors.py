@@ -9,6 +9,7 @@ OpenAI's error body ``{"error": {"message", "type", "param", "code"}}``
     │   ├── RequestTimeout        408 code request_timeout (the body did not arrive in time)
     │   └── RequestTooLarge       413 code request_too_large
     ├── RoleNotFound              404 invalid_request_error, code model_not_found
+    │   └── RoleNotServed         404 the same, for a role whose binding this gateway lacks
     ├── QueueFull                 429 rate_limit_exceeded (queue full or wait exceeded)
     ├── Draining                  503 service_unavailable (cut off by a drain deadline)
     ├── InternalError             500 server_error (a bug in the gateway)
@@ -46,6 +47,7 @@ __all__ = [
     "RequestTimeout",
     "RequestTooLarge",
     "RoleNotFound",
+    "RoleNotServed",
     "UpstreamError",
     "UpstreamStatusError",
     "UpstreamTimeout",
@@ -119,6 +121,14 @@ class RoleNotFound(GatewayError):
     def __init__(self, role: str, known: Sequence[str]) -> None:
         listed = ", ".join(sorted(known)) or "none"
         super().__init__(f"The role {role!r} does not exist. Known roles: {listed}.", param="model")
+
+
+class RoleNotServed(RoleNotFound):
+    """The config has the role, but this gateway cannot serve its binding (the config came
+    from a newer operator); ``reason`` says what to do."""
+
+    def __init__(self, role: str, reason: str) -> None:
+        GatewayError.__init__(self, f"The role {role!r} is not served: {reason}.", param="model")
 
 
 class QueueFull(GatewayError):

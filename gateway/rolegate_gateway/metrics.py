@@ -16,8 +16,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from rolegate_gateway.config import RoleConfig
+from rolegate_gateway.config import RefusedRole, RoleConfig
 from rolegate_gateway.queue import RoleQueue
+from rolegate_gateway.translators.base import Usage
 
 __all__ = ["Metrics", "RoleMetrics"]
 
@@ -41,6 +42,7 @@ class RoleMetrics:
     _duration: Histogram
     _ttft: Histogram
     _codes: dict[int, Counter]
+    _tokens: tuple[Counter, Counter, Counter] | None = None  # prompt, completion, cached
 
     def request(self, code: int, duration_s: float) -> None:
         """Count one answered request and observe its duration; ``code`` is the HTTP status
@@ -53,8 +55,24 @@ class RoleMetrics:
         self._duration.observe(duration_s)
 
     def first_token(self, seconds: float) -> None:
-        """Observe a stream's time to first chunk."""
+        """Observe a stream's time to its first content (as its translator saw it)."""
         self._ttft.observe(seconds)
+
+    def tokens(self, usage: Usage) -> None:
+        """Count the tokens of one answer (the upstream's usage, after translation)."""
+        if self._tokens is None:
+            family = self.metrics.tokens
+            self._tokens = (
+                family.labels(*self.labels, "prompt"),
+                family.labels(*self.labels, "completion"),
+                family.labels(*self.labels, "cached"),
+            )
+            for kind in ("prompt", "completion", "cached"):
+                self.metrics.used(self.labels, "tokens", kind)
+        prompt, completion, cached = self._tokens
+        prompt.inc(usage.prompt)
+        completion.inc(usage.completion)
+        cached.inc(usage.cached)
 
     def rejected(self) -> None:
         """Count a request the queue refused."""
@@ -115,7 +133,7 @@ class Metrics:
         )
         self.ttft = Histogram(
             "rolegate_time_to_first_token_seconds",
-            "Seconds from request to the first chunk of a stream.",
+            "Seconds from request to the first content (or tool-call) delta of a stream.",
             ROLE_LABELS,
             buckets=_BUCKETS,
             registry=registry,
@@ -131,6 +149,20 @@ class Metrics:
             "Failed upstream calls by kind: timeout, unavailable, status, drained "
             "(not the client-caused 400, 413, 415, 422).",
             [*ROLE_LABELS, "kind"],
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "rolegate_tokens",
+            "Tokens of answered requests, from the upstream's usage: kind prompt (cached "
+            "included), completion, cached (prompt tokens read from a prompt cache).",
+            [*ROLE_LABELS, "kind"],
+            registry=registry,
+        )
+        self.refused = Gauge(
+            "rolegate_roles_refused",
+            "1 per role of the served config that this gateway cannot serve (its binding is "
+            "unknown to this gateway version).",
+            ["role", "namespace", "binding"],
             registry=registry,
         )
         self.reloads = Counter(
@@ -156,7 +188,7 @@ class Metrics:
         )
 
     def used(self, labels: tuple[str, ...], family: str, extra: str) -> None:
-        """Note that a series of ``family`` (requests, upstream_errors) exists for a role's
+        """Note that a series of ``family`` (requests, upstream_errors, tokens) exists for a role's
         ``labels`` plus ``extra`` (its code or kind), so :meth:`retire` can remove it."""
         self._used.setdefault(labels, set()).add((family, extra))
 
@@ -173,6 +205,12 @@ class Metrics:
         """Count an answer given before a role was known (a malformed request, an unknown
         role, a surplus connection): ``rolegate_requests_total`` with empty role labels."""
         self.requests.labels("", "", "", "", str(code)).inc()
+
+    def refused_roles(self, roles: Iterable[RefusedRole]) -> None:
+        """Point ``rolegate_roles_refused`` at the roles the served config could not have."""
+        self.refused.clear()
+        for role in roles:
+            self.refused.labels(role.name, role.namespace, role.binding).set(1)
 
     def config_applied(self, config_hash: str, roles: int) -> None:
         """Point ``rolegate_config_info`` at the config now served."""

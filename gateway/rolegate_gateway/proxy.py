@@ -1,17 +1,21 @@
 """The proxying path: admit by the role's queue, call the upstream, pass the answer on.
 
-Owns :func:`forward`. Bodies and SSE streams pass through as bytes, written to the client
-as they arrive; nothing is decoded on the way back. The HTTP exchange itself (retries,
-redirects refused, capped reads) is ``rolegate_gateway.upstream``'s. Error mapping:
+Owns :func:`forward`. Each request gets a fresh translator from its role wrapper
+(``rolegate_gateway.translators``): its request step builds the upstream request, the
+wrapper's upstream auth adds credentials on every attempt, and its response steps turn the
+upstream's answer into the client's, chunk by chunk as it arrives (for an OpenAI-compatible
+upstream: the bytes as they are). The HTTP exchange itself (retries, redirects refused,
+capped reads) is ``rolegate_gateway.upstream``'s. Error mapping:
 
 - queue full / wait exceeded -> 429 (raised by the queue);
 - ``timeoutSeconds`` passed (to the first byte; for a stream also between chunks) -> 504;
 - cut off by a drain deadline -> 503; upstream unreachable or broken -> 502;
 - an upstream redirect (never followed: it could carry the key elsewhere) -> 502;
 - a non-stream answer over ``upstream.MAX_ANSWER_BYTES`` -> 502;
-- upstream error status -> that status, its body with the role's credentials removed
-  (``rolegate_gateway.scrub``) and its ``Retry-After``/``x-ratelimit-*`` headers; a 401
-  gets a message naming the role instead (the key is the role's, not the client's);
+- upstream error status -> the translator's error for it (``translators.upstream_errors``): its
+  body with the role's credentials removed (``rolegate_gateway.scrub``) and its
+  ``Retry-After``/``x-ratelimit-*`` headers; a refused key gets a message naming the role
+  instead (the key is the role's, not the client's);
 - an exception nothing maps (a bug) -> 500 "internal gateway error", logged with its
   traceback.
 
@@ -19,15 +23,16 @@ Upstream statuses the client caused (``errors.CLIENT_STATUSES``) are not counted
 ``rolegate_upstream_errors_total``.
 
 Once a stream has started, an error is sent as a final SSE event ``data: {"error": …}``,
-which the OpenAI SDK raises as an APIError. A client that goes away (the handler task is
-cancelled by aiohttp), or stops reading for :data:`WRITE_TIMEOUT_S`, cancels the upstream
-call and frees the slot at once; it is counted as 499, the client's doing.
+which the OpenAI SDK raises as an APIError; a translator that ends a stream with one (the
+upstream broke off or sent an error event) makes the request count as failed too. A
+client that goes away (the handler task is cancelled by aiohttp), or stops reading for
+:data:`WRITE_TIMEOUT_S`, cancels the upstream call and frees the slot at once; it is
+counted as 499, the client's doing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable
 from typing import Any
@@ -36,9 +41,9 @@ import aiohttp
 from aiohttp import web
 
 from rolegate_gateway import errors, upstream
-from rolegate_gateway.adapters import Endpoint
 from rolegate_gateway.intake import Payload
 from rolegate_gateway.runtime import Call, Role, RoleWrapper
+from rolegate_gateway.translators import Endpoint, Translator, upstream_errors
 
 __all__ = ["WRITE_TIMEOUT_S", "forward"]
 
@@ -154,6 +159,8 @@ def _record_failure(wrapper: RoleWrapper, exc: errors.GatewayError) -> None:
     extra: dict[str, Any] = {"role": name, "upstream": wrapper.origin}
     if isinstance(exc, errors.InternalError):
         return  # logged with its traceback where it was caught
+    if not isinstance(exc, errors.UpstreamError) and exc.status < 500:
+        return  # the client's request (e.g. a parameter the binding cannot take)
     if isinstance(exc, errors.UpstreamStatusError) and exc.client_caused:
         log.debug("%s (upstream %s)", exc.message, wrapper.origin, extra=extra)
         return
@@ -183,14 +190,15 @@ async def _call(
     session: aiohttp.ClientSession,
     started: float,
 ) -> web.StreamResponse:
-    """One upstream call under the role's timeout; its answer, passed on.
+    """One upstream call under the role's timeout, through a fresh translator; its answer.
 
     While a write to a streaming client blocks, the call's timeout is moved to the write
     deadline instead (:data:`WRITE_TIMEOUT_S`, never past a drain deadline): a client that
     does not read is not the upstream's fault, and one timer serves both.
     """
     role = wrapper.config.name
-    request_up = wrapper.adapter.request(endpoint, payload)
+    translator = wrapper.translator()
+    request_up = translator.request(endpoint, payload)
     timeout_s = wrapper.config.upstream.timeout_s
     write_timeout_s = WRITE_TIMEOUT_S
     loop = asyncio.get_running_loop()
@@ -201,43 +209,64 @@ async def _call(
             call.timeout = timeout
             call.limit(loop.time() + timeout_s)
             with errors.map_client_errors(role):
-                async with await upstream.post(session, request_up, timeout) as up:
+                async with await upstream.post(session, request_up, timeout, wrapper.auth) as up:
                     if up.status >= 300:
-                        raise await _status_error(wrapper, up)
-                    content_type = up.headers.get("Content-Type", "application/json")
-                    if not content_type.startswith(_SSE):
-                        body = await upstream.read_capped(up, upstream.MAX_ANSWER_BYTES)
-                        if body is None:
-                            raise errors.UpstreamUnavailable(
-                                f"the answer of role {role!r}'s upstream is larger than "
-                                f"{upstream.MAX_ANSWER_BYTES // 2**20} MiB"
-                            )
-                        return web.Response(
-                            status=up.status, body=body, headers={"Content-Type": content_type}
+                        raise await _status_error(wrapper, translator, up)
+                    head = translator.response_headers(up.status, up.headers)
+                    if head.stream:
+                        response = web.StreamResponse(
+                            status=head.status,
+                            headers={
+                                "Content-Type": head.content_type,
+                                "Cache-Control": "no-cache",
+                                **head.headers,
+                            },
                         )
-                    response = web.StreamResponse(
-                        status=up.status,
-                        headers={"Content-Type": content_type, "Cache-Control": "no-cache"},
-                    )
-                    stream = response
+                        stream = response
 
-                    async def send(io: Awaitable[Any]) -> None:
-                        nonlocal writing
-                        writing = True
-                        call.limit(loop.time() + write_timeout_s)
-                        await _client_io(stream, io)
-                        writing = False
-                        call.limit(loop.time() + timeout_s)
+                        async def send(io: Awaitable[Any]) -> None:
+                            nonlocal writing
+                            writing = True
+                            call.limit(loop.time() + write_timeout_s)
+                            await _client_io(stream, io)
+                            writing = False
+                            call.limit(loop.time() + timeout_s)
 
-                    await send(response.prepare(request))
-                    first = True
-                    async for chunk in up.content.iter_any():
-                        if first:
-                            wrapper.metrics.first_token(loop.time() - started)
-                            first = False
-                        await send(response.write(chunk))
-                    await send(response.write_eof())
-                    return response
+                        await send(response.prepare(request))
+                        first = True
+                        async for chunk in up.content.iter_any():
+                            out = translator.response_body(chunk, end=False)
+                            if first and translator.first_content:
+                                wrapper.metrics.first_token(loop.time() - started)
+                                first = False
+                            if out:
+                                await send(response.write(out))
+                            if translator.failure is not None:
+                                break  # its error event was the last thing written
+                        else:
+                            out = translator.response_body(b"", end=True)
+                            if out:
+                                await send(response.write(out))
+                        await send(response.write_eof())
+                        if translator.usage is not None:
+                            wrapper.metrics.tokens(translator.usage)
+                        if translator.failure is not None:
+                            raise _StreamBroken(translator.failure, response)
+                        return response
+                    answer = await _whole(role, translator, up)
+                while (following := translator.more()) is not None:  # one answer, more calls
+                    async with await upstream.post(session, following, timeout, wrapper.auth) as up:
+                        if up.status >= 300:
+                            raise await _status_error(wrapper, translator, up)
+                        translator.response_headers(up.status, up.headers)
+                        answer = await _whole(role, translator, up)
+                if translator.usage is not None:
+                    wrapper.metrics.tokens(translator.usage)
+                return web.Response(
+                    status=head.status,
+                    body=answer,
+                    headers={"Content-Type": head.content_type, **head.headers},
+                )
     except TimeoutError as exc:
         deadline = call.timeout.when() if call.timeout is not None else None
         if call.drained and deadline is not None and deadline >= call.cap:  # the drain's
@@ -260,7 +289,7 @@ async def _call(
             raise
         await _stream_error(request, response, exc)
         raise _StreamBroken(exc, response) from exc
-    except _ClientGone:
+    except (_ClientGone, _StreamBroken):
         raise
     except Exception as exc:
         if response is None or not response.prepared:
@@ -269,6 +298,26 @@ async def _call(
         error = errors.InternalError()
         await _stream_error(request, response, error)
         raise _StreamBroken(error, response) from exc
+
+
+async def _whole(role: str, translator: Translator, up: aiohttp.ClientResponse) -> bytes:
+    """A whole (non-stream) answer read up to ``upstream.MAX_ANSWER_BYTES`` and translated.
+
+    Raises:
+        errors.UpstreamUnavailable: the answer is larger, or the translator could not
+            make an answer of it.
+        aiohttp.ClientError: reading failed (mapped by the caller).
+    """
+    body = await upstream.read_capped(up, upstream.MAX_ANSWER_BYTES)
+    if body is None:
+        raise errors.UpstreamUnavailable(
+            f"the answer of role {role!r}'s upstream is larger than "
+            f"{upstream.MAX_ANSWER_BYTES // 2**20} MiB"
+        )
+    answer = translator.response_body(body, end=True)
+    if translator.failure is not None:
+        raise translator.failure
+    return answer
 
 
 async def _client_io(response: web.StreamResponse, io: Awaitable[Any]) -> None:
@@ -296,53 +345,27 @@ async def _stream_error(
 
 
 async def _status_error(
-    wrapper: RoleWrapper, up: aiohttp.ClientResponse
-) -> errors.UpstreamStatusError | errors.UpstreamUnavailable:
+    wrapper: RoleWrapper, translator: Translator, up: aiohttp.ClientResponse
+) -> errors.GatewayError:
     """The error for an upstream answer of status 300 or more.
 
-    A redirect is refused (502; its Location is not shown). An error status is passed on
-    with its rate-limit headers and its OpenAI error body, or a body wrapping its text;
-    the body is read up to ``upstream.MAX_ERROR_BYTES`` and scrubbed of the role's
-    credentials. A 401 concerns the role's key, not the client's: its body becomes one
-    naming the role, quoting the upstream's scrubbed message (OpenAI's names the key by its
-    first and last characters, a form the scrubbing removes).
+    A redirect is refused (502; its Location is not shown). An error status is read up to
+    ``upstream.MAX_ERROR_BYTES``, scrubbed of the role's credentials and handed to the
+    translator's error step; a larger body is left out of the answer.
 
     Raises:
         aiohttp.ClientError: reading the body failed (mapped by the caller).
     """
     role = wrapper.config.name
     status = up.status
-    message = f"the upstream of role {role!r} answered {status}"
     if status < 400:
         return errors.UpstreamUnavailable(
-            f"{message}, a redirect; the gateway does not follow redirects (they could send "
-            "the role's key elsewhere): point the role's host at the final address"
+            f"the upstream of role {role!r} answered {status}, a redirect; the gateway does "
+            "not follow redirects (they could send the role's key elsewhere): point the "
+            "role's host at the final address"
         )
-    headers = upstream.passed_headers(up.headers)
     raw = await upstream.read_capped(up, upstream.MAX_ERROR_BYTES)
     if raw is None:
-        text = f"{message}, with an error body over {upstream.MAX_ERROR_BYTES // 2**20} MiB"
-        body = errors.error_body(text, type_="upstream_error", code=str(status))
-        return errors.UpstreamStatusError(status, body, message=message, headers=headers)
-    scrubbed = wrapper.scrub(bytes(raw))
-    try:
-        parsed = json.loads(scrubbed)
-    except (ValueError, RecursionError):
-        parsed = None
-    error = parsed.get("error") if isinstance(parsed, dict) else None
-    if status == 401:
-        said = error.get("message") if isinstance(error, dict) else None
-        said = str(said) if said is not None else scrubbed.decode(errors="replace")
-        text = (
-            f"the upstream of role {role!r} refused the role's credentials (401); the key in "
-            "the role's Secret needs fixing" + (f". It said: {said.strip()[:500]}" if said else "")
-        )
-        body = errors.error_body(text, type_="upstream_error", code="upstream_unauthorized")
-        return errors.UpstreamStatusError(status, body, message=message, headers=headers)
-    if isinstance(error, dict):
-        return errors.UpstreamStatusError(status, scrubbed, message=message, headers=headers)
-    text = scrubbed.decode(errors="replace").strip()[:1000]
-    wrapped = errors.error_body(
-        message + (f": {text}" if text else ""), type_="upstream_error", code=str(status)
-    )
-    return errors.UpstreamStatusError(status, wrapped, message=message, headers=headers)
+        text = f"with an error body over {upstream.MAX_ERROR_BYTES // 2**20} MiB"
+        return upstream_errors.wrapped(role, status, up.headers, text)
+    return translator.error(status, up.headers, wrapper.scrub(raw))

@@ -2,7 +2,7 @@
 
 Owns :class:`Runtime` (what is served now), :class:`Role` (one role name: its queue, kept
 across rebinds, and its current wrapper) and :class:`RoleWrapper` (one role's upstream
-side: config, adapter, metrics, calls in flight).
+side: config, translator factory, upstream auth, metrics, calls in flight).
 
 Reload (``apply``) validates and builds everything new first, then swaps references with
 no ``await`` in between, so a request sees either the old or the new config, never a mix:
@@ -15,8 +15,10 @@ no ``await`` in between, so a request sees either the old or the new config, nev
   concurrency never exceeds ``maxAsync``;
 - removed role: queued requests get 404, calls in flight drain the same way.
 
-A config that fails (e.g. a binding without an adapter) is refused whole and the old one
-keeps serving (``refuse``); so is any error a config source reports.
+A config that fails (e.g. a role whose wrapper cannot be built) is refused whole and the
+old one keeps serving (``refuse``); so is any error a config source reports. A role whose
+binding this gateway does not serve (a newer operator's) is the exception: that role alone
+is left out, shown in /status and ``rolegate_roles_refused``, and the others are served.
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
 
-from rolegate_gateway import errors
-from rolegate_gateway.adapters import Adapter, make_adapter
-from rolegate_gateway.config import GatewayConfig, RoleConfig
+from rolegate_gateway import errors, translators
+from rolegate_gateway.auth import UpstreamAuth
+from rolegate_gateway.config import GatewayConfig, RefusedRole, RoleConfig
 from rolegate_gateway.metrics import Metrics, RoleMetrics, role_labels
 from rolegate_gateway.queue import RoleQueue
 from rolegate_gateway.scrub import Scrubber
@@ -77,7 +79,7 @@ class RoleWrapper:
     """The upstream side of one role: built per binding change, retired by a reload."""
 
     __slots__ = (
-        "adapter",
+        "auth",
         "config",
         "deadline",
         "drain_s",
@@ -85,11 +87,19 @@ class RoleWrapper:
         "metrics",
         "origin",
         "scrubber",
+        "translator",
     )
 
-    def __init__(self, config: RoleConfig, adapter: Adapter, metrics: RoleMetrics) -> None:
+    def __init__(
+        self,
+        config: RoleConfig,
+        translator: translators.TranslatorFactory,
+        auth: UpstreamAuth,
+        metrics: RoleMetrics,
+    ) -> None:
         self.config = config
-        self.adapter = adapter
+        self.translator = translator  # called once per request
+        self.auth = auth
         self.metrics = metrics
         self.origin = public_origin(config.upstream.base_url)
         self.scrubber = Scrubber(config.upstream.credentials.values())
@@ -196,6 +206,7 @@ class Runtime:
         self.accepting = True
         self.source_error: str | None = None  # why the config source is down, if it is
         self.source_since: str | None = None
+        self.refused: dict[str, RefusedRole] = {}  # roles of the config not served
 
     # -- lookups (request path) -------------------------------------------------------
 
@@ -204,9 +215,14 @@ class Runtime:
 
         Raises:
             errors.RoleNotFound: no such role; the message lists the known ones.
+            errors.RoleNotServed: the config has the role, but this gateway cannot serve
+                its binding.
         """
         role = self.roles.get(name)
         if role is None:
+            refused = self.refused.get(name)
+            if refused is not None:
+                raise errors.RoleNotServed(name, refused.reason)
             raise errors.RoleNotFound(name, list(self.roles))
         return role
 
@@ -226,8 +242,9 @@ class Runtime:
         if config_hash == self.config_hash:
             return self._report(ReloadReport("unchanged", _now(), config_hash))
         plan = _Plan()
+        refused = {r.name: r for r in config.refused}
         try:
-            self._plan(config, plan)
+            self._plan(config, plan, refused)
         except errors.ConfigError as exc:
             live = {role_labels(role.config) for role in self.roles.values()}
             for wrapper in [*plan.added.values(), *plan.rebound.values()]:
@@ -240,6 +257,8 @@ class Runtime:
         now = asyncio.get_running_loop().time()
         roles: dict[str, Role] = {}
         for rc in config.roles:
+            if rc.name in refused:
+                continue
             role = self.roles.get(rc.name)
             if rc.name in plan.added:
                 role = self._draining.pop(rc.name, None)
@@ -265,6 +284,10 @@ class Runtime:
             self._retire(old.wrapper, now)
             self._draining[name] = old
         self.roles = roles
+        self.refused = refused
+        self.metrics.refused_roles(list(refused.values()))
+        if refused:
+            log.warning("roles not served (binding unknown to this gateway): %s", sorted(refused))
         self.config = config
         self.config_hash = config_hash
         self.applied_at = _now()
@@ -291,14 +314,21 @@ class Runtime:
         )
         return self._report(report)
 
-    def _plan(self, config: GatewayConfig, plan: _Plan) -> None:
-        """Build into ``plan`` the wrappers a config needs, before anything is swapped.
+    def _plan(self, config: GatewayConfig, plan: _Plan, refused: dict[str, RefusedRole]) -> None:
+        """Build into ``plan`` the wrappers a config needs, before anything is swapped; a
+        role whose binding is not in the registry goes into ``refused`` instead.
 
         Raises:
-            errors.ConfigError: a role's binding has no adapter, or building its wrapper
-                failed in any way.
+            errors.ConfigError: building a role's wrapper failed in any way.
         """
         for rc in config.roles:
+            binding = translators.BINDINGS.get(rc.upstream.binding)
+            if binding is None:
+                reason = translators.unsupported(rc.upstream.binding)
+                refused[rc.name] = RefusedRole(
+                    name=rc.name, namespace=rc.namespace, binding=rc.upstream.binding, reason=reason
+                )
+                continue
             current = self.roles.get(rc.name)
             if current is not None and current.config == rc:
                 continue
@@ -310,8 +340,9 @@ class Runtime:
                 plan.resized.append(rc)
                 continue
             try:
-                adapter = make_adapter(rc.upstream)
-                wrapper = RoleWrapper(rc, adapter, self.metrics.for_role(rc))
+                factory = binding.translators(rc.upstream, role=rc.name)
+                auth = binding.auth(rc.upstream, role=rc.name)
+                wrapper = RoleWrapper(rc, factory, auth, self.metrics.for_role(rc))
             except errors.ConfigError as exc:
                 raise errors.ConfigError(f"role {rc.namespace}/{rc.name}: {exc}") from exc
             except Exception as exc:  # a bug, or a value nothing validated: refuse, keep serving
@@ -406,6 +437,10 @@ class Runtime:
             }
             for w in self._retired
         ]
+        refused = {
+            name: {"namespace": r.namespace, "binding": r.binding, "reason": r.reason}
+            for name, r in self.refused.items()
+        }
         return {
             "ready": self.ready,
             "config": {"hash": self.config_hash, "appliedAt": self.applied_at},
@@ -416,5 +451,6 @@ class Runtime:
                 "since": self.source_since,
             },
             "roles": roles,
+            "refusedRoles": refused,
             "draining": draining,
         }

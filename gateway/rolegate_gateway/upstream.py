@@ -31,11 +31,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import aiohttp
 from multidict import CIMultiDictProxy
 
-from rolegate_gateway.adapters import UpstreamRequest
+if TYPE_CHECKING:  # the translators import this module
+    from rolegate_gateway.auth import UpstreamAuth
+    from rolegate_gateway.translators.base import UpstreamRequest
 
 __all__ = [
     "MAX_ANSWER_BYTES",
@@ -79,9 +82,9 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _DROPPED_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
 #: Headers of an upstream error answer passed on to the client (lower case): RFC 9110
 #: section 10.2.3, and OpenAI's rate-limit headers
-#: (https://platform.openai.com/docs/guides/rate-limits#rate-limits-in-headers).
+#: (https://platform.openai.com/docs/guides/rate-limits#rate-limits-in-headers), Anthropic's.
 _PASSED = ("retry-after", "retry-after-ms")
-_PASSED_PREFIX = "x-ratelimit-"
+_PASSED_PREFIX = ("x-ratelimit-", "anthropic-ratelimit-")
 
 
 @dataclass(slots=True)
@@ -130,26 +133,32 @@ def connection_trace() -> aiohttp.TraceConfig:
 
 
 async def post(
-    session: aiohttp.ClientSession, upstream: UpstreamRequest, budget: asyncio.Timeout
+    session: aiohttp.ClientSession,
+    upstream: UpstreamRequest,
+    budget: asyncio.Timeout,
+    auth: UpstreamAuth,
 ) -> aiohttp.ClientResponse:
-    """POST ``upstream`` without following redirects, retrying as the module says.
+    """POST ``upstream`` without following redirects, retrying as the module says; each
+    attempt gets its headers (credentials included) from ``auth`` anew.
 
     ``budget`` is the call's timeout; a wait that would outlast it is not made. The last
     answer, error or redirect status included, is returned as it is; the caller releases it.
 
     Raises:
         aiohttp.ClientError: the last attempt failed (mapped by ``errors.map_client_errors``).
+        errors.UpstreamUnavailable: ``auth`` had no credentials to give.
     """
     loop = asyncio.get_running_loop()
     attempt = stale = 0
     while True:
         delay = BACKOFF_S * 2**attempt
         tried = _Attempt()
+        headers = await auth.headers(upstream)
         try:
             up = await session.post(
                 upstream.url,
                 data=upstream.body,
-                headers=upstream.headers,
+                headers=headers,
                 allow_redirects=False,
                 trace_request_ctx=tried,
             )
@@ -227,7 +236,9 @@ def _number(value: str) -> float | None:
 
 def passed_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
     """The headers of an upstream error answer the client gets too: ``Retry-After``,
-    ``retry-after-ms`` and ``x-ratelimit-*`` (first value of each, names as sent)."""
+    ``retry-after-ms``, ``x-ratelimit-*`` and Anthropic's ``anthropic-ratelimit-*``
+    (https://docs.anthropic.com/en/api/rate-limits#response-headers; first value of each,
+    names as sent)."""
     passed: dict[str, str] = {}
     seen: set[str] = set()
     for name, value in headers.items():
@@ -239,12 +250,13 @@ def passed_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
     return passed
 
 
-async def read_capped(up: aiohttp.ClientResponse, cap: int) -> bytearray | None:
+async def read_capped(up: aiohttp.ClientResponse, cap: int) -> bytes | None:
     """The answer's body, decompressed, read in chunks; None once it passes ``cap`` bytes
     (the rest is not read; releasing ``up`` then closes its connection).
 
     aiohttp inflates a compressed body a bounded piece at a time as it is read, so memory
-    stays near ``cap`` whatever the compression ratio.
+    stays near ``cap`` whatever the compression ratio. The chunks are joined once, at the
+    end.
 
     Raises:
         aiohttp.ClientPayloadError: the body broke off or could not be decoded.
@@ -252,9 +264,11 @@ async def read_capped(up: aiohttp.ClientResponse, cap: int) -> bytearray | None:
     length = up.content_length
     if length is not None and length > cap and "Content-Encoding" not in up.headers:
         return None
-    body = bytearray()
+    chunks: list[bytes] = []
+    size = 0
     async for chunk in up.content.iter_any():
-        if len(body) + len(chunk) > cap:
+        size += len(chunk)
+        if size > cap:
             return None
-        body += chunk
-    return body
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)

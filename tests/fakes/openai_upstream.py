@@ -52,6 +52,7 @@ class FakeOpenAI:
     fail_times: int | None = None  # fail only this many calls, then answer normally
     fail_headers: dict[str, str] = field(default_factory=dict)
     disconnect: bool = False  # drop the connection instead of answering
+    no_done: bool = False  # end streams without "data: [DONE]" (llama.cpp past its context)
     gate: asyncio.Event | None = None  # hold every call until set
     in_flight: int = 0
     max_in_flight: int = 0
@@ -173,6 +174,8 @@ class FakeOpenAI:
                 ),
                 {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
             ]
+            if (body.get("stream_options") or {}).get("include_usage"):
+                events.append({"choices": [], "usage": self._usage(body)})
             chunks = [
                 {**base, "object": "chat.completion.chunk", "system_fingerprint": self.name, **e}
                 for e in events
@@ -245,6 +248,7 @@ class FakeOpenAI:
             await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
             if self.chunk_delay_s:
                 await asyncio.sleep(self.chunk_delay_s)
-        await response.write(b"data: [DONE]\n\n")
+        if not self.no_done:
+            await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response

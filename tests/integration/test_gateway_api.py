@@ -247,3 +247,64 @@ async def test_azure_openai_binding(
     assert seen.query == {"api-version": "2024-10-21"}
     assert seen.headers["api-key"] == "azure-key-1"
     assert "Authorization" not in seen.headers
+
+
+def _tokens(gateway: Gateway, role: str, kind: str) -> float:
+    labels = {"role": role, "namespace": "default", "binding": "vllm", "model": "tiny-a"}
+    value = gateway.runtime.registry.get_sample_value(
+        "rolegate_tokens_total", {**labels, "kind": kind}
+    )
+    return value or 0.0
+
+
+async def test_tokens_are_counted_from_the_upstreams_usage(
+    client: openai.AsyncOpenAI, gateway: Gateway
+) -> None:
+    """rolegate_tokens_total: from a whole answer's usage, and from a stream's final usage
+    chunk when the client asked for one; a stream without usage counts nothing."""
+    reply = await client.chat.completions.create(
+        model="extract", messages=[{"role": "user", "content": "hello"}]
+    )
+    assert reply.usage is not None
+    assert _tokens(gateway, "extract", "prompt") == reply.usage.prompt_tokens
+    assert _tokens(gateway, "extract", "completion") == 5
+    stream = await client.chat.completions.create(
+        model="extract", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    _ = [chunk async for chunk in stream]
+    assert _tokens(gateway, "extract", "completion") == 5  # no usage asked, none counted
+    stream = await client.chat.completions.create(
+        model="extract",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    usage = [chunk.usage async for chunk in stream if chunk.usage is not None]
+    assert len(usage) == 1
+    assert _tokens(gateway, "extract", "completion") == 10
+    assert (
+        _tokens(gateway, "extract", "prompt") == reply.usage.prompt_tokens + usage[0].prompt_tokens
+    )
+    assert _tokens(gateway, "extract", "cached") == 0
+
+
+async def test_a_stream_ended_without_done_is_a_failed_request(
+    client: openai.AsyncOpenAI, gateway: Gateway, upstream: Upstream
+) -> None:
+    """llama.cpp ends a stream whose prompt exceeds its context with 200 and no [DONE]:
+    the client's stream ends with an error event (the SDK raises) and it counts as failed."""
+    upstream.fake.no_done = True
+    stream = await client.chat.completions.create(
+        model="extract", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    with pytest.raises(openai.APIError, match=r"ended its stream without 'data: \[DONE\]'"):
+        _ = [chunk async for chunk in stream]
+    role = gateway.runtime.roles["extract"]
+    assert role.queue.stats()["failed_total"] == 1
+    labels = {"role": "extract", "namespace": "default", "binding": "vllm", "model": "tiny-a"}
+    assert (
+        gateway.runtime.registry.get_sample_value(
+            "rolegate_requests_total", {**labels, "code": "502"}
+        )
+        == 1
+    )

@@ -11,6 +11,7 @@ import aiohttp
 import openai
 import pytest
 
+from rolegate_gateway import Binding, translators
 from tests.conftest import Gateway, Upstream, until
 from tests.fakes import manifests as m
 from tests.fakes.openai_upstream import Peak
@@ -101,9 +102,17 @@ async def test_invalid_edit_is_refused_and_traffic_stays_on_the_old_config(
     assert 'rolegate_reloads_total{outcome="refused"} 1.0' in metrics
 
 
-async def test_config_with_an_unsupported_binding_is_refused_whole(
-    tmp_path: Path, upstream: Upstream, start_gateway: StartGateway, sdk: Sdk
+async def test_a_role_whose_binding_the_gateway_lacks_is_left_out_alone(
+    tmp_path: Path,
+    upstream: Upstream,
+    start_gateway: StartGateway,
+    sdk: Sdk,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """An older gateway meeting a binding it does not serve (here: bedrock taken out of its
+    registry) serves the config's other roles, the edit included, and says which it left
+    out: a newer operator never freezes it."""
+    monkeypatch.delitem(translators.BINDINGS, Binding.BEDROCK, raising=False)
     path = tmp_path / "roles.yaml"
     m.write(path, m.role("extract", host=upstream.url))
     gw = await start_gateway(tmp_path)
@@ -114,11 +123,16 @@ async def test_config_with_an_unsupported_binding_is_refused_whole(
         m.role("other", binding="bedrock", model="x", bedrock={"region": "us-east-1"}),
     )
     assert gw.runtime.last_reload is not None
-    assert gw.runtime.last_reload.outcome == "refused"
-    assert "binding bedrock is not supported" in (gw.runtime.last_reload.error or "")
+    assert gw.runtime.last_reload.outcome == "applied"
     assert sorted(gw.runtime.roles) == ["extract"]
     assert await _served_by(sdk(gw), "x", stream=False) == "A"
-    assert upstream.fake.seen[-1].body["model"] == "tiny"  # the edit did not half-apply
+    assert upstream.fake.seen[-1].body["model"] == "changed"
+    refused = gw.runtime.status()["refusedRoles"]["other"]
+    assert "binding bedrock is not supported by this gateway" in refused["reason"]
+    with pytest.raises(openai.NotFoundError, match="'other' is not served: binding bedrock"):
+        await sdk(gw).chat.completions.create(
+            model="other", messages=[{"role": "user", "content": "x"}]
+        )
 
 
 async def test_unchanged_role_keeps_its_wrapper_and_max_async_resizes_in_place(

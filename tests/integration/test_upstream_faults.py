@@ -424,7 +424,7 @@ async def test_an_unexpected_exception_is_a_counted_500(
         def request(self, endpoint: Any, payload: Any) -> Any:
             raise RuntimeError("a bug")
 
-    gw.runtime.roles["extract"].wrapper.adapter = Broken()  # type: ignore[assignment]
+    gw.runtime.roles["extract"].wrapper.translator = Broken  # type: ignore[assignment]
     with caplog.at_level(logging.ERROR, logger="rolegate_gateway.proxy"):
         code, _, body = await _post(gw)
     assert code == 500

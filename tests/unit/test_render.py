@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from rolegate_gateway.api import Binding
 from rolegate_gateway.config import GatewayConfig
 from rolegate_gateway.kube import CONFIG_KEY, HASH_ANNOTATION
 from rolegate_operator import render
@@ -63,7 +64,6 @@ def test_a_resolved_role_is_served_with_its_key() -> None:
     [
         (with_secret("nope"), "SecretNotFound", "CredentialsNotResolved", "team/nope not found"),
         (with_secret("empty"), "KeyMissing", "CredentialsNotResolved", "no key 'apiKey'"),
-        ({"binding": "anthropic"}, "BindingNotSupported", "BindingNotSupported", "anthropic"),
         (
             {"binding": "vllm", "serve": {"image": "vllm"}},
             "NoSecretRef",
@@ -195,3 +195,23 @@ def test_raw_objects_are_read_leniently() -> None:
     assert secret_keys({"data": {"apiKey": encoded, "other": encoded, "awsSessionToken": "%"}}) == {
         "apiKey": KEY
     }
+
+
+def test_a_binding_the_gateway_lacks_is_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operator built with a gateway package that lacks a binding (every binding is
+    served today) leaves such roles out and says so."""
+    monkeypatch.setattr(
+        "rolegate_operator.render.config.SUPPORTED_BINDINGS", frozenset({Binding.OPENAI})
+    )
+    rendered = render.render(
+        [obj("broken", binding="anthropic"), obj("fine", **with_secret())],
+        SECRETS,
+        config_secret=CS,
+    )
+    broken = next(o for o in rendered.outcomes if o.role.name == "broken")
+    assert (broken.credentials.reason, broken.ready.reason) == (
+        "BindingNotSupported",
+        "BindingNotSupported",
+    )
+    assert "anthropic" in broken.ready.message
+    assert [r.name for r in rendered.config.roles] == ["fine"]

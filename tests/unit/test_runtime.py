@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
 import pytest
 
-import rolegate_gateway.runtime as runtime_module
-from rolegate_gateway import GatewayConfig, RoleConfig, Runtime, errors
+from rolegate_gateway import Binding, GatewayConfig, RoleConfig, Runtime, errors, translators
 from tests.fakes.configs import role_config
 
 SECRET = "sk-RGUNIT-55e1d0c9"
@@ -81,10 +81,10 @@ async def test_any_failure_building_a_wrapper_refuses_the_config(
     runtime.apply(_config(_role("a")))
     served = runtime.config_hash
 
-    def broken(upstream: object) -> object:
+    def broken(upstream: object, *, role: str) -> object:
         raise TypeError(f"cannot use {SECRET}")  # a message that quotes a value
 
-    monkeypatch.setattr("rolegate_gateway.runtime.make_adapter", broken)
+    _patch_translators(monkeypatch, broken)
     report = runtime.apply(_config(_role("a", model="other")))
     assert report.outcome == "refused"
     assert report.error == "role default/a: its wrapper could not be built (TypeError)"
@@ -100,18 +100,25 @@ async def test_a_refused_config_leaves_no_series_of_roles_it_would_have_added(
 ) -> None:
     runtime = Runtime()
     runtime.apply(_config(_role("a")))
-    real = runtime_module.make_adapter
+    real = translators.BINDINGS[Binding.OPENAI].translators
 
-    def broken_for_c(upstream: Any) -> Any:
+    def broken_for_c(upstream: Any, *, role: str) -> Any:
         if upstream.model == "broken":
             raise TypeError("no")
-        return real(upstream)
+        return real(upstream, role=role)
 
-    monkeypatch.setattr(runtime_module, "make_adapter", broken_for_c)
+    _patch_translators(monkeypatch, broken_for_c)
     report = runtime.apply(_config(_role("a"), _role("b"), _role("c", model="broken")))
     assert report.outcome == "refused"
     assert _series(runtime, "b") == []
     assert _series(runtime, "a")  # the served role keeps its series
+
+
+def _patch_translators(monkeypatch: pytest.MonkeyPatch, factory: Any) -> None:
+    entry = translators.BINDINGS[Binding.OPENAI]
+    monkeypatch.setitem(
+        translators.BINDINGS, Binding.OPENAI, dataclasses.replace(entry, translators=factory)
+    )
 
 
 def _series(runtime: Runtime, role: str) -> list[str]:
@@ -160,3 +167,47 @@ async def test_series_of_removed_and_relabelled_roles_are_removed() -> None:
     runtime.apply(_config(moved))
     runtime.prune()
     assert _series(runtime, "a") == before
+
+
+async def test_a_role_of_an_unknown_binding_is_refused_alone() -> None:
+    """A config from a newer operator: the role of a binding this gateway does not know is
+    left out, shown in /status and a metric, and the other roles are served."""
+    runtime = Runtime()
+    runtime.apply(_config(_role("a"), _role("b")))
+    wire = json.loads(_config(_role("a"), _role("b")).to_wire())
+    wire["roles"][1]["upstream"]["binding"] = "gemini"
+    wire["roles"][1]["upstream"]["gemini"] = {"project": "p"}  # fields it does not know either
+    config = GatewayConfig.from_wire(json.dumps(wire).encode())
+    assert [r.name for r in config.roles] == ["a"]
+    report = runtime.apply(config)
+    assert report.outcome == "applied"
+    assert report.removed == ("b",)
+    assert list(runtime.roles) == ["a"]
+    refused = runtime.status()["refusedRoles"]
+    assert refused["b"]["binding"] == "gemini"
+    assert "upgrade the gateway" in refused["b"]["reason"]
+    sample = runtime.registry.get_sample_value(
+        "rolegate_roles_refused", {"role": "b", "namespace": "default", "binding": "gemini"}
+    )
+    assert sample == 1
+    with pytest.raises(errors.RoleNotServed, match="'b' is not served: binding 'gemini'"):
+        runtime.role("b")
+    assert runtime.role("a") is runtime.roles["a"]
+    runtime.apply(_config(_role("a"), _role("b")))  # the binding is known again: served
+    assert runtime.status()["refusedRoles"] == {}
+    assert (
+        runtime.registry.get_sample_value(
+            "rolegate_roles_refused", {"role": "b", "namespace": "default", "binding": "gemini"}
+        )
+        is None
+    )
+    assert runtime.role("b").config.upstream.binding is Binding.OPENAI
+
+
+async def test_a_refused_role_changes_the_config_hash() -> None:
+    wire = json.loads(_config(_role("a"), _role("b")).to_wire())
+    wire["roles"][1]["upstream"]["binding"] = "gemini"
+    first = GatewayConfig.from_wire(json.dumps(wire).encode())
+    wire["roles"][1]["upstream"]["binding"] = "mistral"
+    second = GatewayConfig.from_wire(json.dumps(wire).encode())
+    assert first.hash != second.hash != _config(_role("a")).hash

@@ -1,15 +1,48 @@
-"""Upstream authentication, kept apart from adapters: adapters never hold secrets.
+"""Upstream authentication, kept apart from translation: translators never hold secrets.
 
-Owns turning a role's resolved :class:`Credentials` into the request headers its binding
-expects. SigV4 signing (bedrock) will live beside this module.
+Owns :class:`UpstreamAuth`, the step the proxy applies after the translator's request
+step and again on every retry (a SigV4 signature is dated, so a retry is signed anew),
+and the static-header kind of it, :class:`HeaderAuth`. SigV4 (bedrock) is
+``rolegate_gateway.auth.sigv4``. Which binding uses which is the binding registry's
+(``rolegate_gateway.translators``).
 """
 
 from __future__ import annotations
 
-from rolegate_gateway.api import Binding
-from rolegate_gateway.config import Credentials
+from typing import TYPE_CHECKING, Protocol
 
-__all__ = ["auth_headers"]
+from rolegate_gateway.api import Binding
+from rolegate_gateway.config import Credentials, Upstream
+
+if TYPE_CHECKING:  # the translators' registry imports this package
+    from rolegate_gateway.translators.base import UpstreamRequest
+
+__all__ = ["HeaderAuth", "UpstreamAuth", "api_key_auth", "auth_headers"]
+
+
+class UpstreamAuth(Protocol):
+    """Adds a role's credentials to each attempt of an upstream request."""
+
+    async def headers(self, request: UpstreamRequest) -> dict[str, str]:
+        """The headers to send with ``request``: its own plus the credentials.
+
+        Raises:
+            errors.UpstreamUnavailable: no credentials could be had (e.g. the AWS
+                credential chain found none); the call fails with 502.
+        """
+        ...
+
+
+class HeaderAuth:
+    """Static credential headers, merged into each request's (none: sent as they are)."""
+
+    __slots__ = ("_headers",)
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self._headers = headers
+
+    async def headers(self, request: UpstreamRequest) -> dict[str, str]:
+        return {**request.headers, **self._headers} if self._headers else request.headers
 
 
 def auth_headers(binding: Binding, credentials: Credentials) -> dict[str, str]:
@@ -36,3 +69,9 @@ def auth_headers(binding: Binding, credentials: Credentials) -> dict[str, str]:
             return {"x-api-key": key}
         case _:
             raise ValueError(f"binding {binding} does not use static auth headers")
+
+
+def api_key_auth(upstream: Upstream, *, role: str | None = None) -> HeaderAuth:
+    """The :class:`HeaderAuth` of a role whose binding sends an API key header (``role``,
+    the role's name, is not needed: the signature is the registry's)."""
+    return HeaderAuth(auth_headers(upstream.binding, upstream.credentials))

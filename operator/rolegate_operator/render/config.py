@@ -15,9 +15,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from rolegate_gateway import errors, roles
-from rolegate_gateway.adapters import SUPPORTED_BINDINGS
-from rolegate_gateway.api import API_VERSION, KIND, ConditionStatus, LLMRole
+from rolegate_gateway.api import API_VERSION, KIND, Binding, ConditionStatus, LLMRole
 from rolegate_gateway.config import Credentials, GatewayConfig, RoleConfig
+from rolegate_gateway.translators import SUPPORTED_BINDINGS
 
 __all__ = ["Check", "Outcome", "Rendered", "RoleObject", "SecretKey", "render"]
 
@@ -93,7 +93,12 @@ def _credentials(
     ref = role.spec.credentials.secret_ref
     binding = role.spec.binding
     if ref is None:
-        message = "no credentials.secretRef: upstream calls carry no key"
+        message = (
+            "no credentials.secretRef: the gateway signs with the AWS default credential "
+            "chain (IRSA, the node's role, its environment)"
+            if binding is Binding.BEDROCK
+            else "no credentials.secretRef: upstream calls carry no key"
+        )
         return Check(ConditionStatus.TRUE, "NoSecretRef", message), Credentials()
     where = f"{role.metadata.namespace}/{ref.name}"
     required, _ = roles.required_keys(binding)
