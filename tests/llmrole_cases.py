@@ -123,6 +123,12 @@ REFUSED: list[Refused] = [
         "azure is only allowed with binding azure_openai",
     ),
     _cel(
+        "anthropic-block-needs-anthropic",
+        {"binding": "bedrock", **_M, "anthropic": {"maxTokens": 10}, "bedrock": {"region": "r"}},
+        "spec.anthropic: Forbidden",
+        "anthropic is only allowed with binding anthropic",
+    ),
+    _cel(
         "bedrock-needs-bedrock-block",
         {"binding": "bedrock", **_M},
         "spec.bedrock: Required value",

@@ -17,11 +17,13 @@ from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, model_validat
 from pydantic.alias_generators import to_camel
 
 __all__ = [
+    "ANTHROPIC_VERSION",
     "API_VERSION",
     "DEFAULT_HOSTS",
     "GROUP",
     "KIND",
     "VERSION",
+    "AnthropicSpec",
     "AzureSpec",
     "BedrockSpec",
     "Binding",
@@ -126,6 +128,34 @@ class AzureSpec(_Model):
     )
 
 
+#: The ``anthropic-version`` header sent when the role does not set one: the version every
+#: Anthropic model accepts sampling parameters under (2026-10-21 refuses temperature and
+#: top_p; ../shared/reference/translation.md §0.1).
+ANTHROPIC_VERSION = "2023-06-01"
+
+
+class AnthropicSpec(_Model):
+    """Anthropic specifics: https://docs.anthropic.com/en/api/messages."""
+
+    version: str = Field(
+        ANTHROPIC_VERSION,
+        pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+        description=(
+            "The anthropic-version header, a date. Default 2023-06-01. From 2026-10-21 on, "
+            "Anthropic refuses temperature and top_p: requests that set them get 400."
+        ),
+    )
+    max_tokens: int = Field(
+        4096,
+        ge=1,
+        description=(
+            "max_tokens sent when the request sets neither max_completion_tokens nor "
+            "max_tokens (Anthropic requires one). Default 4096; above the model's limit "
+            "Anthropic answers 400."
+        ),
+    )
+
+
 class BedrockSpec(_Model):
     """AWS Bedrock specifics."""
 
@@ -204,6 +234,7 @@ class LLMRoleSpec(_Model):
         description="Default request parameters (e.g. temperature); the request's own win.",
     )
     azure: AzureSpec | None = None
+    anthropic: AnthropicSpec | None = None
     bedrock: BedrockSpec | None = None
     serve: ServeSpec | None = None
 
@@ -222,6 +253,8 @@ class LLMRoleSpec(_Model):
                 raise ValueError("host (the Azure resource endpoint) is required for azure_openai")
         elif self.azure is not None:
             raise ValueError("azure is only allowed with binding azure_openai")
+        if self.binding is not Binding.ANTHROPIC and self.anthropic is not None:
+            raise ValueError("anthropic is only allowed with binding anthropic")
         if self.binding is Binding.BEDROCK and self.bedrock is None:
             raise ValueError("bedrock.region is required for binding bedrock")
         if self.binding is not Binding.BEDROCK and self.bedrock is not None:

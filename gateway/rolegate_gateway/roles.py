@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
-from rolegate_gateway.api import DEFAULT_HOSTS, Binding, LLMRole
+from rolegate_gateway.api import DEFAULT_HOSTS, AnthropicSpec, Binding, LLMRole
 from rolegate_gateway.config import Credentials, Limits, RoleConfig, Upstream
 
 __all__ = [
@@ -102,6 +102,7 @@ def role_config(role: LLMRole, credentials: Credentials, *, url: str | None = No
         ValueError: see :func:`base_url`.
     """
     spec = role.spec
+    anthropic = (spec.anthropic or AnthropicSpec()) if spec.binding is Binding.ANTHROPIC else None
     return RoleConfig(
         name=role.metadata.name,
         namespace=role.metadata.namespace,
@@ -114,6 +115,8 @@ def role_config(role: LLMRole, credentials: Credentials, *, url: str | None = No
             credentials=credentials,
             azure_api_version=spec.azure.api_version if spec.azure else None,
             azure_deployment=spec.azure.deployment if spec.azure else None,
+            anthropic_version=anthropic.version if anthropic else None,
+            anthropic_max_tokens=anthropic.max_tokens if anthropic else None,
             bedrock_region=spec.bedrock.region if spec.bedrock else None,
         ),
         limits=Limits(

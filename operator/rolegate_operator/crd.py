@@ -65,7 +65,7 @@ class Rule:
         return out
 
 
-#: The rules the schema alone cannot say. The first eight mirror ``LLMRoleSpec._cross_field``
+#: The rules the schema alone cannot say. The first nine mirror ``LLMRoleSpec._cross_field``
 #: (same wording), the name rule mirrors ``api.ObjectMeta``; the cache rule is the API
 #: server's alone (the gateway never reads ``serve``).
 RULES: Final[tuple[Rule, ...]] = (
@@ -108,6 +108,14 @@ RULES: Final[tuple[Rule, ...]] = (
         "!has(self.azure) || self.binding == 'azure_openai'",
         "azure is only allowed with binding azure_openai",
         ".azure",
+        "FieldValueForbidden",
+    ),
+    Rule(
+        "anthropic-block-needs-anthropic",
+        "spec",
+        "!has(self.anthropic) || self.binding == 'anthropic'",
+        "anthropic is only allowed with binding anthropic",
+        ".anthropic",
         "FieldValueForbidden",
     ),
     Rule(

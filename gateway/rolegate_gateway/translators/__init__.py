@@ -25,6 +25,7 @@ from rolegate_gateway.translators.base import (
     UpstreamRequest,
     Usage,
 )
+from rolegate_gateway.translators.openai_to_anthropic import AnthropicTranslator
 from rolegate_gateway.translators.passthrough import AzurePassThrough, PassThrough
 
 __all__ = [
@@ -58,6 +59,7 @@ BINDINGS: dict[str, BindingEntry] = {
     Binding.VLLM: BindingEntry(PassThrough, auth.api_key_auth),
     Binding.OLLAMA: BindingEntry(PassThrough, auth.api_key_auth),
     Binding.AZURE_OPENAI: BindingEntry(AzurePassThrough, auth.api_key_auth),
+    Binding.ANTHROPIC: BindingEntry(AnthropicTranslator, auth.api_key_auth),
 }
 
 #: The bindings of :data:`BINDINGS`, for the operator (it leaves roles of others out).
