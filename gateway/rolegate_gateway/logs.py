@@ -18,9 +18,12 @@ __all__ = ["Throttled", "quiet_client_bodies", "setup_logging"]
 
 
 def quiet_client_bodies() -> None:
-    """Keep the Kubernetes client's debug log off: it logs every response body, and the
-    body of a Secret holds credentials (the config Secret: every role's key)."""
+    """Keep the debug logs of clients that log credentials off: the Kubernetes client logs
+    every response body, and the body of a Secret holds credentials (the config Secret:
+    every role's key); botocore logs the canonical request it signs (with the session
+    token) and STS's answer (with the secret key)."""
     logging.getLogger("kubernetes_asyncio").setLevel(logging.INFO)
+    logging.getLogger("botocore").setLevel(logging.INFO)
 
 
 def setup_logging(*, level: str = "info", fmt: str = "text") -> None:

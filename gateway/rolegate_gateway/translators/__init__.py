@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from rolegate_gateway import auth, errors
 from rolegate_gateway.api import Binding
+from rolegate_gateway.auth.sigv4 import sigv4_auth
 from rolegate_gateway.translators.base import (
     Endpoint,
     ResponseHead,
@@ -26,6 +27,7 @@ from rolegate_gateway.translators.base import (
     Usage,
 )
 from rolegate_gateway.translators.openai_to_anthropic import AnthropicTranslator
+from rolegate_gateway.translators.openai_to_bedrock import BedrockTranslator
 from rolegate_gateway.translators.passthrough import AzurePassThrough, PassThrough
 
 __all__ = [
@@ -60,6 +62,7 @@ BINDINGS: dict[str, BindingEntry] = {
     Binding.OLLAMA: BindingEntry(PassThrough, auth.api_key_auth),
     Binding.AZURE_OPENAI: BindingEntry(AzurePassThrough, auth.api_key_auth),
     Binding.ANTHROPIC: BindingEntry(AnthropicTranslator, auth.api_key_auth),
+    Binding.BEDROCK: BindingEntry(BedrockTranslator, sigv4_auth),
 }
 
 #: The bindings of :data:`BINDINGS`, for the operator (it leaves roles of others out).
