@@ -72,7 +72,8 @@ class RoleMetrics:
         prompt, completion, cached = self._tokens
         prompt.inc(usage.prompt)
         completion.inc(usage.completion)
-        cached.inc(usage.cached)
+        if usage.cached:
+            cached.inc(usage.cached)
 
     def rejected(self) -> None:
         """Count a request the queue refused."""

@@ -39,3 +39,16 @@ def test_local_roles_are_the_same_roles_on_the_demo_server() -> None:
     assert {v for r in local.values() for v in r.upstream.credentials.values()} == {"sk-local-demo"}
     for name, role in local.items():
         assert role.limits.max_async == remote[name].limits.max_async, name
+
+
+def test_provider_roles_load_with_their_defaults() -> None:
+    """The same five roles on the translated bindings: anthropic with its version and token
+    budget, bedrock on the regional endpoint signed by the pod's identity (no Secret)."""
+    roles = {r.name: r for r in load_manifests(EXAMPLES / "providers").roles}
+    assert sorted(roles) == ["embed", "extract", "keyword", "query", "vlm"]
+    query, vlm, extract = roles["query"].upstream, roles["vlm"].upstream, roles["extract"].upstream
+    assert (query.binding, query.base_url) == ("anthropic", "https://api.anthropic.com")
+    assert (vlm.anthropic_version, vlm.anthropic_max_tokens) == ("2023-06-01", 4096)
+    assert extract.base_url == "https://bedrock-runtime.us-east-1.amazonaws.com"
+    assert extract.credentials.values() == []
+    assert roles["embed"].upstream.model == "amazon.titan-embed-text-v2:0"

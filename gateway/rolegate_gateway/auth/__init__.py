@@ -34,15 +34,26 @@ class UpstreamAuth(Protocol):
 
 
 class HeaderAuth:
-    """Static credential headers, merged into each request's (none: sent as they are)."""
+    """Static credential headers, merged into each request's (none: sent as they are).
 
-    __slots__ = ("_headers",)
+    A translator that sends the same headers dict with every request (the pass-through
+    does) gets the same merged dict back: the merge is made once, not per request.
+    """
+
+    __slots__ = ("_headers", "_merged", "_source")
 
     def __init__(self, headers: dict[str, str]) -> None:
         self._headers = headers
+        self._source: dict[str, str] | None = None
+        self._merged: dict[str, str] = {}
 
     async def headers(self, request: UpstreamRequest) -> dict[str, str]:
-        return {**request.headers, **self._headers} if self._headers else request.headers
+        if not self._headers:
+            return request.headers
+        if request.headers is not self._source:
+            self._merged = {**request.headers, **self._headers}
+            self._source = request.headers
+        return self._merged
 
 
 def auth_headers(binding: Binding, credentials: Credentials) -> dict[str, str]:
