@@ -5,7 +5,13 @@ answers ``POST …/chat/completions`` with a small fixed chat completion, or, wh
 says ``"stream": true``, with an SSE stream (chunked transfer encoding, as model servers
 send it) of one role event, ``chunks`` content events ``chunk_interval_s`` apart, a
 finish event and ``data: [DONE]`` (https://platform.openai.com/docs/api-reference/chat).
-``GET /health`` answers 200. Anything else: 404.
+
+The same answer, with the same timing, in two more protocols, so that a translated
+binding can be measured against a pass-through one: Anthropic's ``POST /v1/messages``
+(a Message, or its SSE stream: https://docs.anthropic.com/en/api/messages-streaming) and
+Bedrock's ``POST /model/{id}/converse`` and ``/converse-stream`` (a Converse answer, or
+its event stream; signatures are not checked). ``GET /health`` answers 200. Anything else:
+404.
 
 It is a raw protocol rather than an aiohttp app so that it costs the shared CPU as little
 as possible: HTTP/1.1 with keep-alive, ``Content-Length`` request bodies only (what every
@@ -23,16 +29,24 @@ import sys
 import time
 from dataclasses import dataclass
 from typing import Any, cast
+from urllib.parse import unquote
 
 from bench.aio import run_loop
+from devstack import eventstream
 
 __all__ = ["UpstreamSettings", "main", "serve"]
 
 _OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-_SSE_HEAD = (
-    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+_STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: %b\r\nCache-Control: no-cache\r\n"
     b"Transfer-Encoding: chunked\r\n\r\n"
 )
+_HEADS = {
+    "openai": _STREAM_HEAD % b"text/event-stream",
+    "anthropic": _STREAM_HEAD % b"text/event-stream",
+    "bedrock": _STREAM_HEAD % b"application/vnd.amazon.eventstream",
+}
+_TEXT = "Hello from the bench upstream."
 _NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
 _BAD = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 _HEALTH = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
@@ -68,7 +82,7 @@ def _completion(model: str) -> bytes:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": "Hello from the bench upstream."},
+                "message": {"role": "assistant", "content": _TEXT},
                 "finish_reason": "stop",
                 "logprobs": None,
             }
@@ -78,45 +92,153 @@ def _completion(model: str) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def _events(model: str, chunks: int) -> list[bytes]:
-    """The SSE events of one stream, each already framed as one HTTP chunk."""
-    base = _envelope(model, "chat.completion.chunk")
-    deltas: list[dict[str, Any]] = [
-        {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None},
-        *(
-            {"index": 0, "delta": {"content": f"tok{i} "}, "finish_reason": None}
-            for i in range(chunks)
-        ),
-        {"index": 0, "delta": {}, "finish_reason": "stop"},
-    ]
-    events = [
-        b"data: " + json.dumps({**base, "choices": [d]}, separators=(",", ":")).encode() + b"\n\n"
-        for d in deltas
-    ]
-    events.append(b"data: [DONE]\n\n")
+def _anthropic_message(model: str) -> bytes:
+    body = {
+        "id": "msg_bench",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": _TEXT}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 9, "output_tokens": 7},
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _converse(model: str) -> bytes:
+    body = {
+        "output": {"message": {"role": "assistant", "content": [{"text": _TEXT}]}},
+        "stopReason": "end_turn",
+        "usage": {"inputTokens": 9, "outputTokens": 7, "totalTokens": 16},
+        "metrics": {"latencyMs": 1},
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _sse(*events: tuple[str | None, dict[str, Any] | str]) -> bytes:
+    out = b""
+    for name, data in events:
+        text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+        out += (b"event: %b\n" % name.encode() if name else b"") + b"data: %b\n\n" % text.encode()
+    return out
+
+
+def _events(kind: str, model: str, chunks: int) -> list[bytes]:
+    """The events of one stream, each already framed as one HTTP chunk: the start, one per
+    content piece, then two that end it; in OpenAI's, Anthropic's or Bedrock's protocol."""
+    pieces = [f"tok{i} " for i in range(chunks)]
+    if kind == "anthropic":
+        start: dict[str, Any] = {
+            "id": "msg_bench",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [],
+            "stop_reason": None,
+            "usage": {"input_tokens": 9, "output_tokens": 1},
+        }
+        block = {"type": "text", "text": ""}
+        events = [
+            _sse(
+                ("message_start", {"type": "message_start", "message": start}),
+                (
+                    "content_block_start",
+                    {"type": "content_block_start", "index": 0, "content_block": block},
+                ),
+            ),
+            *(
+                _sse(
+                    (
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": 0,
+                            "delta": {"type": "text_delta", "text": p},
+                        },
+                    )
+                )
+                for p in pieces
+            ),
+            _sse(
+                ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                (
+                    "message_delta",
+                    {
+                        "type": "message_delta",
+                        "delta": {"stop_reason": "end_turn"},
+                        "usage": {"output_tokens": chunks},
+                    },
+                ),
+            ),
+            _sse(("message_stop", {"type": "message_stop"})),
+        ]
+    elif kind == "bedrock":
+        events = [
+            eventstream.event("messageStart", {"role": "assistant"}),
+            *(
+                eventstream.event(
+                    "contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": p}}
+                )
+                for p in pieces
+            ),
+            eventstream.event("contentBlockStop", {"contentBlockIndex": 0})
+            + eventstream.event("messageStop", {"stopReason": "end_turn"}),
+            eventstream.event(
+                "metadata",
+                {
+                    "usage": {"inputTokens": 9, "outputTokens": chunks, "totalTokens": 9 + chunks},
+                    "metrics": {"latencyMs": 1},
+                },
+            ),
+        ]
+    else:
+        base = _envelope(model, "chat.completion.chunk")
+        deltas: list[dict[str, Any]] = [
+            {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None},
+            *({"index": 0, "delta": {"content": p}, "finish_reason": None} for p in pieces),
+            {"index": 0, "delta": {}, "finish_reason": "stop"},
+        ]
+        events = [_sse((None, {**base, "choices": [d]})) for d in deltas]
+        events.append(b"data: [DONE]\n\n")
     return [b"%x\r\n%s\r\n" % (len(e), e) for e in events]
 
 
+_PLAIN = {"openai": _completion, "anthropic": _anthropic_message, "bedrock": _converse}
+
+
 class _Answers:
-    """Precomputed answer bytes per model name (the body echoes the model asked for)."""
+    """Precomputed answer bytes per protocol and model name (the body echoes the model)."""
 
     def __init__(self, settings: UpstreamSettings) -> None:
         self.settings = settings
-        self._plain: dict[str, bytes] = {}
-        self._streams: dict[str, list[bytes]] = {}
+        self._plain: dict[tuple[str, str], bytes] = {}
+        self._streams: dict[tuple[str, str], list[bytes]] = {}
 
-    def plain(self, model: str) -> bytes:
-        found = self._plain.get(model)
+    def plain(self, kind: str, model: str) -> bytes:
+        found = self._plain.get((kind, model))
         if found is None:
-            body = _completion(model)
-            found = self._plain[model] = (_OK_HEAD % len(body)) + body
+            body = _PLAIN[kind](model)
+            found = self._plain[kind, model] = (_OK_HEAD % len(body)) + body
         return found
 
-    def stream(self, model: str) -> list[bytes]:
-        found = self._streams.get(model)
+    def stream(self, kind: str, model: str) -> list[bytes]:
+        found = self._streams.get((kind, model))
         if found is None:
-            found = self._streams[model] = _events(model, self.settings.chunks)
+            found = self._streams[kind, model] = _events(kind, model, self.settings.chunks)
         return found
+
+
+def _route(path: str, payload: dict[str, Any]) -> tuple[str, str, bool] | None:
+    """(protocol, model, streamed) of a POST, or None for an unknown path."""
+    if path.endswith("/chat/completions"):
+        return "openai", str(payload["model"]), payload.get("stream") is True
+    if path == "/v1/messages":
+        return "anthropic", str(payload["model"]), payload.get("stream") is True
+    if path.startswith("/model/") and path.endswith(("/converse", "/converse-stream")):
+        model = unquote(path.split("/")[2])
+        return "bedrock", model, path.endswith("-stream")
+    return None
 
 
 class _Http(asyncio.Protocol):
@@ -171,31 +293,32 @@ class _Http(asyncio.Protocol):
         if method == "GET" and path == "/health":
             self._send(_HEALTH)
             return
-        if method != "POST" or not path.endswith("/chat/completions"):
-            self._send(_NOT_FOUND)
-            return
         try:
-            payload = json.loads(body)
-            model = str(payload["model"])
+            payload = json.loads(body) if method == "POST" else None
+            route = _route(path, payload) if isinstance(payload, dict) else None
         except (ValueError, KeyError, TypeError):
             self._transport.write(_BAD)
             self._transport.close()
             return
+        if route is None:
+            self._send(_NOT_FOUND)
+            return
+        kind, model, streamed = route
         self._busy = True
         loop = asyncio.get_running_loop()
         delay_s = self._answers.settings.delay_s
-        if payload.get("stream") is True:
-            events = self._answers.stream(model)
+        if streamed:
+            events = self._answers.stream(kind, model)
             if delay_s:
-                loop.call_later(delay_s, self._stream, events, 0)
+                loop.call_later(delay_s, self._stream, _HEADS[kind], events, 0)
             else:
-                self._stream(events, 0)
+                self._stream(_HEADS[kind], events, 0)
         elif delay_s:
-            loop.call_later(delay_s, self._done, self._answers.plain(model))
+            loop.call_later(delay_s, self._done, self._answers.plain(kind, model))
         else:
-            self._done(self._answers.plain(model))
+            self._done(self._answers.plain(kind, model))
 
-    def _stream(self, events: list[bytes], sent: int) -> None:
+    def _stream(self, head: bytes, events: list[bytes], sent: int) -> None:
         """Send the head and the first two events (role, first content), then one event
         per ``chunk_interval_s``; the last events go together."""
         transport = self._transport
@@ -203,16 +326,16 @@ class _Http(asyncio.Protocol):
             return
         interval_s = self._answers.settings.chunk_interval_s
         if sent == 0:
-            transport.write(_SSE_HEAD + events[0] + events[1])
+            transport.write(head + events[0] + events[1])
             sent = 2
         else:
             transport.write(events[sent])
             sent += 1
-        last = len(events) - 3  # the finish event and [DONE] follow the last content event
+        last = len(events) - 3  # the two ending events follow the last content event
         if sent > last or not interval_s:
             self._done(b"".join(events[sent:]) + b"0\r\n\r\n")
         else:
-            asyncio.get_running_loop().call_later(interval_s, self._stream, events, sent)
+            asyncio.get_running_loop().call_later(interval_s, self._stream, head, events, sent)
 
     def _send(self, data: bytes) -> None:
         self._busy = True

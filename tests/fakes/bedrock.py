@@ -36,7 +36,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from tests.fakes import eventstream
+from devstack import eventstream
 from tests.fakes.aws import AwsError, Known, request_id, verify_sigv4
 from tests.fakes.scenarios import (
     Answer,

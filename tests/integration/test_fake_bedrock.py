@@ -24,7 +24,7 @@ from botocore.credentials import Credentials
 from botocore.eventstream import ChecksumMismatch, EventStreamBuffer
 from botocore.exceptions import ClientError, EventStreamError
 
-from tests.fakes import eventstream
+from devstack import eventstream
 from tests.fakes.bedrock import ACCESS_KEY_ID, SECRET_ACCESS_KEY, FakeBedrock
 from tests.fakes.fidelity import bedrock_fake, converse_user, in_thread
 

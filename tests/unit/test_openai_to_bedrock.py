@@ -21,13 +21,13 @@ import openai
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from devstack import eventstream
 from rolegate_gateway import errors
 from rolegate_gateway.config import Upstream
 from rolegate_gateway.intake import Payload
 from rolegate_gateway.translators.base import Endpoint, Usage
 from rolegate_gateway.translators.bedrock_stream import ConverseStream
 from rolegate_gateway.translators.openai_to_bedrock import BedrockExchange, BedrockTranslator
-from tests.fakes import eventstream
 
 DATA = Path(__file__).parent.parent / "testdata" / "bedrock"
 MODEL = "us.anthropic.claude-sonnet-4-20250514-v1:0"

@@ -1,7 +1,8 @@
 """The AWS event-stream *encoder* (``application/vnd.amazon.eventstream``) that botocore lacks.
 
-botocore only decodes (``botocore.eventstream.EventStreamBuffer``); the Bedrock fake and the
-golden tests need to write frames. The format (reference translation.md §8.1, §12.2;
+botocore only decodes (``botocore.eventstream.EventStreamBuffer``); the Bedrock fake, the
+golden tests and the benchmark's upstream need to write frames. The format (reference
+translation.md §8.1, §12.2;
 https://docs.aws.amazon.com/transcribe/latest/dg/streaming-setting-up.html#streaming-event-stream):
 a prelude of big-endian ``total_length`` and ``headers_length`` with its CRC32, the headers
 (``name_len`` u8, name, type u8, value; only type 7, a u16-length UTF-8 string, is written
@@ -14,6 +15,8 @@ import binascii
 import json
 import struct
 from typing import Any
+
+__all__ = ["encode_message", "error", "event", "exception"]
 
 
 def _header(name: str, value: str) -> bytes:
