@@ -38,7 +38,7 @@ from aiohttp import web
 from rolegate_gateway import errors
 from rolegate_gateway.settings import ServerSettings
 
-__all__ = ["BodyBudget", "Intake", "Payload", "join_object", "parse_body"]
+__all__ = ["BodyBudget", "Intake", "Payload", "join_object", "loads_strict", "parse_body"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,21 @@ def _finite(text: str) -> float:
 
 
 _DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
+
+
+def loads_strict(text: str) -> Any:
+    """``text`` decoded as JSON the way bodies are (RFC 8259: no NaN, Infinity or
+    overflowing numbers), for JSON a client sends inside a string (tool-call arguments).
+
+    Raises:
+        ValueError: not JSON, or not RFC 8259's, or nested past the recursion limit.
+    """
+    try:
+        return _DECODER.decode(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 #: The C scanner: ``_SCAN(text, idx)`` -> (value, end index); StopIteration: no value there.
 _SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
 _WS_CHARS = frozenset(" \t\n\r")

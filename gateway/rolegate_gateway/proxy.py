@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -232,7 +232,6 @@ async def _call(
                             writing = False
                             call.limit(loop.time() + timeout_s)
 
-                        await send(response.prepare(request))
                         first = True
                         async for chunk in up.content.iter_any():
                             out = translator.response_body(chunk, end=False)
@@ -240,13 +239,15 @@ async def _call(
                                 wrapper.metrics.first_token(loop.time() - started)
                                 first = False
                             if out:
-                                await send(response.write(out))
-                            if translator.failure is not None:
-                                break  # its error event was the last thing written
+                                await _stream_out(send, request, response, translator, out)
+                            if translator.failure is not None or translator.complete:
+                                break  # the failure's error event, or [DONE], was the last
                         else:
                             out = translator.response_body(b"", end=True)
                             if out:
-                                await send(response.write(out))
+                                await _stream_out(send, request, response, translator, out)
+                        if not response.prepared:  # an empty answer (the translator's say)
+                            await send(response.prepare(request))
                         await send(response.write_eof())
                         if translator.usage is not None:
                             wrapper.metrics.tokens(translator.usage)
@@ -255,6 +256,7 @@ async def _call(
                         return response
                     answer = await _whole(role, translator, up)
                 while (following := translator.more()) is not None:  # one answer, more calls
+                    call.limit(loop.time() + timeout_s)  # timeoutSeconds is per call
                     async with await upstream.post(session, following, timeout, wrapper.auth) as up:
                         if up.status >= 300:
                             raise await _status_error(wrapper, translator, up)
@@ -298,6 +300,23 @@ async def _call(
         error = errors.InternalError()
         await _stream_error(request, response, error)
         raise _StreamBroken(error, response) from exc
+
+
+async def _stream_out(
+    send: Callable[[Awaitable[Any]], Awaitable[None]],
+    request: web.Request,
+    response: web.StreamResponse,
+    translator: Translator,
+    out: bytes,
+) -> None:
+    """Write a stream's bytes, sending the status line with the first of them: until then
+    a failure (an upstream that opened its stream with an error event, or sent nothing) is
+    raised as the HTTP error it is, which the client's SDK can retry on its status."""
+    if not response.prepared:
+        if translator.failure is not None:
+            raise translator.failure
+        await send(response.prepare(request))
+    await send(response.write(out))
 
 
 async def _whole(role: str, translator: Translator, up: aiohttp.ClientResponse) -> bytes:

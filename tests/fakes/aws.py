@@ -121,10 +121,15 @@ def verify_sigv4(
     canonical = signer.canonical_request(rebuilt)
     expected = signer.signature(signer.string_to_sign(rebuilt, canonical), rebuilt)
     if not hmac.compare_digest(expected, signature):
+        # As AWS words it: the canonical request and the string to sign follow, with every
+        # signed header's value (x-amz-security-token among them).
         raise _denied(
             "InvalidSignatureException",
             "The request signature we calculated does not match the signature you provided. "
             "Check your AWS Secret Access Key and signing method. "
-            "Consult the service documentation for details.",
+            "Consult the service documentation for details.\n\n"
+            f"The Canonical String for this request should have been\n'{canonical}'\n\n"
+            "The String-to-Sign should have been\n"
+            f"'{signer.string_to_sign(rebuilt, canonical)}'\n",
         )
     return region, scope_service

@@ -53,6 +53,7 @@ class FakeOpenAI:
     fail_headers: dict[str, str] = field(default_factory=dict)
     disconnect: bool = False  # drop the connection instead of answering
     no_done: bool = False  # end streams without "data: [DONE]" (llama.cpp past its context)
+    empty_stream: bool = False  # answer a stream with 200 and no event at all
     gate: asyncio.Event | None = None  # hold every call until set
     in_flight: int = 0
     max_in_flight: int = 0
@@ -244,6 +245,9 @@ class FakeOpenAI:
     async def _sse(self, request: web.Request, chunks: list[dict[str, Any]]) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
+        if self.empty_stream:
+            await response.write_eof()
+            return response
         for chunk in chunks:
             await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
             if self.chunk_delay_s:

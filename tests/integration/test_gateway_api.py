@@ -308,3 +308,24 @@ async def test_a_stream_ended_without_done_is_a_failed_request(
         )
         == 1
     )
+
+
+async def test_a_stream_that_fails_before_its_first_byte_is_an_http_error(
+    client: openai.AsyncOpenAI, gateway: Gateway, upstream: Upstream
+) -> None:
+    """Nothing was sent yet, so the failure is the answer's status (502), not a 200 with an
+    error event: the SDK sees a status it can retry on."""
+    upstream.fake.empty_stream = True
+    with pytest.raises(openai.InternalServerError) as raised:
+        await client.chat.completions.create(
+            model="extract", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+    assert raised.value.status_code == 502
+    assert "ended its stream without 'data: [DONE]'" in raised.value.message
+    labels = {"role": "extract", "namespace": "default", "binding": "vllm", "model": "tiny-a"}
+    assert (
+        gateway.runtime.registry.get_sample_value(
+            "rolegate_requests_total", {**labels, "code": "502"}
+        )
+        == 1
+    )

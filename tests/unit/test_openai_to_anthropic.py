@@ -660,16 +660,25 @@ def test_the_openai_sdk_accumulates_the_translated_stream() -> None:
 
 
 def test_sse_events_split_anywhere_with_every_line_end() -> None:
-    text = b"event: a\r\ndata: 1\r\n\r\n: comment\n\ndata:2\rdata: 3\r\revent: c\ndata: {}\n\n"
+    text = (
+        b"event: a\r\ndata: 1\r\n\r\n: comment\n\ndata:2\rdata: 3\r\revent: c\ndata: {}\n\n"
+        b"data: 4\r\n\ndata: 5\n\n"
+    )
     expected = [
         ServerSentEvent("a", b"1"),
         ServerSentEvent("message", b"2\n3"),
         ServerSentEvent("c", b"{}"),
+        ServerSentEvent("message", b"4"),
+        ServerSentEvent("message", b"5"),
     ]
     for cut in range(len(text) + 1):
         parser = SSEParser()
         assert parser.feed(text[:cut]) + parser.feed(text[cut:]) == expected
         assert not parser.pending
+    for cut in range(len(text) - 1):  # every 3-way split, the middle piece one byte
+        parser = SSEParser()
+        pieces = (text[:cut], text[cut : cut + 1], text[cut + 1 :])
+        assert [e for piece in pieces for e in parser.feed(piece)] == expected, cut
     parser = SSEParser()
     assert [e for i in range(len(text)) for e in parser.feed(text[i : i + 1])] == expected
 

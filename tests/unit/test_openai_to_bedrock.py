@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from rolegate_gateway import errors
 from rolegate_gateway.config import Upstream
 from rolegate_gateway.intake import Payload
 from rolegate_gateway.translators.base import Endpoint, Usage
-from rolegate_gateway.translators.bedrock_stream import ConverseStream
+from rolegate_gateway.translators.bedrock_stream import MAX_FRAME_BYTES, ConverseStream
 from rolegate_gateway.translators.openai_to_bedrock import BedrockExchange, BedrockTranslator
 
 DATA = Path(__file__).parent.parent / "testdata" / "bedrock"
@@ -258,6 +259,31 @@ def test_a_frame_with_unreadable_headers_is_a_corrupt_frame() -> None:
     out, exchange = _feed(case, [eventstream.event("messageStart", {"role": "assistant"}) + frame])
     assert isinstance(exchange.failure, errors.UpstreamUnavailable)
     assert "corrupt event-stream frame" in _events(out)[-1]["error"]["message"]
+
+
+def test_a_large_frame_fed_in_pieces_is_read_in_linear_time() -> None:
+    """botocore's buffer copies all it holds on each add_data: a 4 MiB frame in 4 KiB
+    pieces took 1.5 s (the event loop blocked) before only whole frames reached it."""
+    big = eventstream.event(
+        "contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "x" * (4 * 2**20)}}
+    )
+    stream = ConverseStream(role="r", model=MODEL, include_usage=False)
+    stream.feed(eventstream.event("messageStart", {"role": "assistant"}), end=False)
+    started = time.perf_counter()
+    out = b"".join(stream.feed(big[at : at + 4096], end=False) for at in range(0, len(big), 4096))
+    assert time.perf_counter() - started < 0.5
+    assert stream.failure is None
+    assert json.loads(out.removeprefix(b"data: "))["choices"][0]["delta"]["content"] == (
+        "x" * (4 * 2**20)
+    )
+
+
+def test_a_frame_announcing_more_than_the_cap_fails_the_stream() -> None:
+    stream = ConverseStream(role="r", model=MODEL, include_usage=False)
+    prelude = struct.pack("!II", MAX_FRAME_BYTES + 1, 0)
+    out = stream.feed(prelude, end=False)
+    assert isinstance(stream.failure, errors.UpstreamUnavailable)
+    assert "more than 16 MiB" in _events(out)[-1]["error"]["message"]
 
 
 #: §7.1, written out here so that a change of the module's table fails.

@@ -132,6 +132,18 @@ def test_a_stream_passes_unchanged_whatever_its_pieces(piece: int) -> None:
     assert tr.failure is None
     assert first_at is not None
     assert first_at >= _STREAM.index(b'"Hi"') - piece  # not at the empty role chunk
+    if piece == 1:  # exact where the pieces are small enough to tell
+        assert first_at == _STREAM.index(b'"Hi"') + 1  # its first character
+
+
+def test_done_without_the_optional_space_ends_a_stream_too() -> None:
+    """SSE's space after "data:" is optional; the SDK reads "data:[DONE]" as the end."""
+    tr = _translator(_upstream(Binding.OPENAI))
+    tr.response_headers(200, _headers(Content_Type="text/event-stream"))
+    assert tr.response_body(b'data:{"choices":[]}\n\ndata:[DONE]\n\n', end=True).endswith(
+        b"data:[DONE]\n\n"
+    )
+    assert tr.failure is None
 
 
 def test_a_stream_ended_without_done_fails_with_an_error_event() -> None:

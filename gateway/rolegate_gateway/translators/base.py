@@ -29,13 +29,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from rolegate_gateway import errors
 from rolegate_gateway.intake import Payload
 
 __all__ = [
+    "NO_HEADERS",
     "REQUEST_ID_HEADER",
     "Endpoint",
     "ResponseHead",
@@ -45,6 +46,7 @@ __all__ = [
     "Usage",
     "encode",
     "request_id",
+    "token_count",
 ]
 
 
@@ -101,6 +103,12 @@ class Translator(Protocol):
     #: The answer ended in an error already written for the client (counted as failed).
     failure: errors.GatewayError | None
 
+    @property
+    def complete(self) -> bool:
+        """The client's stream is whole (its ``data: [DONE]`` was written): the upstream's
+        further bytes are not read, and an error after them is not the client's."""
+        ...
+
     def request(self, endpoint: Endpoint, payload: Payload) -> UpstreamRequest:
         """The upstream request for a client payload (its top-level members as JSON text).
 
@@ -143,9 +151,29 @@ class TranslatorFactory(Protocol):
         ...
 
 
+#: Headers of an answer part that has none of its own (an error event inside a stream).
+NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+
+
+def token_count(value: object) -> int | None:
+    """``value`` when it is a token count (an int >= 0, not a bool), else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_ASCII = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def encode(value: Any) -> bytes:
-    """Compact JSON bytes of any JSON value, non-ASCII kept as UTF-8."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    """Compact JSON bytes of any JSON value, non-ASCII kept as UTF-8; a value holding a lone
+    surrogate (an upstream's ``"\\ud83d"`` decodes to one, and UTF-8 cannot hold it) is
+    written with ``\\u`` escapes instead, as the upstream sent it."""
+    try:
+        return _COMPACT(value).encode()
+    except UnicodeEncodeError:
+        return _ASCII(value).encode()
 
 
 #: Response header carrying the upstream's request id to the client (for support tickets

@@ -26,11 +26,12 @@ from yarl import URL
 
 from rolegate_gateway import errors
 from rolegate_gateway.intake import Payload
-from rolegate_gateway.translators.base import UpstreamRequest, Usage, encode
+from rolegate_gateway.translators.base import UpstreamRequest, Usage, encode, token_count
+from rolegate_gateway.translators.chat import invalid
 from rolegate_gateway.translators.upstream_errors import json_object
 from rolegate_gateway.translators.wire.bedrock import TitanRequest
 
-__all__ = ["TITAN_PREFIXES", "TitanEmbeddings", "is_titan"]
+__all__ = ["MAX_INPUTS", "TITAN_PREFIXES", "TitanEmbeddings", "is_titan"]
 
 #: Model id prefixes of the Titan text embedding models (v1, g1, v2).
 TITAN_PREFIXES = ("amazon.titan-embed-text", "amazon.titan-embed-g1-text")
@@ -41,10 +42,6 @@ _HEADERS = {"Content-Type": "application/json"}
 def is_titan(model: str) -> bool:
     """``model`` is a Titan text embedding model id (``amazon.titan-embed-text-v2:0``)."""
     return model.startswith(TITAN_PREFIXES)
-
-
-def _bad(message: str, param: str) -> errors.InvalidRequest:
-    return errors.InvalidRequest(message, param=param)
 
 
 class TitanEmbeddings:
@@ -90,7 +87,7 @@ class TitanEmbeddings:
                 ``encoding_format``.
         """
         if not is_titan(self._model):
-            raise _bad(
+            raise invalid(
                 f"binding bedrock serves embeddings with Amazon Titan text embedding models "
                 f"only ({', '.join(p + '*' for p in TITAN_PREFIXES)}); the role's model "
                 f"{self._model!r} is not one",
@@ -102,7 +99,7 @@ class TitanEmbeddings:
         self._dimensions = self._read_dimensions(values.get("dimensions"))
         fmt = values.get("encoding_format")
         if fmt not in (None, "float", "base64"):
-            raise _bad("encoding_format must be 'float' or 'base64'", "encoding_format")
+            raise invalid("encoding_format must be 'float' or 'base64'", "encoding_format")
         self._base64 = fmt == "base64"
         return self._call(0)
 
@@ -110,9 +107,9 @@ class TitanEmbeddings:
         if value is None:
             return None
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise _bad("dimensions must be a positive integer", "dimensions")
+            raise invalid("dimensions must be a positive integer", "dimensions")
         if not self._model.startswith(_TITAN_V2):
-            raise _bad(
+            raise invalid(
                 f"dimensions: the role's model {self._model!r} has a fixed size; only "
                 f"{_TITAN_V2}* takes dimensions (256, 512 or 1024)",
                 "dimensions",
@@ -137,17 +134,15 @@ class TitanEmbeddings:
         """Read one call's answer; the whole OpenAI answer after the last, else ``b""``.
         An answer without a float list ``embedding`` sets :attr:`failure`."""
         parsed = json_object(body) or {}
-        embedding = parsed.get("embedding")
-        if not isinstance(embedding, list) or not all(
-            isinstance(x, int | float) and not isinstance(x, bool) for x in embedding
-        ):
+        vector = _vector(parsed.get("embedding"))
+        if vector is None:
             self.failure = errors.UpstreamUnavailable(
-                f"the upstream of role {self._role!r} answered 200 without an embedding"
+                f"the upstream of role {self._role!r} answered 200 without an embedding of "
+                "finite float32 numbers"
             )
             return b""
-        count = parsed.get("inputTextTokenCount")
-        self._tokens += count if isinstance(count, int) and count >= 0 else 0
-        self._embeddings.append([float(x) for x in embedding])
+        self._tokens += token_count(parsed.get("inputTextTokenCount")) or 0
+        self._embeddings.append(vector)
         if len(self._embeddings) < len(self._inputs):
             return b""
         self.usage = Usage(self._tokens, 0, 0)
@@ -170,6 +165,32 @@ class TitanEmbeddings:
         return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
+#: Texts per request: OpenAI's own limit for /v1/embeddings. Titan takes one per call, so
+#: this also bounds the calls one request makes in its one maxAsync slot.
+MAX_INPUTS = 2048
+
+#: The largest float32; an embedding holds float32 numbers (base64 answers pack them so).
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _vector(value: object) -> list[float] | None:
+    """``value`` as a list of finite float32-range numbers, else None."""
+    if not isinstance(value, list):
+        return None
+    vector = []
+    for x in value:
+        if isinstance(x, bool) or not isinstance(x, int | float):
+            return None
+        try:
+            number = float(x)
+        except OverflowError:  # an integer of hundreds of digits
+            return None
+        if not abs(number) <= _FLOAT32_MAX:  # NaN and infinities included
+            return None
+        vector.append(number)
+    return vector
+
+
 def _inputs(value: Any) -> list[str]:
     """``input`` as a list of non-empty strings.
 
@@ -178,11 +199,17 @@ def _inputs(value: Any) -> list[str]:
     """
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not items or not all(isinstance(s, str) for s in items):
-        raise _bad(
+        raise invalid(
             "input must be a string or a non-empty list of strings (binding bedrock's Titan "
             "models take text, not token arrays)",
             "input",
         )
     if not all(items):
-        raise _bad("input: an empty string cannot be embedded", "input")
+        raise invalid("input: an empty string cannot be embedded", "input")
+    if len(items) > MAX_INPUTS:
+        raise invalid(
+            f"input: at most {MAX_INPUTS} texts per request (OpenAI's limit too); each is one "
+            "Titan call",
+            "input",
+        )
     return items

@@ -16,28 +16,29 @@ import uuid
 from typing import Any, cast
 
 from botocore.eventstream import EventStreamBuffer, MessagePrelude, ParserError
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
 
 from rolegate_gateway import errors
 from rolegate_gateway.translators import upstream_errors
-from rolegate_gateway.translators.base import Usage
+from rolegate_gateway.translators.base import NO_HEADERS, Usage, token_count
 from rolegate_gateway.translators.chunks import ChunkWriter, finish_reason
 from rolegate_gateway.translators.wire import bedrock as wire
 
-__all__ = ["ConverseStream", "converse_usage", "finish", "known_error"]
+__all__ = ["MAX_FRAME_BYTES", "ConverseStream", "converse_usage", "finish", "known_error"]
 
 log = logging.getLogger(__name__)
 
 _BINDING = "bedrock"
-_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+#: The largest event-stream frame read, bytes; a larger one fails the stream. Bedrock's
+#: frames are a few hundred bytes (one delta each); botocore's own cap is a 24 MiB payload.
+MAX_FRAME_BYTES = 16 * 2**20
 #: What botocore's decoder raises for bytes that are not a valid frame: a CRC mismatch or a
 #: length over its limits (ParserError), headers it cannot unpack (the rest).
 _DECODE_ERRORS = (ParserError, struct.error, ValueError, KeyError, IndexError)
 
 
 def _count(usage: dict[str, Any], key: str) -> int:
-    value = usage.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    return token_count(usage.get(key)) or 0
 
 
 def converse_usage(value: object) -> Usage | None:
@@ -102,6 +103,7 @@ class ConverseStream:
         "_decoded",
         "_done",
         "_fed",
+        "_held",
         "_metadata",
         "_stopped",
         "_usage",
@@ -118,7 +120,8 @@ class ConverseStream:
         self.writer = ChunkWriter(include_usage=include_usage)
         self.failure: errors.GatewayError | None = None
         self._buffer = EventStreamBuffer()
-        self._fed = self._decoded = 0  # bytes given to the buffer / in decoded frames
+        self._held = bytearray()  # bytes of a frame not complete yet
+        self._fed = self._decoded = 0  # bytes received / in decoded frames
         self._stopped = self._metadata = self._done = False
         self._usage: Usage | None = None
 
@@ -128,7 +131,14 @@ class ConverseStream:
         out = bytearray()
         if chunk and not self._done:
             self._fed += len(chunk)
-            self._buffer.add_data(chunk)
+            self._held += chunk
+            frames = self._whole_frames()
+            if frames is None:
+                out += self._fail(
+                    f"sent an event-stream frame of more than {MAX_FRAME_BYTES // 2**20} MiB"
+                )
+            elif frames:
+                self._buffer.add_data(frames)
             while not self._done:
                 try:
                     message = next(self._buffer)
@@ -143,6 +153,25 @@ class ConverseStream:
         if end and not self._done:
             out += self._end()
         return bytes(out)
+
+    def _whole_frames(self) -> bytes | None:
+        """The complete frames at the start of the held bytes (taken from them), ``b""``
+        for none yet; None for a frame announcing more than :data:`MAX_FRAME_BYTES`.
+
+        botocore's buffer joins its bytes anew on every ``add_data``: fed a large frame
+        piece by piece it would copy it once per piece. Only whole frames reach it.
+        """
+        held, at = self._held, 0
+        while len(held) - at >= 4:
+            total = int.from_bytes(held[at : at + 4], "big")
+            if total > MAX_FRAME_BYTES:
+                return None
+            if len(held) - at < max(total, 16):
+                break
+            at += max(total, 16)  # (a length below the minimum: botocore refuses the frame)
+        frames = bytes(held[:at])
+        del held[:at]
+        return frames
 
     def _message(self, headers: dict[str, Any], payload: bytes) -> bytes:
         match headers.get(":message-type"):
@@ -214,12 +243,12 @@ class ConverseStream:
 
     def _upstream_error(self, code: str, text: object) -> bytes:
         said = str(text).strip() if text is not None else ""
-        error: errors.GatewayError | None = known_error(self.role, 502, _NO_HEADERS, code, said)
+        error: errors.GatewayError | None = known_error(self.role, 502, NO_HEADERS, code, said)
         if error is None:
             error = upstream_errors.mapped_error(
                 self.role,
                 502,
-                _NO_HEADERS,
+                NO_HEADERS,
                 type_="api_error",
                 text=f"{code}: {said}" if said else code or "stream error",
                 code=code or None,

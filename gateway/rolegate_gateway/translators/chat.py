@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rolegate_gateway import errors
-from rolegate_gateway.intake import Payload
+from rolegate_gateway.intake import Payload, loads_strict
 
 __all__ = [
     "Chat",
@@ -44,6 +44,7 @@ __all__ = [
     "ToolChoice",
     "ToolResult",
     "Turn",
+    "invalid",
     "read_chat",
 ]
 
@@ -137,7 +138,8 @@ class Chat:
         return any(isinstance(p, ToolCall | ToolResult) for t in self.turns for p in t.parts)
 
 
-def _bad(message: str, param: str) -> errors.InvalidRequest:
+def invalid(message: str, param: str) -> errors.InvalidRequest:
+    """The 400 for a request that cannot be served, naming the parameter at fault."""
     return errors.InvalidRequest(message, param=param)
 
 
@@ -172,7 +174,7 @@ def read_chat(payload: Payload, options: Mapping[str, Any], *, binding: str) -> 
     chat.tool_choice = _tool_choice(values.get("tool_choice"))
     parallel = values.get("parallel_tool_calls")
     if parallel is not None and not isinstance(parallel, bool):
-        raise _bad("parallel_tool_calls must be a boolean", "parallel_tool_calls")
+        raise invalid("parallel_tool_calls must be a boolean", "parallel_tool_calls")
     chat.parallel_tool_calls = parallel
     user = values.get("user")
     chat.user = user if isinstance(user, str) and user else None
@@ -182,21 +184,21 @@ def read_chat(payload: Payload, options: Mapping[str, Any], *, binding: str) -> 
 def _refuse_unsupported(values: dict[str, Any], binding: str) -> None:
     n = values.get("n")
     if n is not None and n != 1:
-        raise _bad(f"n={n!r}: binding {binding} answers one choice only (n=1)", "n")
+        raise invalid(f"n={n!r}: binding {binding} answers one choice only (n=1)", "n")
     for key, what in _REFUSED.items():
         if values.get(key) not in (None, False, 0):
-            raise _bad(f"{key}: binding {binding} cannot return {what}", key)
+            raise invalid(f"{key}: binding {binding} cannot return {what}", key)
     fmt = values.get("response_format")
     if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
         kind = fmt.get("type") if isinstance(fmt, dict) else fmt
-        raise _bad(
+        raise invalid(
             f"response_format {kind!r} is not supported for binding {binding} "
             "(describe the JSON you want in the prompt, or use a tool)",
             "response_format",
         )
     modalities = values.get("modalities")
     if modalities is not None and modalities != ["text"]:
-        raise _bad(f"modalities: binding {binding} answers text only", "modalities")
+        raise invalid(f"modalities: binding {binding} answers text only", "modalities")
 
 
 def _max_tokens(values: dict[str, Any]) -> int | None:
@@ -205,7 +207,7 @@ def _max_tokens(values: dict[str, Any]) -> int | None:
         if value is None:
             continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise _bad(f"{key} must be a positive integer", key)
+            raise invalid(f"{key} must be a positive integer", key)
         return value
     return None
 
@@ -215,7 +217,7 @@ def _number(values: dict[str, Any], key: str, *, high: float, binding: str) -> f
     if value is None:
         return None
     if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= high:
-        raise _bad(f"{key} must be a number from 0 to {high:g} for binding {binding}", key)
+        raise invalid(f"{key} must be a number from 0 to {high:g} for binding {binding}", key)
     return float(value)
 
 
@@ -224,7 +226,7 @@ def _stop(value: Any) -> list[str]:
         return []
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
-        raise _bad("stop must be a string or a list of strings", "stop")
+        raise invalid("stop must be a string or a list of strings", "stop")
     return [s for s in items if s]
 
 
@@ -232,20 +234,20 @@ def _tools(value: Any) -> list[Tool]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise _bad("tools must be a list", "tools")
+        raise invalid("tools must be a list", "tools")
     tools = []
     for i, tool in enumerate(value):
         fn = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(fn, dict):
-            raise _bad(f"tools[{i}]: only tools of type 'function' are supported", "tools")
+            raise invalid(f"tools[{i}]: only tools of type 'function' are supported", "tools")
         name = fn.get("name")
         if not isinstance(name, str) or not name:
-            raise _bad(f"tools[{i}].function.name is required", "tools")
+            raise invalid(f"tools[{i}].function.name is required", "tools")
         params = fn.get("parameters")
         if params is None:
             params = {"type": "object", "properties": {}}
         if not isinstance(params, dict):
-            raise _bad(f"tools[{i}].function.parameters must be a JSON Schema object", "tools")
+            raise invalid(f"tools[{i}].function.parameters must be a JSON Schema object", "tools")
         description = fn.get("description")
         strict = fn.get("strict")
         tools.append(
@@ -268,7 +270,7 @@ def _tool_choice(value: Any) -> ToolChoice | None:
     name = fn.get("name") if isinstance(fn, dict) else None
     if isinstance(value, dict) and value.get("type") == "function" and isinstance(name, str):
         return ToolChoice("function", name)
-    raise _bad(
+    raise invalid(
         "tool_choice must be 'auto', 'none', 'required' or "
         '{"type": "function", "function": {"name": ...}}',
         "tool_choice",
@@ -277,12 +279,12 @@ def _tool_choice(value: Any) -> ToolChoice | None:
 
 def _messages(value: Any) -> tuple[list[str], list[Turn]]:
     if not isinstance(value, list) or not value:
-        raise _bad("messages must be a non-empty list", "messages")
+        raise invalid("messages must be a non-empty list", "messages")
     system: list[str] = []
     turns: list[Turn] = []
     for i, message in enumerate(value):
         if not isinstance(message, dict):
-            raise _bad(f"messages[{i}] must be an object", "messages")
+            raise invalid(f"messages[{i}] must be an object", "messages")
         role = message.get("role")
         where = f"messages[{i}]"
         match role:
@@ -292,7 +294,7 @@ def _messages(value: Any) -> tuple[list[str], list[Turn]]:
             case "user":
                 asked: list[Part] = list(_parts(message.get("content"), where, images=True))
                 if not asked:
-                    raise _bad(f"{where}: a user message needs non-empty content", "messages")
+                    raise invalid(f"{where}: a user message needs non-empty content", "messages")
                 _add(turns, "user", asked)
             case "assistant":
                 content = message.get("content")
@@ -303,13 +305,13 @@ def _messages(value: Any) -> tuple[list[str], list[Turn]]:
             case "tool":
                 call_id = message.get("tool_call_id")
                 if not isinstance(call_id, str) or not call_id:
-                    raise _bad(f"{where}: a tool message needs tool_call_id", "messages")
+                    raise invalid(f"{where}: a tool message needs tool_call_id", "messages")
                 result = tuple(_parts(message.get("content"), where, images=True))
                 _add(turns, "user", [ToolResult(call_id, result)])
             case _:
-                raise _bad(f"{where}: unknown role {role!r}", "messages")
+                raise invalid(f"{where}: unknown role {role!r}", "messages")
     if not turns:
-        raise _bad("messages: at least one user or assistant message is needed", "messages")
+        raise invalid("messages: at least one user or assistant message is needed", "messages")
     return system, turns
 
 
@@ -329,7 +331,7 @@ def _parts(content: Any, where: str, *, images: bool = False) -> list[Text | Ima
     if isinstance(content, str):
         return [Text(content)] if content else []
     if not isinstance(content, list):
-        raise _bad(f"{where}.content must be a string or a list of parts", "messages")
+        raise invalid(f"{where}.content must be a string or a list of parts", "messages")
     parts: list[Text | Image] = []
     for j, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
@@ -337,26 +339,26 @@ def _parts(content: Any, where: str, *, images: bool = False) -> list[Text | Ima
         if kind in ("text", "refusal"):
             text = part.get(kind)
             if not isinstance(text, str):
-                raise _bad(f"{at}.{kind} must be a string", "messages")
+                raise invalid(f"{at}.{kind} must be a string", "messages")
             if text:
                 parts.append(Text(text))
         elif kind == "image_url" and images:
             parts.append(_image(part.get("image_url"), at))
         else:
-            raise _bad(f"{at}: parts of type {kind!r} are not supported here", "messages")
+            raise invalid(f"{at}: parts of type {kind!r} are not supported here", "messages")
     return parts
 
 
 def _image(value: Any, at: str) -> Image:
     url = value.get("url") if isinstance(value, dict) else None
     if not isinstance(url, str):
-        raise _bad(f"{at}.image_url.url must be a string", "messages")
+        raise invalid(f"{at}.image_url.url must be a string", "messages")
     found = _DATA_URL.fullmatch(url)
     if found is not None:
         return Image(media_type=found["type"].lower(), data=found["data"])
     if url.startswith("https://"):
         return Image(url=url)
-    raise _bad(
+    raise invalid(
         f"{at}: an image must be a data: URL (base64) or an https URL; the gateway fetches "
         "nothing itself",
         "messages",
@@ -367,23 +369,23 @@ def _tool_calls(value: Any, where: str) -> list[ToolCall]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise _bad(f"{where}.tool_calls must be a list", "messages")
+        raise invalid(f"{where}.tool_calls must be a list", "messages")
     calls = []
     for k, call in enumerate(value):
         at = f"{where}.tool_calls[{k}]"
         fn = call.get("function") if isinstance(call, dict) else None
         call_id = call.get("id") if isinstance(call, dict) else None
         if not isinstance(fn, dict) or not isinstance(call_id, str) or not call_id:
-            raise _bad(f"{at} needs an id and a function", "messages")
+            raise invalid(f"{at} needs an id and a function", "messages")
         name = fn.get("name")
         if not isinstance(name, str) or not name:
-            raise _bad(f"{at}.function.name is required", "messages")
+            raise invalid(f"{at}.function.name is required", "messages")
         raw = fn.get("arguments") or "{}"
         try:
-            arguments = json.loads(raw) if isinstance(raw, str) else raw
+            arguments = loads_strict(raw) if isinstance(raw, str) else raw
         except ValueError:
-            raise _bad(f"{at}.function.arguments is not valid JSON", "messages") from None
+            raise invalid(f"{at}.function.arguments is not valid JSON", "messages") from None
         if not isinstance(arguments, dict):
-            raise _bad(f"{at}.function.arguments must be a JSON object", "messages")
+            raise invalid(f"{at}.function.arguments must be a JSON object", "messages")
         calls.append(ToolCall(call_id, name, arguments))
     return calls

@@ -17,20 +17,18 @@ translators differ only in what they read. Formats (../shared/reference/translat
 
 from __future__ import annotations
 
-import json
 import logging
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rolegate_gateway import errors
-from rolegate_gateway.translators.base import Usage
+from rolegate_gateway.translators.base import Usage, encode
 
 __all__ = ["ChunkWriter", "completion", "finish_reason", "usage_object"]
 
 log = logging.getLogger(__name__)
-
-_DUMPS = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def usage_object(usage: Usage) -> dict[str, Any]:
@@ -89,7 +87,7 @@ def completion(
     }
     if usage is not None:
         body["usage"] = usage_object(usage)
-    return _DUMPS(body).encode()
+    return encode(body)
 
 
 class ChunkWriter:
@@ -107,6 +105,7 @@ class ChunkWriter:
         "_include_usage",
         "_prefix",
         "_tools",
+        "done",
         "finished",
         "first_content",
         "usage",
@@ -118,6 +117,7 @@ class ChunkWriter:
         self._tools: dict[object, int] = {}
         self._args_seen: set[object] = set()
         self.finished = False  # the finish chunk was written
+        self.done = False  # data: [DONE] was written
         self.first_content = False  # a content or tool-call delta was written
         self.usage: Usage | None = None
 
@@ -127,12 +127,14 @@ class ChunkWriter:
         return bool(self._prefix)
 
     def start(self, *, id_: str, model: str, created: int | None = None) -> bytes:
-        """The role chunk ``{"role": "assistant", "content": ""}``; fixes id and model."""
+        """The role chunk ``{"role": "assistant", "content": ""}``; fixes id and model (an
+        empty id: a generated ``chatcmpl-`` one)."""
         stamp = int(time.time()) if created is None else created
+        id_ = id_ or "chatcmpl-" + uuid.uuid4().hex
         self._head = b'data: {"id":%b,"object":"chat.completion.chunk","created":%d,"model":%b,' % (
-            _DUMPS(id_).encode(),
+            encode(id_),
             stamp,
-            _DUMPS(model).encode(),
+            encode(model),
         )
         self._prefix = self._head + b'"choices":[{"index":0,"delta":'
         return self._chunk({"role": "assistant", "content": ""})
@@ -140,10 +142,10 @@ class ChunkWriter:
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
         if self.finished:
             return b""  # nothing with choices after the finish chunk
-        tail = b"null" if finish is None else _DUMPS(finish).encode()
+        tail = b"null" if finish is None else encode(finish)
         return b'%b%b,"logprobs":null,"finish_reason":%b}]}\n\n' % (
             self._prefix,
-            _DUMPS(delta).encode(),
+            encode(delta),
             tail,
         )
 
@@ -194,8 +196,9 @@ class ChunkWriter:
         self.usage = usage
         out = b""
         if self._include_usage and usage is not None:
-            usage_json = _DUMPS(usage_object(usage)).encode()
+            usage_json = encode(usage_object(usage))
             out = self._head + b'"choices":[],"usage":%b}\n\n' % usage_json
+        self.done = True
         return out + b"data: [DONE]\n\n"
 
     @staticmethod

@@ -26,7 +26,7 @@ import json
 import uuid
 from typing import Any
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
 from yarl import URL
 
 from rolegate_gateway import errors
@@ -35,12 +35,14 @@ from rolegate_gateway.config import Upstream
 from rolegate_gateway.intake import Payload
 from rolegate_gateway.translators import chunks, sse, upstream_errors
 from rolegate_gateway.translators.base import (
+    NO_HEADERS,
     Endpoint,
     ResponseHead,
     UpstreamRequest,
     Usage,
     encode,
     request_id,
+    token_count,
 )
 from rolegate_gateway.translators.chat import (
     Chat,
@@ -60,7 +62,6 @@ __all__ = ["AnthropicExchange", "AnthropicTranslator"]
 _BINDING = "anthropic"
 _SSE = "text/event-stream"
 _JSON = "application/json"
-_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 _DECODE = json.JSONDecoder().decode
 _BLOCK_EVENTS = ("content_block_start", "content_block_delta", "content_block_stop")
 #: The events that need ``message_start`` before them.
@@ -227,8 +228,8 @@ def _count(counts: dict[str, int], usage: object) -> None:
     """Set ``counts`` from the integer fields ``usage`` has (Set, not Add; reference §4.1)."""
     if isinstance(usage, dict):
         for key in wire.USAGE_FIELDS:
-            value = usage.get(key)
-            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            value = token_count(usage.get(key))
+            if value is not None:
                 counts[key] = value
 
 
@@ -286,6 +287,11 @@ class AnthropicExchange:
         self.first_content = False
         self.usage: Usage | None = None
         self.failure: errors.GatewayError | None = None
+
+    @property
+    def complete(self) -> bool:
+        """The client's stream is whole: ``data: [DONE]`` was written."""
+        return self._writer.done
 
     def request(self, endpoint: Endpoint, payload: Payload) -> UpstreamRequest:
         """``POST {base_url}/v1/messages``; see :meth:`AnthropicTranslator.build`."""
@@ -480,7 +486,7 @@ class AnthropicExchange:
         kind = _text(detail.get("type")) if isinstance(detail, dict) else ""
         said = _text(detail.get("message")) if isinstance(detail, dict) else ""
         status = wire.ERRORS.get(kind, (502, ""))[0]
-        return _error(self._factory.role, status, _NO_HEADERS, kind or "api_error", said)
+        return _error(self._factory.role, status, NO_HEADERS, kind or "api_error", said)
 
 
 def _text(value: Any) -> str:

@@ -73,10 +73,6 @@ _BINDING = "bedrock"
 _HEADERS = {"Content-Type": "application/json"}
 
 
-def _bad(message: str, param: str) -> errors.InvalidRequest:
-    return errors.InvalidRequest(message, param=param)
-
-
 class BedrockTranslator:
     """The translator factory of one ``bedrock`` role: built once per role wrapper with its
     :class:`~rolegate_gateway.config.Upstream` (``model``: a base id, a cross-region
@@ -111,7 +107,7 @@ def converse_request(chat: oai.Chat) -> wire.ConverseRequest:
         errors.InvalidRequest: what Converse cannot take (see the module docstring).
     """
     if chat.turns[0].role != "user":
-        raise _bad(
+        raise oai.invalid(
             "binding bedrock: the conversation must start with a user message "
             "(Bedrock Converse refuses others)",
             "messages",
@@ -140,14 +136,14 @@ def _tool_config(chat: oai.Chat) -> wire.ToolConfig | None:
     choice = chat.tool_choice
     if not chat.tools:
         if chat.has_tool_blocks:
-            raise _bad(
+            raise oai.invalid(
                 "binding bedrock: the conversation holds tool calls or tool results, and "
                 "Bedrock Converse requires toolConfig with toolUse/toolResult history: send "
                 "the tools of the conversation in 'tools'",
                 "tools",
             )
         if choice is not None and choice.kind in ("required", "function"):
-            raise _bad(f"tool_choice {choice.kind!r} needs 'tools'", "tool_choice")
+            raise oai.invalid(f"tool_choice {choice.kind!r} needs 'tools'", "tool_choice")
         return None
     if choice is not None and choice.kind == "none" and not chat.has_tool_blocks:
         return None  # no tools offered: the model cannot call one ("none" exactly)
@@ -193,13 +189,13 @@ def _message(turn: oai.Turn) -> wire.Message:
 
 def _image(image: oai.Image) -> wire.Image:
     if image.data is None:
-        raise _bad(
+        raise oai.invalid(
             "binding bedrock takes images as data: URLs only; Bedrock cannot fetch URLs",
             "messages",
         )
     fmt = wire.IMAGE_FORMATS.get(image.media_type or "")
     if fmt is None:
-        raise _bad(
+        raise oai.invalid(
             f"binding bedrock takes images of type {', '.join(wire.IMAGE_FORMATS)}, "
             f"not {image.media_type}",
             "messages",
@@ -231,6 +227,11 @@ class BedrockExchange:
         self.first_content = False
         self.usage: Usage | None = None
         self.failure: errors.GatewayError | None = None
+
+    @property
+    def complete(self) -> bool:
+        """The client's stream is whole: ``data: [DONE]`` was written."""
+        return self._stream is not None and self._stream.writer.done
 
     def request(self, endpoint: Endpoint, payload: Payload) -> UpstreamRequest:
         """Chat: the Converse (or ConverseStream, when the client streams) call with

@@ -37,6 +37,7 @@ from rolegate_gateway.translators.base import (
     Usage,
     encode,
     request_id,
+    token_count,
 )
 
 __all__ = ["TAIL_BYTES", "AzurePassThrough", "PassThrough", "openai_usage"]
@@ -45,15 +46,11 @@ __all__ = ["TAIL_BYTES", "AzurePassThrough", "PassThrough", "openai_usage"]
 TAIL_BYTES = 4096
 
 _SSE = "text/event-stream"
-_DONE = b"data: [DONE]"
+_DONE = (b"data: [DONE]", b"data:[DONE]")  # the space after the colon is optional (SSE)
 _CONTENT = re.compile(rb'"(?:content|arguments|reasoning_content)": ?"[^"]')
 _KEY_BYTES = 24  # longer than any match of _CONTENT
 _USAGE_KEY = re.compile(rb'"usage"\s*:\s*')
 _DECODER = json.JSONDecoder()
-
-
-def _count(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def openai_usage(data: bytes) -> Usage | None:
@@ -72,12 +69,12 @@ def openai_usage(data: bytes) -> Usage | None:
         return None
     if not isinstance(value, dict):
         return None
-    prompt = _count(value.get("prompt_tokens"))
+    prompt = token_count(value.get("prompt_tokens"))
     if prompt is None:
         return None
     details = value.get("prompt_tokens_details")
-    cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else None
-    return Usage(prompt, _count(value.get("completion_tokens")) or 0, cached or 0)
+    cached = token_count(details.get("cached_tokens")) if isinstance(details, dict) else None
+    return Usage(prompt, token_count(value.get("completion_tokens")) or 0, cached or 0)
 
 
 class PassThrough:
@@ -127,6 +124,8 @@ class AzurePassThrough(PassThrough):
 class PassThroughExchange:
     """One request through :class:`PassThrough`: the bytes as they are, read on the side."""
 
+    complete = False  # the end of the bytes is the upstream's to say
+
     __slots__ = ("_factory", "_stream", "_tail", "failure", "first_content", "usage")
 
     def __init__(self, factory: PassThrough) -> None:
@@ -161,7 +160,7 @@ class PassThroughExchange:
         return chunk + self._end()
 
     def _end(self) -> bytes:
-        if self._tail.rstrip().endswith(_DONE):
+        if self._tail.rstrip().endswith(_DONE):  # "data: [DONE]" or "data:[DONE]"
             self.usage = openai_usage(self._tail)
             return b""
         self.failure = errors.UpstreamUnavailable(

@@ -60,6 +60,7 @@ class SSEParser:
         """
         if self._after_cr and data[:1] == b"\n":
             data = data[1:]  # the \n of a \r\n cut between two feeds
+        self._after_cr = False
         if not data:
             return []
         self._after_cr = data[-1:] == b"\r"

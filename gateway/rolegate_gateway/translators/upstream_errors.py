@@ -34,6 +34,11 @@ def json_object(body: bytes) -> dict[str, Any] | None:
     return parsed if isinstance(parsed, dict) else None
 
 
+#: Where AWS's signature errors start quoting what was signed (the canonical request holds
+#: x-amz-security-token): https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_sigv-troubleshooting.html
+_SIGNING_DETAIL = ("\n\n", "The Canonical String", "The String-to-Sign")
+
+
 def _said(text: object) -> str:
     return str(text).strip()[:1000] if text is not None else ""
 
@@ -42,8 +47,13 @@ def credentials_refused(
     role: str, status: int, headers: CIMultiDictProxy[str], said: object
 ) -> errors.UpstreamStatusError:
     """The upstream refused the role's credentials (401, or a provider's signature or key
-    error): the status is kept, the message names the role's Secret."""
+    error): the status is kept, the message names the role's Secret. Only the first
+    paragraph of the upstream's text is quoted: AWS follows a signature mismatch with the
+    canonical request it expected, whose headers hold the session token (a token from the
+    pod's identity is not in the role's config, so scrubbing cannot know it)."""
     text = _said(said)
+    for marker in _SIGNING_DETAIL:
+        text = text.split(marker, 1)[0].strip()
     message = f"the upstream of role {role!r} answered {status}"
     body = errors.error_body(
         f"the upstream of role {role!r} refused the role's credentials ({status}); the key "
