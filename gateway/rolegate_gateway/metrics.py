@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from rolegate_gateway.config import RefusedRole, RoleConfig
@@ -42,7 +42,7 @@ class RoleMetrics:
     _duration: Histogram
     _ttft: Histogram
     _codes: dict[int, Counter]
-    _tokens: tuple[Counter, Counter, Counter] | None = None  # prompt, completion, cached
+    _tokens: list[int] | None = None  # prompt, completion, cached (Metrics.token_counts')
 
     def request(self, code: int, duration_s: float) -> None:
         """Count one answered request and observe its duration; ``code`` is the HTTP status
@@ -59,21 +59,14 @@ class RoleMetrics:
         self._ttft.observe(seconds)
 
     def tokens(self, usage: Usage) -> None:
-        """Count the tokens of one answer (the upstream's usage, after translation)."""
-        if self._tokens is None:
-            family = self.metrics.tokens
-            self._tokens = (
-                family.labels(*self.labels, "prompt"),
-                family.labels(*self.labels, "completion"),
-                family.labels(*self.labels, "cached"),
-            )
-            for kind in ("prompt", "completion", "cached"):
-                self.metrics.used(self.labels, "tokens", kind)
-        prompt, completion, cached = self._tokens
-        prompt.inc(usage.prompt)
-        completion.inc(usage.completion)
-        if usage.cached:
-            cached.inc(usage.cached)
+        """Count the tokens of one answer (the upstream's usage, after translation): three
+        integer additions; the series are made at scrape time (:class:`_TokenCollector`)."""
+        counts = self._tokens
+        if counts is None:
+            counts = self._tokens = self.metrics.token_counts.setdefault(self.labels, [0, 0, 0])
+        counts[0] += usage.prompt
+        counts[1] += usage.completion
+        counts[2] += usage.cached
 
     def rejected(self) -> None:
         """Count a request the queue refused."""
@@ -108,6 +101,29 @@ class _QueueCollector(Collector):
             queued.add_metric(labels, queue.queued)
             max_async.add_metric(labels, queue.limits.max_async)
         yield from (in_flight, queued, max_async)
+
+
+class _TokenCollector(Collector):
+    """``rolegate_tokens_total`` at scrape time from the per-role counts: counting a
+    request's tokens costs three additions instead of three prometheus-client counter
+    updates (with their locks) on the request path."""
+
+    _KINDS = ("prompt", "completion", "cached")
+
+    def __init__(self, counts: dict[tuple[str, ...], list[int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "rolegate_tokens",
+            "Tokens of answered requests, from the upstream's usage: kind prompt (cached "
+            "included), completion, cached (prompt tokens read from a prompt cache).",
+            labels=(*ROLE_LABELS, "kind"),
+        )
+        for labels, counts in self._counts.items():
+            for kind, value in zip(self._KINDS, counts, strict=True):
+                family.add_metric([*labels, kind], value)
+        yield family
 
 
 class Metrics:
@@ -152,13 +168,10 @@ class Metrics:
             [*ROLE_LABELS, "kind"],
             registry=registry,
         )
-        self.tokens = Counter(
-            "rolegate_tokens",
-            "Tokens of answered requests, from the upstream's usage: kind prompt (cached "
-            "included), completion, cached (prompt tokens read from a prompt cache).",
-            [*ROLE_LABELS, "kind"],
-            registry=registry,
-        )
+        #: Tokens per role's labels: [prompt, completion, cached], ever growing (a rebound
+        #: role with the same labels goes on counting); removed by :meth:`retire`.
+        self.token_counts: dict[tuple[str, ...], list[int]] = {}
+        registry.register(_TokenCollector(self.token_counts))
         self.refused = Gauge(
             "rolegate_roles_refused",
             "1 per role of the served config that this gateway cannot serve (its binding is "
@@ -189,12 +202,13 @@ class Metrics:
         )
 
     def used(self, labels: tuple[str, ...], family: str, extra: str) -> None:
-        """Note that a series of ``family`` (requests, upstream_errors, tokens) exists for a role's
+        """Note that a series of ``family`` (requests, upstream_errors) exists for a role's
         ``labels`` plus ``extra`` (its code or kind), so :meth:`retire` can remove it."""
         self._used.setdefault(labels, set()).add((family, extra))
 
     def retire(self, labels: tuple[str, ...]) -> None:
         """Remove every series of one role's label values (a removed or relabelled role)."""
+        self.token_counts.pop(labels, None)
         for family, extra in self._used.pop(labels, set()):
             with contextlib.suppress(KeyError):
                 getattr(self, family).remove(*labels, extra)
