@@ -176,7 +176,16 @@ def test_the_tail_keeps_the_last_bytes_across_small_and_large_chunks() -> None:
         (b'{"usage": null}', None),
         (b'{"usage": {"prompt_tokens": "5"}}', None),
         (b'{"usage": {"prompt_tokens": 4, "total_tokens": 4}}', Usage(4, 0, 0)),  # embeddings
-        (b'{"usage": {"prompt_tokens": 4', None),  # cut off
+        (b'{"usage": {"prompt_tokens": 4', None),  # cut off: no end to the number
+        (
+            b'{"usage": {"prompt_tokens_details": {"cached_tokens": 2}, "prompt_tokens": 4}}',
+            Usage(4, 0, 2),
+        ),
+        (
+            b'{"usage": {"completion_tokens": 3, "prompt_tokens": 4, "total_tokens": 7}}',
+            Usage(4, 3, 0),
+        ),
+        (b'{"usage": {"prompt_tokens": -4}}', None),
         (b'{"data": []}', None),
         (b'{"usage": {"prompt_tokens": true, "completion_tokens": 1}}', None),
     ],

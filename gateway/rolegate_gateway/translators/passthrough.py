@@ -19,7 +19,6 @@ https://learn.microsoft.com/azure/ai-services/openai/reference).
 
 from __future__ import annotations
 
-import json
 import re
 from urllib.parse import quote
 
@@ -37,7 +36,6 @@ from rolegate_gateway.translators.base import (
     Usage,
     encode,
     request_id,
-    token_count,
 )
 
 __all__ = ["TAIL_BYTES", "AzurePassThrough", "PassThrough", "openai_usage"]
@@ -49,32 +47,32 @@ _SSE = "text/event-stream"
 _DONE = (b"data: [DONE]", b"data:[DONE]")  # the space after the colon is optional (SSE)
 _CONTENT = re.compile(rb'"(?:content|arguments|reasoning_content)": ?"[^"]')
 _KEY_BYTES = 24  # longer than any match of _CONTENT
-_USAGE_KEY = re.compile(rb'"usage"\s*:\s*')
-_DECODER = json.JSONDecoder()
+_USAGE_WINDOW = 512  # bytes after "usage" that hold its object (OpenAI's is ~200)
+_PROMPT = re.compile(rb'\A"usage"\s*:\s*\{.*?"prompt_tokens"\s*:\s*(\d+)[,}\s]', re.S)
+_COMPLETION = re.compile(rb'"completion_tokens"\s*:\s*(\d+)[,}\s]')
+_CACHED = re.compile(rb'"cached_tokens"\s*:\s*(\d+)[,}\s]')
 
 
 def openai_usage(data: bytes) -> Usage | None:
     """The last ``"usage": {...}`` object in ``data`` (a body, or a stream's tail) read as
     :class:`Usage`: ``prompt_tokens``, ``completion_tokens`` (0 for embeddings) and
-    ``prompt_tokens_details.cached_tokens``; None when absent, null or malformed."""
+    ``prompt_tokens_details.cached_tokens``; None when absent, null or without a
+    ``prompt_tokens`` integer. Three searches in the few hundred bytes after the key, not a
+    JSON decode: this runs on every pass-through answer."""
     at = data.rfind(b'"usage"')
     if at < 0:
         return None
-    key = _USAGE_KEY.match(data, at)
-    if key is None:
-        return None
-    try:
-        value, _ = _DECODER.raw_decode(data[key.end() : key.end() + 4096].decode(errors="replace"))
-    except ValueError:
-        return None
-    if not isinstance(value, dict):
-        return None
-    prompt = token_count(value.get("prompt_tokens"))
+    window = data[at : at + _USAGE_WINDOW]
+    prompt = _PROMPT.search(window)
     if prompt is None:
         return None
-    details = value.get("prompt_tokens_details")
-    cached = token_count(details.get("cached_tokens")) if isinstance(details, dict) else None
-    return Usage(prompt, token_count(value.get("completion_tokens")) or 0, cached or 0)
+    completion = _COMPLETION.search(window)
+    cached = _CACHED.search(window)
+    return Usage(
+        int(prompt[1]),
+        int(completion[1]) if completion else 0,
+        int(cached[1]) if cached else 0,
+    )
 
 
 class PassThrough:
