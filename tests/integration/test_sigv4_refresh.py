@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,6 +29,11 @@ from rolegate_gateway.config import Credentials, Upstream
 from rolegate_gateway.translators.base import UpstreamRequest
 from tests.fakes.bedrock import ACCESS_KEY_ID, SECRET_ACCESS_KEY, FakeBedrock
 from tests.fakes.sts import FakeSTS
+from tests.fixtures.aws import fresh_chain
+
+__all__ = ["fresh_chain"]  # a fixture, imported by name
+
+pytestmark = pytest.mark.usefixtures("fresh_chain")
 
 T = TypeVar("T")
 
@@ -78,13 +83,6 @@ class OtherLoop:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
         self.loop.close()
-
-
-@pytest.fixture(autouse=True)
-def fresh_chain() -> Iterator[None]:
-    sigv4.reset_default_chain()
-    yield
-    sigv4.reset_default_chain()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import botocore.auth
@@ -25,6 +24,11 @@ from rolegate_gateway.api import Binding
 from rolegate_gateway.auth import sigv4
 from rolegate_gateway.config import Credentials, Upstream
 from rolegate_gateway.translators.base import UpstreamRequest
+from tests.fixtures.aws import fresh_chain
+
+__all__ = ["fresh_chain"]  # a fixture, imported by name
+
+pytestmark = pytest.mark.usefixtures("fresh_chain")
 
 AKID = "AKIDEXAMPLE"
 SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
@@ -39,13 +43,6 @@ _AUTHORIZATION = re.compile(
     r"AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request, "
     r"SignedHeaders=([a-z0-9;-]+), Signature=([0-9a-f]{64})"
 )
-
-
-@pytest.fixture(autouse=True)
-def fresh_chain() -> Iterator[None]:
-    sigv4.reset_default_chain()
-    yield
-    sigv4.reset_default_chain()
 
 
 @pytest.fixture
