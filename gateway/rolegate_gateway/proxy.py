@@ -53,7 +53,6 @@ log = logging.getLogger(__name__)
 #: client counts as gone. Read at each call, so tests may lower it.
 WRITE_TIMEOUT_S = 30.0
 
-_SSE = "text/event-stream"
 _CLIENT_CLOSED = 499  # nginx's code for a request the client abandoned, for metrics only
 
 
@@ -246,7 +245,9 @@ async def _call(
                             out = translator.response_body(b"", end=True)
                             if out:
                                 await _stream_out(send, request, response, translator, out)
-                        if not response.prepared:  # an empty answer (the translator's say)
+                        if not response.prepared:  # nothing to send: an empty answer,
+                            if translator.failure is not None:  # or the failure it is
+                                raise translator.failure
                             await send(response.prepare(request))
                         await send(response.write_eof())
                         if translator.usage is not None:
