@@ -35,12 +35,15 @@ from rolegate_operator.apply import PLURAL, Kube
 from rolegate_operator.reconcile import Reconciler
 from rolegate_operator.settings import Settings
 
-__all__ = ["run"]
+__all__ = ["api_backoffs", "run"]
 
 log = logging.getLogger(__name__)
 
 #: The User-Agent of the reconciler's API calls (kopf's own say ``kopf/<version>``).
 USER_AGENT = "rolegate-operator"
+
+#: Seconds one failed API request of kopf's is retried for before kopf gives up on it.
+API_RETRY_BUDGET_S = 120.0
 
 
 @kopf.on.login()
@@ -72,6 +75,24 @@ async def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
     )
 
 
+def api_backoffs(cap_s: float, *, budget_s: float = API_RETRY_BUDGET_S) -> tuple[float, ...]:
+    """kopf's delays (seconds) between attempts of one failed API request: 0.5, 1, then
+    ``cap_s`` apart until they add up to ``budget_s``.
+
+    kopf's default (1 … 21 s, 54 s in all) keeps an API server back from a restart waiting
+    up to 21 s for the watches; ours retries at most ``cap_s`` apart. After the last attempt
+    a watch starts over, but a request of kopf's start (API discovery, the namespace list)
+    ends the operator: the budget is what an outage during start may last (it was 13.5 s,
+    and a restart on a loaded machine outlasted it). Raises ValueError if ``cap_s`` <= 0.
+    """
+    if cap_s <= 0:
+        raise ValueError(f"cap_s must be positive, not {cap_s}")
+    delays = [min(cap_s, 0.5), min(cap_s, 1.0)]
+    while sum(delays) < budget_s:
+        delays.append(cap_s)
+    return tuple(delays)
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Start the reconciler; its first pass lists everything, events or not."""
@@ -81,10 +102,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     ours: Settings = memo.settings
-    # kopf retries a failed request up to 21 s apart by default; an API server back from a
-    # restart should see the watches back within seconds (after these, kopf starts over).
-    cap_s = ours.max_unavailable_delay_s
-    settings.networking.error_backoffs = [min(cap_s, d) for d in (0.5, 1, 2, 2, 2, 2, 2, 2)]
+    settings.networking.error_backoffs = api_backoffs(ours.max_unavailable_delay_s)
     kube = Kube(await api_client(ours.kubeconfig, user_agent=USER_AGENT))
     memo.reconciler = Reconciler(ours, kube)
     memo.task = asyncio.create_task(memo.reconciler.run(), name="rolegate-reconcile")

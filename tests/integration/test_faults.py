@@ -44,6 +44,9 @@ from tests.fixtures.faults import (
 
 pytestmark = pytest.mark.cluster
 
+#: Longer than kopf's former retry budget for one request (0.5 + 1 + 6 x 2 s = 13.5 s).
+OUTAGE_AT_START_S = 18.0
+
 
 @pytest.fixture(scope="module")
 def plane(k8s_bin_dir: Path) -> Iterator[ControlPlane]:
@@ -296,6 +299,30 @@ def test_an_empty_install_gets_an_empty_config_and_a_ready_gateway(
         print(f"\nconfig written {took:.2f} s after start; gateway ready +{ready:.2f} s")
         assert models(gw) == []
         assert ask(gw, "anything") == 404
+
+
+def test_an_operator_started_during_an_apiserver_outage_serves_once_it_is_back(
+    plane: ControlPlane, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """kopf's own start (API discovery, the namespace list) retries instead of ending the
+    operator: an outage longer than its former 13.5 s retry budget is survived (the case
+    of a CI run where an apiserver restart outlasted it, and the operator exited 1)."""
+    ns = new_namespace(plane, tmp_path, request)
+    ns.apply(role("a"))
+    relay = plane.relay()
+    relay.cut()
+    op = operator(ns, kubeconfig=relay.kubeconfig, resync_s=300)  # b below comes by watch
+    with running(op, relays=(relay,)):
+        began = time.monotonic()
+        while time.monotonic() - began < OUTAGE_AT_START_S:
+            op.check_running()
+            time.sleep(0.5)
+        assert ns.config() is None  # nothing reached the API server meanwhile
+        relay.restore()
+        took = wait("a in the config", lambda: ns.config_roles() == ["a"], 30, op)
+        ns.apply(role("b"))  # kopf watches, not only the reconciler's first list
+        event = wait("b in the config", lambda: ns.config_roles() == ["a", "b"], 30, op)
+        print(f"\nconfig {took:.2f} s after a {OUTAGE_AT_START_S:.0f} s outage; b +{event:.2f} s")
 
 
 # -- traffic through the faults ---------------------------------------------------------------
