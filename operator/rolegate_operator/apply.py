@@ -67,6 +67,13 @@ class Kube:
         #: Writes made, by kind ("secret", "status", "event"): for logs and tests.
         self.writes: dict[str, int] = {"secret": 0, "status": 0, "event": 0}
 
+    async def api_resources(self, group: str, version: str) -> set[str]:
+        """The resource names (plurals and subresources, e.g. ``llmroles/status``) the API
+        server serves under ``/apis/<group>/<version>``; raises ApiException 404 when it
+        serves no such group version."""
+        listing = await self.custom.get_api_resources(group, version, _request_timeout=_TIMEOUT_S)
+        return {resource.name for resource in listing.resources or ()}
+
     async def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The Secret as a raw dict, or None when it does not exist."""
         return await kube.read_secret(self.core, namespace, name, timeout_s=_TIMEOUT_S)

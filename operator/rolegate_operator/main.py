@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from typing import Any
 
 import kopf
 from kubernetes_asyncio.config import ConfigException
 
 from rolegate_gateway.api import GROUP, VERSION
-from rolegate_gateway.kube import api_client, load_configuration
+from rolegate_gateway.kube import API_ERRORS, api_client, describe, load_configuration
 from rolegate_gateway.logs import quiet_client_bodies
 from rolegate_operator.apply import PLURAL, Kube
 from rolegate_operator.reconcile import Reconciler
@@ -93,6 +95,31 @@ def api_backoffs(cap_s: float, *, budget_s: float = API_RETRY_BUDGET_S) -> tuple
     return tuple(delays)
 
 
+async def wait_for_role_api(kube: Kube, retry_s: float) -> None:
+    """Return once the API server serves ``llmroles.rolegate.dev/v1`` (API discovery, which
+    every authenticated client may read), retrying every ``retry_s`` seconds and saying
+    every 30 s what is missing: with scanning off, kopf looks for the resource only once,
+    right after this start handler."""
+    path = f"/apis/{GROUP}/{VERSION}"
+    said = -math.inf
+    while True:
+        try:
+            if PLURAL in await kube.api_resources(GROUP, VERSION):
+                return
+            problem = f"{path} does not serve {PLURAL}"
+        except API_ERRORS as exc:
+            problem = f"{path}: {describe(exc)}"
+        now = time.monotonic()
+        if now - said >= 30:
+            log.warning(
+                "waiting for the LLMRole API (%s): install the CRD with "
+                "`kubectl apply -f crds/` or the Helm chart",
+                problem,
+            )
+            said = now
+        await asyncio.sleep(retry_s)
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Start the reconciler; its first pass lists everything, events or not."""
@@ -103,7 +130,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.client_timeout = 330
     ours: Settings = memo.settings
     settings.networking.error_backoffs = api_backoffs(ours.max_unavailable_delay_s)
+    # The namespaces are names (not patterns) and the LLMRole API is there (waited for
+    # below): kopf need not list namespaces nor watch CRDs, so the operator needs no
+    # cluster-wide permission for either (the chart's least-privilege RBAC).
+    settings.scanning.disabled = True
     kube = Kube(await api_client(ours.kubeconfig, user_agent=USER_AGENT))
+    await wait_for_role_api(kube, ours.max_unavailable_delay_s)
     memo.reconciler = Reconciler(ours, kube)
     memo.task = asyncio.create_task(memo.reconciler.run(), name="rolegate-reconcile")
 

@@ -325,6 +325,26 @@ def test_an_operator_started_during_an_apiserver_outage_serves_once_it_is_back(
         print(f"\nconfig {took:.2f} s after a {OUTAGE_AT_START_S:.0f} s outage; b +{event:.2f} s")
 
 
+def test_an_operator_started_before_the_crd_waits_for_it_then_serves(
+    k8s_bin_dir: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """kopf looks for the LLMRole API once (the operator turns its scanning off, so it
+    needs no cluster-wide permission): the operator waits for the CRD, says so, and
+    serves once it is installed."""
+    with ControlPlane(bin_dir=k8s_bin_dir) as cp:
+        ns = new_namespace(cp, tmp_path, request)
+        op = operator(ns)
+        with running(op):
+            wait("the operator saying what it waits for", lambda: "crds/" in op.log_tail(), 30, op)
+            assert "waiting for the LLMRole API" in op.log_tail()
+            install_crd(cp)
+            ns.apply(role("a"))
+            took = wait("a in the config", lambda: ns.config_roles() == ["a"], 30, op)
+            ns.apply(role("b"))
+            event = wait("b in the config", lambda: ns.config_roles() == ["a", "b"], 30, op)
+        print(f"\nconfig {took:.2f} s after the CRD and a; b +{event:.2f} s")
+
+
 # -- traffic through the faults ---------------------------------------------------------------
 
 
