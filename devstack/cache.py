@@ -5,8 +5,11 @@ Owns the cache root (``$ROLEGATE_CACHE``, else ``$XDG_CACHE_HOME/rolegate``, els
 file lock per entry (so two runs never build one entry at once), a stamp written last (so an
 interrupted build never looks complete), and subprocesses whose output is passed on as
 progress while they run, with their whole output kept in a build log.
-Entries: ``k8s-<version>/`` (:mod:`devstack.k8s.build`), ``llama-cpp-python-<version>/``
-(:mod:`devstack.llama.build`), ``litellm-<version>/`` (:mod:`devstack.peers.litellm`).
+Entries: ``k8s-<version>/`` (:mod:`devstack.k8s.build`), ``node-<version>/`` (the real node:
+:mod:`devstack.k8s.nodebuild`), ``llama-cpp-python-<version>/`` (:mod:`devstack.llama.build`),
+``litellm-<version>/`` (:mod:`devstack.peers.litellm`), the image and its Debian base layer
+(:mod:`devstack.image.build`, :mod:`devstack.image.base`), ``crane-<version>/``
+(:mod:`devstack.registry`), and ``apt.lock`` (:mod:`devstack.apt`).
 """
 
 from __future__ import annotations

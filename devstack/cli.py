@@ -1,13 +1,14 @@
 """``python -m devstack``: the local stack by hand.
 
-    python -m devstack build [k8s|llama|litellm ...]   build what is missing (default: all)
-    python -m devstack up [--full] [--crd]              a control plane until Ctrl-C
+    python -m devstack build [k8s|node|llama|litellm ...]   build what is missing (default: all)
+    python -m devstack up [--full [--node]] [--crd]          a control plane until Ctrl-C
     python -m devstack status                           what is cached, and how big
 
 ``build`` prints progress lines only; each build's whole output stays in its build log in the
 cache (its path is printed, and the last lines come with a failure). ``up`` builds the
 Kubernetes binaries first when they are missing, then prints ``export KUBECONFIG=... PATH=...``
-and a line ``READY {json}`` (kubeconfig, tmp_dir, server, pids by component), and runs until
+and a line ``READY {json}`` (kubeconfig, tmp_dir, server, pids by component; with ``--node``
+also the real node's pids under ``node_pids``), and runs until
 Ctrl-C or SIGTERM, which stop every process and remove the temporary directory.
 
 Exit status: 0 done (``up``: stopped by Ctrl-C or SIGTERM), 1 a build or start failed (the
@@ -27,8 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TextIO
 
+from devstack.apt import AptUnavailable
 from devstack.cache import BuildFailed, cache_root
+from devstack.image import build as image_build
 from devstack.k8s import build as k8s_build
+from devstack.k8s import nodebuild
 from devstack.k8s.controlplane import CommandError, ControlPlane, ControlPlaneError
 from devstack.llama import build as llama_build
 from devstack.peers import litellm
@@ -71,6 +75,21 @@ ENTRIES: Final = (
         litellm.is_built,
         litellm.ensure,
         litellm.venv_dir,
+    ),
+    Entry(
+        "image",
+        f"rolegate's OCI image {image_build.version()} (Debian bookworm, operator and gateway)",
+        image_build.is_built,
+        image_build.ensure,
+        image_build.cache_dir,
+    ),
+    Entry(
+        "node",
+        f"a real node: kubelet {k8s_build.KUBE_VERSION}, containerd "
+        f"{nodebuild.CONTAINERD_VERSION}, CNI plugins, crictl, pause and test images",
+        nodebuild.is_built,
+        nodebuild.ensure,
+        nodebuild.cache_dir,
     ),
 )
 _BY_NAME: Final = {entry.name: entry for entry in ENTRIES}
@@ -126,12 +145,13 @@ def status(out: TextIO) -> int:
     return 0
 
 
-def up(*, full: bool, crd: bool, out: TextIO) -> int:
-    """Run a control plane until Ctrl-C or SIGTERM; see the module docstring."""
-    if build(["k8s"], sys.stderr) != 0:
+def up(*, full: bool, crd: bool, out: TextIO, node: bool = False) -> int:
+    """Run a control plane (with ``node``, a real node too) until Ctrl-C or SIGTERM; see the
+    module docstring."""
+    if build(["k8s", "node"] if node else ["k8s"], sys.stderr) != 0:
         return 1
     try:
-        with ControlPlane(full=full) as plane:
+        with ControlPlane(full=full, real_node=node) as plane:
             if crd:
                 install_crd(plane)
             info = {
@@ -140,6 +160,8 @@ def up(*, full: bool, crd: bool, out: TextIO) -> int:
                 "server": plane.server,
                 "pids": plane.pids(),
             }
+            if plane.node is not None:
+                info["node_pids"] = {n: c.pid for n, c in plane.node.components.items()}
             print(f"export KUBECONFIG={plane.kubeconfig} PATH={plane.bin_dir}:$PATH", file=out)
             print("READY " + json.dumps(info), file=out, flush=True)
             print("Ctrl-C to stop", file=sys.stderr, flush=True)
@@ -147,7 +169,7 @@ def up(*, full: bool, crd: bool, out: TextIO) -> int:
                 signal.pause()
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
-    except (ControlPlaneError, ProcessDied, CommandError, TimeoutError) as error:
+    except (ControlPlaneError, ProcessDied, CommandError, TimeoutError, AptUnavailable) as error:
         print(error, file=sys.stderr)
         return 1
     return 0
@@ -168,9 +190,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="also kube-controller-manager, kube-scheduler and kwok with CPU and GPU nodes",
     )
+    up_parser.add_argument(
+        "--node",
+        action="store_true",
+        help="(with --full) also a real node 'localhost': kubelet, containerd, runc, kube-proxy",
+    )
     up_parser.add_argument("--crd", action="store_true", help="install the LLMRole CRD")
     commands.add_parser("status", help="what is cached, and how big")
     args = parser.parse_args(argv)
+    if getattr(args, "node", False) and not args.full:
+        parser.error("--node needs --full (the scheduler and controller-manager)")
     unknown = [name for name in getattr(args, "names", ()) if name not in _BY_NAME]
     if unknown:
         parser.error(f"unknown build {', '.join(unknown)}: choose from {', '.join(_BY_NAME)}")
@@ -180,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command == "build":
                 return build(args.names, sys.stdout)
             if args.command == "up":
-                return up(full=args.full, crd=args.crd, out=sys.stdout)
+                return up(full=args.full, crd=args.crd, out=sys.stdout, node=args.node)
             return status(sys.stdout)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

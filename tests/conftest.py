@@ -16,6 +16,8 @@ from rolegate_gateway import ManifestsSource, Runtime, create_app, start
 from rolegate_gateway.settings import ServerSettings
 from tests.fakes.openai_upstream import FakeOpenAI
 
+pytest_plugins = ["tests.fixtures.image", "tests.fixtures.real_node"]
+
 
 @dataclass
 class Upstream:

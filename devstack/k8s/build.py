@@ -29,6 +29,8 @@ __all__ = [
     "HELM_VERSION",
     "KUBE_VERSION",
     "KWOK_VERSION",
+    "PIN_LINE",
+    "VERSIONS_FILE",
     "BuildFailed",
     "bin_dir",
     "cache_dir",
@@ -42,7 +44,8 @@ __all__ = [
 _HERE: Final = Path(__file__).resolve().parent
 VERSIONS_FILE: Final = _HERE / "versions.env"
 BUILD_SCRIPT: Final = _HERE / "build.sh"
-_PIN: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+PIN_LINE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+"""A ``KEY=value`` line of versions.env: what stamps hash (comments may change freely)."""
 _STAMPED_FILES: Final = (
     _HERE / "gomod" / "kubernetes" / "go.sum",
     _HERE / "gomod" / "etcd" / "go.sum",
@@ -106,7 +109,7 @@ def _expected_stamp() -> str:
     lines (so that editing a comment rebuilds nothing) followed by the two go.sum files."""
     digest = hashlib.sha256()
     for line in VERSIONS_FILE.read_text().splitlines():
-        if _PIN.match(line):
+        if PIN_LINE.match(line):
             digest.update(f"{line}\n".encode())
     for path in _STAMPED_FILES:
         digest.update(path.read_bytes())

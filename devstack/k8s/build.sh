@@ -3,14 +3,18 @@
 #
 # This script owns the binaries under ${ROLEGATE_CACHE:-~/.cache/rolegate}/k8s-<version>/bin:
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok and helm, all
-# compiled from Go modules pinned in versions.env (no release downloads, no container engine).
+# compiled from Go modules pinned in versions.env (no release downloads, no container engine);
+# and, with --node, the real node's under node-<version>/ (kubelet, kube-proxy, containerd,
+# ctr, the runc shim, crictl, the CNI plugins, the pause and test images).
 #
 #   devstack/k8s/build.sh          build what is missing (a no-op when the cache is complete)
 #   devstack/k8s/build.sh --pin    regenerate gomod/*/go.mod and go.sum from versions.env
 #   devstack/k8s/build.sh --print  print the cache's bin dir and exit (built or not)
+#   devstack/k8s/build.sh --node   build the real node (kubelet, containerd, ...) into node-<version>/
+#   devstack/k8s/build.sh --print-node  print the node cache's directory and exit
 #
-# `python -m devstack build k8s` runs it with its output kept in a build log and only the
-# progress lines shown.
+# `python -m devstack build k8s` (and `build node`) runs it with its output kept in a build log
+# and only the progress lines shown.
 #
 # Environment: ROLEGATE_CACHE (cache root), GO (the go binary; default: go on PATH, then
 # /usr/local/go/bin/go), and Go's own (GOPROXY, GOCACHE, GOMODCACHE, ...).
@@ -35,6 +39,8 @@ cache_root=${ROLEGATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rolegate}
 dest="$cache_root/k8s-$KUBE_VERSION"
 binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
 kube_cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+# The real node's commands, from the same wrapper module (pinned with it, built by --node).
+node_kube_cmds=(kubelet kube-proxy)
 # kwok's default stages, as kwokctl uses them: nodes become Ready and keep a Lease, pods run.
 kwok_stages=(node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml
              pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml)
@@ -103,6 +109,19 @@ go_progress() {
     return "$status"
 }
 
+# The -ldflags of every k8s.io/kubernetes command: stripped, with the version stamps that
+# `--version` and the API's /version report.
+kube_ldflags() {
+    local minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
+    local ld="-s -w" pkg
+    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        ld+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+        ld+=" -X $pkg.gitCommit=$KUBE_COMMIT -X $pkg.gitTreeState=clean"
+        ld+=" -X $pkg.buildDate=$KUBE_BUILD_DATE"
+    done
+    printf '%s' "$ld"
+}
+
 pin() {
     find_go
     tmp=$(mktemp -d)
@@ -126,7 +145,7 @@ pin() {
     done
     (cd "$kdir" && "$GO" mod edit -go=1.25.0 "${edits[@]}")
     local cmd
-    for cmd in "${kube_cmds[@]}"; do
+    for cmd in "${kube_cmds[@]}" "${node_kube_cmds[@]}"; do
         (cd "$kdir" && "$GO" get -tool "k8s.io/kubernetes/cmd/$cmd@$KUBE_VERSION")
     done
     (cd "$kdir" && "$GO" mod tidy)
@@ -164,12 +183,8 @@ build() {
         || die "gomod/etcd/go.mod does not pin go.etcd.io/etcd/server/v3 $ETCD_VERSION; run $0 --pin"
 
     local minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
-    local kube_ld="-s -w" pkg
-    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-        kube_ld+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-        kube_ld+=" -X $pkg.gitCommit=$KUBE_COMMIT -X $pkg.gitTreeState=clean"
-        kube_ld+=" -X $pkg.buildDate=$KUBE_BUILD_DATE"
-    done
+    local kube_ld pkg
+    kube_ld=$(kube_ldflags)
     local common=(-p 2 -trimpath)
 
     download "$edir"
@@ -221,9 +236,130 @@ build() {
     echo "$dest/bin"
 }
 
+# -- the real node: ${cache_root}/node-<version>/ ------------------------------------------------
+# bin/: kubelet and kube-proxy (from gomod/kubernetes, with the control plane's pins), containerd,
+# ctr, containerd-shim-runc-v2 and crictl; cni/: the CNI plugins; images/: OCI archives of the
+# pause image and the test image, built from node/ (static Go programs) with umoci. runc and
+# umoci are Debian packages (devstack/apt.py installs them). `go install pkg@version` for
+# everything outside k8s.io/kubernetes: none of those modules has replace directives.
+node_dest="$cache_root/node-$KUBE_VERSION"
+node_binaries=(kubelet kube-proxy containerd ctr containerd-shim-runc-v2 crictl)
+cni_plugins=(main/bridge ipam/host-local main/loopback meta/portmap)
+# name:tag:entrypoint:user of each image; the tag is the layout's ref, which
+# `ctr images import --base-name localhost/<name>` turns into localhost/<name>:<tag>.
+node_images=(pause:3.10:/pause:65535 nodetest:1:/nodetest:65532)
+node_sources=(node/go.mod node/pause/main.go node/nodetest/main.go)
+
+# The node's stamp: the pins, the kubernetes wrapper's go.sum and the image sources (build.py
+# computes the same).
+node_expected_stamp() {
+    { grep -E '^[A-Za-z_][A-Za-z0-9_]*=' "$here/versions.env"
+      cat "$here/gomod/kubernetes/go.sum"
+      local f; for f in "${node_sources[@]}"; do cat "$here/$f"; done; } | sha256sum | cut -d' ' -f1
+}
+
+node_complete() {
+    [[ -f "$node_dest/stamp" ]] && [[ "$(cat "$node_dest/stamp")" == "$(node_expected_stamp)" ]] || return 1
+    local b i
+    for b in "${node_binaries[@]}"; do [[ -x "$node_dest/bin/$b" ]] || return 1; done
+    for b in "${cni_plugins[@]}"; do [[ -x "$node_dest/cni/${b#*/}" ]] || return 1; done
+    for i in "${node_images[@]}"; do [[ -f "$node_dest/images/${i%%:*}.oci.tar" ]] || return 1; done
+}
+
+# An OCI archive of one static binary with umoci (no registry, no daemon). Arguments: the
+# image's name, tag, entrypoint, user, the binary, the output archive.
+oci_image() {
+    local name=$1 tag=$2 entry=$3 user=$4 binary=$5 archive=$6
+    local work="$tmp/img-$name"
+    mkdir -p "$work/rootfs"
+    install -m 0755 "$binary" "$work/rootfs$entry"
+    tar --owner=0 --group=0 --numeric-owner --sort=name --mtime=@0 -C "$work/rootfs" \
+        -cf "$work/layer.tar" .
+    umoci init --layout "$work/oci"
+    umoci new --image "$work/oci:$tag"
+    umoci raw add-layer --image "$work/oci:$tag" "$work/layer.tar"
+    umoci config --image "$work/oci:$tag" --config.entrypoint="$entry" \
+        --config.user="$user:$user" --architecture=amd64 --os=linux
+    umoci gc --layout "$work/oci"
+    tar -C "$work/oci" -cf "$archive" .
+}
+
+build_node() {
+    mkdir -p "$cache_root"
+    exec 9>"$cache_root/.build.lock"
+    if ! flock -n 9; then
+        log "another build holds $cache_root/.build.lock; waiting for it"
+        flock 9
+    fi
+    if node_complete; then
+        log "cache complete: $node_dest"
+        echo "$node_dest"
+        return 0
+    fi
+    find_go
+    command -v umoci >/dev/null 2>&1 || die "umoci not found: apt-get install umoci"
+    tmp=$(mktemp -d "$cache_root/.build-XXXXXX")
+    trap 'rm -rf "$tmp"' EXIT
+    local stage="$tmp/stage"
+    mkdir -p "$stage/bin" "$stage/cni" "$stage/images"
+    local kdir="$here/gomod/kubernetes" cmd
+    for cmd in "${node_kube_cmds[@]}"; do
+        grep -q "^	k8s.io/kubernetes/cmd/$cmd\$" "$kdir/go.mod" \
+            || die "gomod/kubernetes/go.mod has no tool k8s.io/kubernetes/cmd/$cmd; run $0 --pin"
+    done
+    local common=(-p 2 -trimpath) pkgs=() kube_ld
+    kube_ld=$(kube_ldflags)
+    for cmd in "${node_kube_cmds[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$cmd"); done
+
+    download "$kdir"
+    log "[1/5] building ${node_kube_cmds[*]} $KUBE_VERSION"
+    go_progress "$kdir" build "${common[@]}" -ldflags "$kube_ld" -o "$stage/bin/" "${pkgs[@]}"
+
+    log "[2/5] building containerd, ctr, containerd-shim-runc-v2 $CONTAINERD_VERSION"
+    local ctrd=github.com/containerd/containerd/v2
+    GOBIN="$stage/bin" go_progress "$tmp" install "${common[@]}" \
+        -ldflags "-s -w -X $ctrd/version.Version=$CONTAINERD_VERSION" \
+        "$ctrd/cmd/containerd@$CONTAINERD_VERSION" "$ctrd/cmd/ctr@$CONTAINERD_VERSION" \
+        "$ctrd/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION"
+
+    log "[3/5] building the CNI plugins ${cni_plugins[*]#*/} $CNI_PLUGINS_VERSION"
+    local cni=github.com/containernetworking/plugins p
+    pkgs=()
+    for p in "${cni_plugins[@]}"; do pkgs+=("$cni/plugins/$p@$CNI_PLUGINS_VERSION"); done
+    GOBIN="$stage/cni" go_progress "$tmp" install "${common[@]}" \
+        -ldflags "-s -w -X $cni/pkg/utils/buildversion.BuildVersion=$CNI_PLUGINS_VERSION" "${pkgs[@]}"
+
+    log "[4/5] building crictl $CRICTL_VERSION"
+    GOBIN="$stage/bin" go_progress "$tmp" install "${common[@]}" \
+        -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" \
+        "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
+
+    log "[5/5] building the images ${node_images[*]%%:*} (Go + umoci)"
+    local image name tag entry user
+    for image in "${node_images[@]}"; do
+        IFS=: read -r name tag entry user <<<"$image"
+        (cd "$here/node" && GOWORK=off "$GO" build "${common[@]}" -ldflags "-s -w" \
+            -o "$tmp/$name" "./$name") || die "building node/$name failed"
+        oci_image "$name" "$tag" "$entry" "$user" "$tmp/$name" "$stage/images/$name.oci.tar"
+    done
+
+    "$stage/bin/kubelet" --version >&2
+    "$stage/bin/containerd" --version >&2
+    node_expected_stamp >"$stage/stamp"
+    rm -rf "$node_dest.old"
+    if [[ -e "$node_dest" ]]; then mv "$node_dest" "$node_dest.old"; fi
+    mv "$stage" "$node_dest"
+    rm -rf "$node_dest.old"
+    node_complete || die "the node cache at $node_dest is incomplete after the build"
+    log "built in $(( (SECONDS - started) / 60 ))m$(( (SECONDS - started) % 60 ))s: $(du -sh "$node_dest" | cut -f1)"
+    echo "$node_dest"
+}
+
 case "${1:-}" in
     --pin) pin ;;
     --print) echo "$dest/bin" ;;
+    --node) build_node ;;
+    --print-node) echo "$node_dest" ;;
     "") build ;;
-    *) die "unknown argument '$1' (use --pin, --print or nothing)" ;;
+    *) die "unknown argument '$1' (use --pin, --print, --node, --print-node or nothing)" ;;
 esac

@@ -37,7 +37,7 @@ from types import TracebackType
 from typing import Any, Final
 
 from devstack import http, process
-from devstack.k8s import build, components, faults, nodes, pki
+from devstack.k8s import build, components, faults, nodes, pki, realnode
 from devstack.k8s.faults import ApiRelay
 from devstack.poll import wait_until
 from devstack.process import Process, free_ports
@@ -99,6 +99,9 @@ class ControlPlane(faults.Faults):
             with :meth:`audit_events`.
         apiserver_args: more kube-apiserver flags (e.g. ``--watch-cache=false``, so watches
             are served by etcd and :meth:`compact_etcd` makes old resourceVersions expire).
+        real_node: (full only) also a real node ``localhost`` (kubelet, containerd, runc,
+            kube-proxy: :mod:`devstack.k8s.realnode`), as :attr:`node`; True for the default
+            :class:`~devstack.k8s.realnode.NodeOptions`.
     """
 
     def __init__(
@@ -111,6 +114,7 @@ class ControlPlane(faults.Faults):
         keep_tmp: bool = False,
         audit: bool = False,
         apiserver_args: Sequence[str] = (),
+        real_node: bool | realnode.NodeOptions = False,
     ) -> None:
         self.full: Final = full
         self.node_specs: Final = tuple(
@@ -121,6 +125,10 @@ class ControlPlane(faults.Faults):
         self.keep_tmp = keep_tmp
         self.audit = audit
         self.apiserver_args: Final = tuple(apiserver_args)
+        self.node_options = realnode.NodeOptions() if real_node is True else real_node or None
+        self.node: realnode.RealNode | None = None
+        if self.node_options is not None and not full:
+            raise ValueError("a real node needs the full control plane (full=True)")
         self.components: dict[str, Process] = {}
         self._relays: list[ApiRelay] = []
         self._etcd_url = ""
@@ -322,6 +330,8 @@ class ControlPlane(faults.Faults):
         thread), so a Ctrl-C cannot cut the cleanup short; they are delivered once it is done.
         """
         with process.signals_deferred():
+            if self.node is not None:  # its teardown cleans the host: before all else
+                self.node.stop()
             try:
                 for relay in self._relays:
                     relay.close()
@@ -485,6 +495,14 @@ class ControlPlane(faults.Faults):
             f"{len(wanted)} Ready nodes without lifecycle taints",
             lambda: wanted <= nodes.ready_nodes(self.api("/api/v1/nodes")["items"]),
         )
+        if self.node_options is not None:
+            self.node = realnode.RealNode(
+                tmp / "node",
+                options=self.node_options,
+                kubectl=self.bin_dir / "kubectl",
+                startup_timeout_s=self.startup_timeout_s,
+            )
+            realnode.start_for(self.node, keys, server=self.server)
 
 
 def _answers_ok(url: str, context: ssl.SSLContext | None) -> Callable[[], bool]:

@@ -23,7 +23,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["ClientCert", "Pki", "generate", "write_kubeconfig"]
+__all__ = [
+    "ClientCert",
+    "Pki",
+    "generate",
+    "issue_client",
+    "write_kubeconfig",
+]
 
 SERVICE_CIDR: Final = "10.96.0.0/24"
 """The ClusterIP range given to kube-apiserver; its first address is ``kubernetes.default``."""
@@ -117,6 +123,30 @@ def _issue_client(
     paths.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     _write_key(paths.key, key)
     return paths
+
+
+def issue_client(keys: Pki, name: str, user: str, groups: tuple[str, ...] = ()) -> ClientCert:
+    """A client certificate for ``user`` in ``groups`` (Kubernetes reads the CN as the user
+    and each O as a group), signed by ``keys``' CA, written as ``<name>.crt``/``.key`` in
+    ``keys.dir``; valid from five minutes ago for two days.
+
+    Raises:
+        OSError: the CA cannot be read or the files written.
+        ValueError: the CA key is not an EC key (this module only makes EC keys).
+    """
+    ca = x509.load_pem_x509_certificate(keys.ca_cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(keys.ca_key.read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{keys.ca_key} is not an EC private key")
+    return _issue_client(
+        directory=keys.dir,
+        name=name,
+        user=user,
+        groups=groups,
+        ca=ca,
+        ca_key=ca_key,
+        now=datetime.datetime.now(datetime.UTC),
+    )
 
 
 def generate(directory: Path) -> Pki:

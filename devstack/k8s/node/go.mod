@@ -1,0 +1,3 @@
+module rolegate.dev/devstack/node
+
+go 1.25.0
