@@ -7,7 +7,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: venv lint test test-fast cluster llama demo crd gateway bench clean
+.PHONY: venv lint helm-lint test test-fast cluster node image llama demo crd gateway bench clean
 
 $(STAMP): pyproject.toml
 	@echo ">> creating $(VENV) and installing rolegate[dev]"
@@ -29,6 +29,20 @@ lint: venv
 cluster: venv
 	$(PY) -m devstack build k8s
 
+# helm lint --strict of the chart with each of its ci/*-values.yaml (the pinned helm).
+helm-lint: cluster
+	helm/lint.sh
+
+# The real node's binaries (kubelet, kube-proxy, containerd, runc shim, CNI plugins, crictl)
+# and its pause image, compiled once into ~/.cache/rolegate/.
+node: venv
+	$(PY) -m devstack build node
+
+# The one OCI image of operator and gateway (Debian root filesystem by mmdebstrap, no base
+# image pulled), built once per source change into ~/.cache/rolegate/; prints its path.
+image: venv
+	$(PY) -m devstack build image
+
 # llama.cpp's OpenAI-compatible server, compiled once (3-5 min) into ~/.cache/rolegate/.
 llama: venv
 	$(PY) -m devstack build llama
@@ -39,16 +53,18 @@ demo: venv
 	$(PY) -m demo $(if $(KEEP),--keep)
 
 # The whole suite: lint, then unit, integration (real kube-apiserver) and e2e tests.
-test: venv cluster llama lint
+test: venv cluster node image llama lint helm-lint
 	$(PY) -m pytest
 
-# Without the Kubernetes control plane: unit tests and the gateway's own integration tests.
+# Without the Kubernetes control plane or the image: unit tests and the gateway's own
+# integration tests.
 test-fast: venv
-	$(PY) -m pytest -m "not cluster"
+	$(PY) -m pytest -m "not cluster and not image"
 
 # Regenerate the CRD from the pydantic model (tests/unit/test_crd.py fails until you do).
 crd: venv
 	$(VENV)/bin/rolegate-operator crd > crds/llmroles.rolegate.dev.yaml
+	$(VENV)/bin/rolegate-operator crd --helm > helm/rolegate/templates/crds/llmroles.rolegate.dev.yaml
 
 # Serve examples/lightrag/ standalone on 127.0.0.1:8080 (export OPENAI_CREDS_API_KEY first).
 gateway: venv

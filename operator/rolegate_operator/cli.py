@@ -3,7 +3,8 @@
 Owns argument parsing and dispatch. Subcommands:
 
 - ``crd``: print the LLMRole CustomResourceDefinition (YAML) generated from the role API;
-  ``make crd`` writes it to ``crds/llmroles.rolegate.dev.yaml``.
+  ``make crd`` writes it to ``crds/llmroles.rolegate.dev.yaml``, and with ``--helm`` (the
+  same CRD as the Helm chart's template) to ``helm/rolegate/templates/crds/``.
 - ``run``: run the operator (``rolegate_operator.main``, imported only then: kopf's import
   is not free).
 """
@@ -67,6 +68,8 @@ def _seconds(value: str) -> float:
 def parser() -> argparse.ArgumentParser:
     """The ``rolegate-operator`` argument parser; ``args.command`` is "crd" or "run".
 
+    ``crd`` sets ``helm`` (bool: the Helm chart's template instead of the plain CRD).
+
     ``run`` sets: ``namespace`` (list[str] | None), ``all_namespaces`` (bool; one of the
     two is required), ``gateway_config_secret`` ("NAMESPACE/NAME"), ``liveness``
     ("HOST:PORT"), ``resync_interval`` (float seconds), ``kubeconfig`` (Path | None),
@@ -76,10 +79,16 @@ def parser() -> argparse.ArgumentParser:
         prog="rolegate-operator", description="rolegate's control plane for LLMRoles."
     )
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser(
+    crd_command = commands.add_parser(
         "crd",
         help="print the LLMRole CustomResourceDefinition (YAML)",
         description="Print the LLMRole CRD generated from the role API (rolegate_gateway.api).",
+    )
+    crd_command.add_argument(
+        "--helm",
+        action="store_true",
+        help="print it as the Helm chart's template (helm/rolegate/templates/crds/): "
+        "installed when crds.install, kept on uninstall when crds.keep",
     )
     run = commands.add_parser(
         "run", help="run the operator", description="Reconcile LLMRoles into the gateway config."
@@ -152,6 +161,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = parser().parse_args(argv)
     if args.command == "crd":
-        sys.stdout.write(crd.crd_yaml())
+        sys.stdout.write(crd.helm_template() if args.helm else crd.crd_yaml())
         return 0
     return _run(args)

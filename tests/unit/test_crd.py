@@ -1,5 +1,6 @@
-"""The generated CRD: in sync with crds/, structural, defaults and rules that agree with the
-pydantic model; and the ``rolegate-operator`` command line that prints it."""
+"""The generated CRD: in sync with crds/ and with the Helm chart's template, structural,
+defaults and rules that agree with the pydantic model; and the ``rolegate-operator`` command
+line that prints it."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from pydantic import ValidationError
 
 from rolegate_gateway.api import LLMRole, LLMRoleSpec
 from rolegate_operator import cli
-from rolegate_operator.crd import HEADER, RULES, crd
+from rolegate_operator.crd import HEADER, HELM_HEADER, RULES, crd, helm_template
 from tests.llmrole_cases import ACCEPTED, REFUSED, Refused, manifest, pruned
 
-CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / "llmroles.rolegate.dev.yaml"
+ROOT = Path(__file__).resolve().parents[2]
+CRD_FILE = ROOT / "crds" / "llmroles.rolegate.dev.yaml"
+HELM_CRD_FILE = ROOT / "helm" / "rolegate" / "templates" / "crds" / "llmroles.rolegate.dev.yaml"
 
 
 def _schema() -> dict[str, Any]:
@@ -58,6 +61,46 @@ def test_committed_file_is_what_rolegate_operator_crd_prints(
     assert printed.startswith(HEADER)
     assert yaml.safe_load(printed) == crd()
     assert CRD_FILE.read_text() == printed, "crds/ is stale: run `make crd` and commit it"
+
+
+def test_chart_template_is_what_rolegate_operator_crd_helm_prints(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["crd", "--helm"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(HELM_HEADER)
+    assert HELM_CRD_FILE.read_text() == printed, (
+        "helm/rolegate/templates/crds/ is stale: run `make crd` and commit it"
+    )
+
+
+def test_chart_template_is_the_crd_behind_the_install_and_keep_values() -> None:
+    lines = helm_template().splitlines()
+    assert lines[1] == "{{- if .Values.crds.install }}"
+    assert lines[-1] == "{{- end }}"
+    keep = lines.index("  {{- if .Values.crds.keep }}")
+    assert lines[keep + 1 : keep + 4] == [
+        "  annotations:",
+        "    helm.sh/resource-policy: keep",
+        "  {{- end }}",
+    ]
+    # Without its template lines it is the CRD itself (helm template renders the labels).
+    plain = yaml.safe_load("\n".join(line for line in lines if "{{" not in line))
+    assert {k: v for k, v in plain.items() if k != "metadata"} == {
+        k: v for k, v in crd().items() if k != "metadata"
+    }
+    assert plain["metadata"] == {
+        "name": "llmroles.rolegate.dev",
+        "labels": None,
+        "annotations": {"helm.sh/resource-policy": "keep"},
+    }
+
+
+def test_a_crd_with_template_braces_is_refused() -> None:
+    doc = crd()
+    doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["description"] = "{{ oops }}"
+    with pytest.raises(ValueError, match="template action"):
+        helm_template(doc)
 
 
 def test_names_scope_and_version() -> None:
@@ -238,6 +281,7 @@ def test_run_flags() -> None:
         ),
         (["run", "-A", "--gateway-config-secret=a/b", "--log-format=xml"], "invalid choice: 'xml'"),
         (["run", "--namespace=team-*", "--gateway-config-secret=a/b"], "a namespace name"),
+        (["crd", "--yaml"], "unrecognized arguments: --yaml"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(

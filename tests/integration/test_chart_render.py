@@ -1,0 +1,454 @@
+"""The Helm chart as ``helm lint --strict`` and ``helm template`` see it, with the pinned helm:
+each ci/*-values.yaml lints, bad values are refused with the schema's own words, and the
+rendered objects carry what a user relies on (labels and selectors, security contexts,
+command lines per watch mode, probes, RBAC, the CRD's keep policy, the optional objects).
+No control plane: tests/integration/test_chart.py applies and installs the chart."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devstack.process import free_ports
+from tests.fixtures.chart import (
+    CHART,
+    CI_VALUES,
+    container,
+    deployment_command,
+    helm_env,
+    objects,
+    render,
+)
+
+# Needs the pinned helm that `python -m devstack build k8s` builds.
+pytestmark = pytest.mark.cluster
+
+NS = "llm"
+LABELS = {
+    "app.kubernetes.io/name": "rolegate",
+    "app.kubernetes.io/instance": "rolegate",
+    "app.kubernetes.io/version": "0.1.0",
+    "app.kubernetes.io/managed-by": "Helm",
+    "app.kubernetes.io/part-of": "rolegate",
+    "helm.sh/chart": "rolegate-0.1.0",
+}
+
+
+@pytest.fixture(scope="module")
+def helm_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("helm")
+
+
+@pytest.fixture
+def chart(k8s_bin_dir: Path, helm_home: Path) -> Any:
+    """``chart(*sets, values=[...])`` -> the rendered objects (namespace "llm")."""
+
+    def rendered(*sets: str, values: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        done = render(k8s_bin_dir, helm_home, values=values, sets=sets, namespace=NS)
+        return objects(done.stdout)
+
+    return rendered
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def named(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    [found] = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    return found
+
+
+def pods(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Pod specs by component: the two Deployments' templates and the test hook Pod."""
+    out = {}
+    for doc in docs:
+        if doc["kind"] == "Deployment":
+            out[doc["metadata"]["labels"]["app.kubernetes.io/component"]] = doc["spec"]["template"][
+                "spec"
+            ]
+        elif doc["kind"] == "Pod":
+            out["test"] = doc["spec"]
+    return out
+
+
+@pytest.mark.parametrize("values", CI_VALUES)
+def test_helm_lint_strict_passes(k8s_bin_dir: Path, helm_home: Path, values: str) -> None:
+    done = subprocess.run(
+        [
+            str(k8s_bin_dir / "helm"),
+            "lint",
+            "--strict",
+            str(CHART),
+            "-f",
+            str(CHART / "ci" / values),
+        ],
+        capture_output=True,
+        text=True,
+        env=helm_env(helm_home),
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 chart(s) linted, 0 chart(s) failed" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["gateway.replicas=0"], "at '/gateway/replicas': minimum: got 0, want 1"),
+        (["gateway.replica=2"], "at '/gateway': additional properties 'replica' not allowed"),
+        (["operator.resyncinterval=5"], "additional properties 'resyncinterval' not allowed"),
+        (["imagee.tag=x"], "additional properties 'imagee' not allowed"),
+        (["gateway.port=http"], "at '/gateway/port': got string, want integer"),
+        (["crds.install=yes"], "at '/crds/install': got string, want boolean"),
+        (["gateway.service.type=External"], "value must be one of 'ClusterIP', 'NodePort'"),
+        (["operator.logLevel=verbose"], "at '/operator/logLevel': value must be one of"),
+        (["watchNamespaces={Team-A}"], "'Team-A' does not match pattern"),
+        (["gateway.pdb.maxUnavailable=half"], "'half' does not match pattern"),
+        (["gateway.serviceMonitor.interval=often"], "'often' does not match pattern"),
+        (["watchNamespaces={*,team-a}"], '"*" (every namespace) goes alone'),
+        (["apiServer.host=127.0.0.1"], "apiServer: host is set without port"),
+        (
+            ["gateway.pdb.minAvailable=1", "gateway.pdb.maxUnavailable=1"],
+            "gateway.pdb: set minAvailable or maxUnavailable, not both",
+        ),
+        (["hostNetwork=true", "gateway.replicas=2"], "would share gateway.port on one node"),
+    ],
+)
+def test_bad_values_are_refused_with_a_message(
+    k8s_bin_dir: Path, helm_home: Path, sets: list[str], message: str
+) -> None:
+    done = render(k8s_bin_dir, helm_home, sets=sets, check=False)
+    assert done.returncode != 0
+    assert message in done.stderr
+    assert done.stdout == ""
+
+
+def test_every_object_has_the_recommended_labels_and_selectors_use_three(chart: Any) -> None:
+    docs = chart(values=("pdb-servicemonitor-values.yaml",))
+    kinds = sorted({d["kind"] for d in docs})
+    assert kinds == [
+        "CustomResourceDefinition",
+        "Deployment",
+        "Pod",
+        "PodDisruptionBudget",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "ServiceAccount",
+        "ServiceMonitor",
+    ]
+    for doc in docs:
+        labels = doc["metadata"]["labels"]
+        component = labels.get("app.kubernetes.io/component")
+        assert component in {"operator", "gateway", "crd", "test"}, doc["metadata"]["name"]
+        assert {k: v for k, v in labels.items() if k in LABELS} == LABELS, doc["metadata"]["name"]
+        if doc["kind"] != "CustomResourceDefinition":
+            assert doc["metadata"]["namespace"] == NS
+    selector = {
+        "app.kubernetes.io/name": "rolegate",
+        "app.kubernetes.io/instance": "rolegate",
+        "app.kubernetes.io/component": "gateway",
+    }
+    gateway = named(docs, "Deployment", "rolegate-gateway")
+    assert gateway["spec"]["selector"] == {"matchLabels": selector}
+    assert named(docs, "Service", "rolegate-gateway")["spec"]["selector"] == selector
+    assert named(docs, "PodDisruptionBudget", "rolegate-gateway")["spec"]["selector"] == {
+        "matchLabels": selector
+    }
+    assert named(docs, "ServiceMonitor", "rolegate-gateway")["spec"]["selector"] == {
+        "matchLabels": selector
+    }
+    operator = named(docs, "Deployment", "rolegate-operator")
+    assert operator["spec"]["selector"]["matchLabels"] == {
+        **selector,
+        "app.kubernetes.io/component": "operator",
+    }
+    for deployment in (gateway, operator):
+        template_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= template_labels.items()
+
+
+def test_every_pod_runs_restricted(chart: Any) -> None:
+    specs = pods(chart())
+    assert sorted(specs) == ["gateway", "operator", "test"]
+    for component, spec in specs.items():
+        assert spec["securityContext"] == {
+            "runAsNonRoot": True,
+            "runAsUser": 65532,
+            "runAsGroup": 65532,
+            "fsGroup": 65532,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }, component
+        [box] = spec["containers"]
+        assert box["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        }, component
+        assert box["image"] == "ghcr.io/rolegate/rolegate:0.1.0"
+        assert "hostNetwork" not in spec
+    for component in ("operator", "gateway"):
+        spec = specs[component]
+        assert {"name": "tmp", "mountPath": "/tmp"} in spec["containers"][0]["volumeMounts"]
+        assert {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}} in spec["volumes"]
+
+
+def test_tokens_are_mounted_only_where_the_api_is_used(chart: Any) -> None:
+    docs = chart()
+    accounts = {d["metadata"]["name"]: d for d in by_kind(docs, "ServiceAccount")}
+    assert sorted(accounts) == ["rolegate-gateway", "rolegate-operator"]
+    assert all(a["automountServiceAccountToken"] is False for a in accounts.values())
+    specs = pods(docs)
+    assert specs["operator"]["serviceAccountName"] == "rolegate-operator"
+    assert specs["gateway"]["serviceAccountName"] == "rolegate-gateway"
+    assert specs["operator"]["automountServiceAccountToken"] is True
+    assert specs["gateway"]["automountServiceAccountToken"] is True
+    assert specs["test"]["automountServiceAccountToken"] is False
+    assert "serviceAccountName" not in specs["test"]
+
+
+@pytest.mark.parametrize(
+    ("sets", "scope"),
+    [
+        ([], ["--namespace", NS]),
+        (["watchNamespaces={team-a,team-b}"], ["--namespace", "team-a", "--namespace", "team-b"]),
+        (["watchNamespaces={*}"], ["--all-namespaces"]),
+    ],
+)
+def test_operator_command_per_watch_mode(chart: Any, sets: list[str], scope: list[str]) -> None:
+    docs = chart(*sets)
+    assert deployment_command(docs, "operator") == [
+        "rolegate-operator",
+        "run",
+        *scope,
+        "--gateway-config-secret",
+        f"{NS}/rolegate-gateway-config",
+        "--liveness",
+        "0.0.0.0:8081",
+        "--resync-interval",
+        "60",
+        "--log-level",
+        "info",
+        "--log-format",
+        "json",
+    ]
+    operator = named(docs, "Deployment", "rolegate-operator")
+    assert operator["spec"]["replicas"] == 1
+    assert operator["spec"]["strategy"] == {"type": "Recreate"}
+    box = container(operator)
+    assert box["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "liveness"}
+    # The start waits for the LLMRole API before /healthz answers: minutes, not seconds.
+    startup = box["startupProbe"]
+    assert startup["httpGet"] == {"path": "/healthz", "port": "liveness"}
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
+    assert container(operator)["ports"] == [
+        {"name": "liveness", "containerPort": 8081, "protocol": "TCP"}
+    ]
+
+
+def test_rbac_per_watch_mode(chart: Any) -> None:
+    def roles(docs: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+        kinds = ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")
+        return sorted(
+            (d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"])
+            for d in docs
+            if d["kind"] in kinds
+        )
+
+    common = [
+        ("Role", NS, "rolegate-gateway"),
+        ("Role", NS, "rolegate-operator-config"),
+        ("RoleBinding", NS, "rolegate-gateway"),
+        ("RoleBinding", NS, "rolegate-operator-config"),
+    ]
+    assert roles(chart()) == sorted(
+        [*common, ("Role", NS, "rolegate-operator"), ("RoleBinding", NS, "rolegate-operator")]
+    )
+    assert roles(chart("watchNamespaces={team-a,team-b}")) == sorted(
+        [
+            *common,
+            *[
+                (kind, ns, "rolegate-operator")
+                for kind in ("Role", "RoleBinding")
+                for ns in ("team-a", "team-b")
+            ],
+        ]
+    )
+    everywhere = chart("watchNamespaces={*}")
+    assert roles(everywhere) == sorted(
+        [
+            *common,
+            ("ClusterRole", "", f"rolegate-operator-{NS}"),
+            ("ClusterRoleBinding", "", f"rolegate-operator-{NS}"),
+        ]
+    )
+    cluster_role = named(everywhere, "ClusterRole", f"rolegate-operator-{NS}")
+    assert cluster_role["rules"] == [
+        {
+            "apiGroups": ["rolegate.dev"],
+            "resources": ["llmroles"],
+            "verbs": ["get", "list", "watch"],
+        },
+        {
+            "apiGroups": ["rolegate.dev"],
+            "resources": ["llmroles/status"],
+            "verbs": ["get", "patch"],
+        },
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
+    ]
+    binding = named(everywhere, "ClusterRoleBinding", f"rolegate-operator-{NS}")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "rolegate-operator", "namespace": NS}
+    ]
+    gateway_role = named(everywhere, "Role", "rolegate-gateway")
+    assert gateway_role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["rolegate-gateway-config"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
+
+
+def test_gateway_command_probes_and_grace(chart: Any) -> None:
+    docs = chart("gateway.shutdownTimeout=50", "gateway.port=9000", "gateway.replicas=3")
+    gateway = named(docs, "Deployment", "rolegate-gateway")
+    assert deployment_command(docs, "gateway") == [
+        "rolegate-gateway",
+        "--config-secret",
+        f"{NS}/rolegate-gateway-config",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "9000",
+        "--shutdown-timeout",
+        "50",
+        "--drain-grace",
+        "15",
+        "--log-level",
+        "info",
+        "--log-format",
+        "json",
+    ]
+    spec = gateway["spec"]
+    assert spec["replicas"] == 3
+    assert spec["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    assert spec["template"]["spec"]["terminationGracePeriodSeconds"] == 60
+    box = container(gateway)
+    assert box["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert box["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert box["ports"] == [{"name": "http", "containerPort": 9000, "protocol": "TCP"}]
+    service = named(docs, "Service", "rolegate-gateway")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
+    ]
+
+
+def test_crd_install_and_keep(chart: Any) -> None:
+    crd = named(chart(), "CustomResourceDefinition", "llmroles.rolegate.dev")
+    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert crd["metadata"]["labels"]["app.kubernetes.io/component"] == "crd"
+    loose = named(chart("crds.keep=false"), "CustomResourceDefinition", "llmroles.rolegate.dev")
+    assert "annotations" not in loose["metadata"]
+    assert by_kind(chart("crds.install=false"), "CustomResourceDefinition") == []
+
+
+def test_pdb_and_service_monitor_only_when_enabled(chart: Any) -> None:
+    plain = chart()
+    assert by_kind(plain, "PodDisruptionBudget") == []
+    assert by_kind(plain, "ServiceMonitor") == []
+    assert (
+        named(chart("gateway.pdb.enabled=true"), "PodDisruptionBudget", "rolegate-gateway")["spec"][
+            "maxUnavailable"
+        ]
+        == 1
+    )
+    percent = chart("gateway.pdb.enabled=true", "gateway.pdb.maxUnavailable=25%")
+    assert (
+        named(percent, "PodDisruptionBudget", "rolegate-gateway")["spec"]["maxUnavailable"] == "25%"
+    )
+    docs = chart(values=("pdb-servicemonitor-values.yaml",))
+    pdb = named(docs, "PodDisruptionBudget", "rolegate-gateway")["spec"]
+    assert (pdb["minAvailable"], "maxUnavailable" in pdb) == (2, False)
+    monitor = named(docs, "ServiceMonitor", "rolegate-gateway")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"}]
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NS]}
+    gateway = pods(docs)["gateway"]
+    assert gateway["tolerations"][0]["key"] == "dedicated"
+    assert gateway["imagePullSecrets"] == [{"name": "regcred"}]
+
+
+def test_node_values_reach_the_api_server_on_loopback(chart: Any) -> None:
+    docs = chart("apiServer.port=41234", values=("node-values.yaml",))
+    specs = pods(docs)
+    for component in ("operator", "gateway", "test"):
+        spec = specs[component]
+        assert (spec["hostNetwork"], spec["dnsPolicy"]) == (True, "ClusterFirstWithHostNet")
+        assert spec["nodeSelector"] == {"kubernetes.io/hostname": "localhost"}
+        assert spec["containers"][0]["image"] == "127.0.0.1:5001/rolegate/rolegate:0.1.0"
+    for component in ("operator", "gateway"):
+        env = {e["name"]: e["value"] for e in specs[component]["containers"][0]["env"]}
+        assert (env["KUBERNETES_SERVICE_HOST"], env["KUBERNETES_SERVICE_PORT"]) == (
+            "127.0.0.1",
+            "41234",
+        )
+    assert "0.0.0.0:18081" in deployment_command(docs, "operator")
+    # A surge pod would want the old one's port on the same node: none.
+    rolling = named(docs, "Deployment", "rolegate-gateway")["spec"]["strategy"]["rollingUpdate"]
+    assert rolling == {"maxUnavailable": 1, "maxSurge": 0}
+    test_env = {e["name"]: e["value"] for e in specs["test"]["containers"][0]["env"]}
+    assert "KUBERNETES_SERVICE_HOST" not in test_env
+    assert test_env["GATEWAY_URLS"].split() == [
+        "env:ROLEGATE_GATEWAY",
+        f"http://rolegate-gateway.{NS}.svc:80",
+        "http://127.0.0.1:18080",
+    ]
+
+
+def test_test_hook_is_a_test_pod_of_the_same_image(chart: Any) -> None:
+    [hook] = by_kind(chart(), "Pod")
+    assert hook["metadata"]["annotations"] == {
+        "helm.sh/hook": "test",
+        "helm.sh/hook-delete-policy": "before-hook-creation,hook-succeeded",
+    }
+    assert hook["spec"]["restartPolicy"] == "Never"
+    box = container(hook)
+    assert box["command"][:2] == ["python3", "-c"]
+    env = {e["name"]: e["value"] for e in box["env"]}
+    assert env["GATEWAY_URLS"].split() == [
+        "env:ROLEGATE_GATEWAY",
+        f"http://rolegate-gateway.{NS}.svc:80",
+    ]
+
+
+def test_test_hook_fails_when_no_gateway_answers(chart: Any, tmp_path: Path) -> None:
+    [hook] = by_kind(chart(), "Pod")
+    (port,) = free_ports(1)
+    env = {
+        **os.environ,
+        "GATEWAY_URLS": "env:ROLEGATE_GATEWAY",
+        "ROLEGATE_GATEWAY_SERVICE_HOST": "127.0.0.1",
+        "ROLEGATE_GATEWAY_SERVICE_PORT": str(port),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", container(hook)["command"][2]],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert f"skip http://127.0.0.1:{port}" in done.stdout
+    assert "FAIL: no gateway answered at env:ROLEGATE_GATEWAY" in done.stderr
