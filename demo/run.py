@@ -2,9 +2,20 @@
 
 It builds what is missing (the pinned Kubernetes binaries and llama.cpp's server, both cached
 under ``~/.cache/rolegate/``, with progress), then starts on 127.0.0.1, all through
-:mod:`devstack`: a real control plane (etcd + kube-apiserver), the LLMRole CRD, llama.cpp's
-OpenAI-compatible server with tiny generated models (chat: tiny-a, tiny-b; embeddings:
-tiny-embed; 32K-token context), the operator and the gateway as local processes. It
+:mod:`devstack`: a real control plane, llama.cpp's OpenAI-compatible server with tiny
+generated models (chat: tiny-a, tiny-b; embeddings: tiny-embed; 32K-token context), and
+rolegate, in one of two ways, and it says which:
+
+- where a real node can run (root, runc, cgroups: :func:`devstack.k8s.realnode.unavailable_reason`)
+  and none runs already, as users install it: the node's binaries and rolegate's image are
+  built too (cached), a full control plane with a real kubelet + containerd + runc node
+  starts, the image is pushed to a local registry and ``helm install --wait`` installs the
+  chart (CRD, operator, gateway, RBAC) with ``helm/rolegate/ci/node-values.yaml``; the pods
+  pull the image and run on that node;
+- else (or with ``--processes``), etcd + kube-apiserver, the CRD, and the operator and the
+  gateway as local processes.
+
+It
 ``kubectl apply``s examples/local/ (LightRAG's roles bound to that server), prints
 ``kubectl get llmroles``, sends chat and embedding requests through the gateway with the
 openai SDK (one chat streamed, printed as it arrives), rebinds one role to the other model
@@ -33,8 +44,11 @@ from pathlib import Path
 from typing import Final
 
 from demo import traffic
-from devstack import process
+from devstack import process, registry
+from devstack.helm_install import PodGateway, install_on_node
+from devstack.image import build as image_build
 from devstack.k8s import build as k8s_build
+from devstack.k8s import nodebuild, realnode
 from devstack.k8s.controlplane import ControlPlane
 from devstack.llama import build as llama_build
 from devstack.llama.model import EMBEDDING_MODELS, MODELS, write_models
@@ -69,7 +83,7 @@ class Running:
 
     plane: ControlPlane
     workdir: Path
-    gateway: GatewayProcess
+    gateway: GatewayProcess | PodGateway
     model_port: int
 
     @property
@@ -107,6 +121,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m demo", description=__doc__.splitlines()[0] if __doc__ else None
     )
     parser.add_argument("--keep", action="store_true", help="leave everything running until Ctrl-C")
+    parser.add_argument(
+        "--processes",
+        action="store_true",
+        help="run the operator and gateway as local processes, even where the chart could be "
+        "installed on a real node",
+    )
     parser.add_argument("--gateway-port", type=int, default=8080, help="the gateway's port (8080)")
     parser.add_argument(
         "--model-port", type=int, default=8001, help="llama.cpp server's port (8001)"
@@ -149,7 +169,7 @@ def _build(say: Say) -> None:
         llama_build.ensure(sys.stdout)
 
 
-def _serves(gateway: GatewayProcess, roles: Sequence[str]) -> bool:
+def _serves(gateway: GatewayProcess | PodGateway, roles: Sequence[str]) -> bool:
     """Whether the gateway serves exactly ``roles``.
 
     Raises:
@@ -168,8 +188,24 @@ def _check_ports(args: argparse.Namespace) -> None:
             raise DemoFailed(f"port {port} on 127.0.0.1 is in use: free it or pass {flag} N")
 
 
+def _node_unavailable(args: argparse.Namespace) -> str | None:
+    """Why the demo runs processes instead of installing the chart on a real node; None
+    when it installs the chart."""
+    if args.processes:
+        return "--processes"
+    reason = realnode.unavailable_reason()
+    if reason is None and realnode.node_running_here():
+        reason = "another real node runs on this machine"
+    return reason
+
+
 def _start(args: argparse.Namespace, say: Say, stack: contextlib.ExitStack) -> Running:
     """Build what is missing, then start everything, registering each stop on ``stack``."""
+    reason = _node_unavailable(args)
+    if reason is None:
+        say("rolegate: installing with Helm on a real node (kubelet + containerd + runc)")
+    else:
+        say(f"rolegate: running the operator and gateway as local processes ({reason})")
     _build(say)
     # Removed at the end; kept (and its path printed) when something failed.
     workdir = stack.enter_context(process.work_dir(_TMP_PREFIX))
@@ -181,6 +217,8 @@ def _start(args: argparse.Namespace, say: Say, stack: contextlib.ExitStack) -> R
     )
     say(f"models generated: {sizes}")
 
+    if reason is None:
+        return _start_on_node(args, say, stack, workdir, models)
     plane = stack.enter_context(ControlPlane())
     say(f"control plane up: etcd and kube-apiserver {k8s_build.KUBE_VERSION} at {plane.server}")
     install_crd(plane)
@@ -216,6 +254,64 @@ def _start(args: argparse.Namespace, say: Say, stack: contextlib.ExitStack) -> R
     say(f"operator watching namespace {NAMESPACE}, writing Secret {CONFIG_SECRET}")
     base_url = f"{gateway.wait_serving()}/v1"
     say(f"gateway on {base_url}, watching that Secret")
+    print(f"  kubeconfig: {plane.kubeconfig}", flush=True)
+    print(f"  gateway:    {base_url}", flush=True)
+    return Running(plane, workdir, gateway, server.port)
+
+
+def _start_on_node(
+    args: argparse.Namespace,
+    say: Say,
+    stack: contextlib.ExitStack,
+    workdir: Path,
+    models: dict[str, Path],
+) -> Running:
+    """The full control plane with a real node, the model server, a local registry with
+    rolegate's image, and the chart installed with ``helm install --wait``."""
+    for what, module, minutes in (
+        ("the real node's binaries", nodebuild, "~9"),
+        ("rolegate's image", image_build, "~2"),
+    ):
+        if module.is_built():
+            say(f"{what}: cached in {module.cache_dir()}")
+        else:
+            say(f"{what}: building (once, {minutes} min on 2 cores) ...")
+            module.ensure(sys.stdout)
+    registry.ensure_crane(sys.stdout)
+    plane = stack.enter_context(ControlPlane(full=True, real_node=True))
+    say(
+        f"control plane up: kube-apiserver {k8s_build.KUBE_VERSION} at {plane.server}, "
+        "a real node 'localhost' Ready"
+    )
+    server = LlamaServer(
+        {alias: models[alias] for alias in MODELS},
+        embedding_models={alias: models[alias] for alias in EMBEDDING_MODELS},
+        workdir=workdir,
+        port=args.model_port,
+        api_key=API_KEY,
+    )
+    stack.enter_context(server)
+    local = registry.Registry(disk=workdir / "registry", log_path=workdir / "registry.log")
+    stack.enter_context(local)
+    local.wait_serving()
+    server.wait_serving()
+    say(f"llama.cpp server on {server.url} serving {', '.join(models)} (key in a Secret)")
+    say(f"$ helm install rolegate helm/rolegate -n {NAMESPACE} --create-namespace --wait ...")
+    installed = install_on_node(
+        plane,
+        namespace=NAMESPACE,
+        archive=image_build.archive_path(),
+        registry_host=local.host,
+        gateway_port=args.gateway_port or None,
+    )
+    say(
+        f"image pushed to {installed.image_ref} in {installed.push_s:.1f} s; chart installed "
+        f"and its pods Ready in {installed.install_s:.1f} s"
+    )
+    print(_kubectl(plane, "get", "pods", "-o", "wide"), flush=True)
+    gateway = installed.gateway
+    base_url = f"{gateway.url}/v1"
+    say(f"gateway pod on {base_url} (hostNetwork), watching Secret {CONFIG_SECRET}")
     print(f"  kubeconfig: {plane.kubeconfig}", flush=True)
     print(f"  gateway:    {base_url}", flush=True)
     return Running(plane, workdir, gateway, server.port)

@@ -22,7 +22,9 @@ from pathlib import Path
 import pytest
 
 from demo.run import CHAT_ROLES, ROLES
-from devstack import http
+from devstack import http, registry
+from devstack.image import build as image_build
+from devstack.k8s import nodebuild, realnode
 from devstack.process import free_ports
 
 pytestmark = pytest.mark.cluster  # it runs the control plane, through the demo
@@ -31,8 +33,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def built(k8s_bin_dir: Path, llama_python: Path) -> None:
-    """The Kubernetes binaries and the llama.cpp server, in the cache."""
+def built(k8s_bin_dir: Path, llama_python: Path) -> str | None:
+    """The Kubernetes binaries and the llama.cpp server, in the cache; and, where a real node
+    can run (the demo then installs the chart on it), the node's binaries, the image and
+    crane too. Returns why the demo will run processes instead (None: it installs the chart).
+    """
+    reason = realnode.unavailable_reason()
+    if reason is None and realnode.node_running_here():
+        reason = "another real node runs on this machine"
+    if reason is None:
+        nodebuild.ensure()
+        image_build.ensure()
+        registry.ensure_crane()
+    return reason
 
 
 def _as_a_terminal_job() -> None:
@@ -138,7 +151,7 @@ def interrupt(proc: subprocess.Popen[str]) -> None:
 
 
 @pytest.fixture
-def finished(built: None) -> tuple[int, str]:
+def finished(built: str | None) -> tuple[int, str]:
     """The exit status and output of a whole run (interrupted, and failed, past 300 s)."""
     proc = demo(*ports())
     reader = Reader(proc)
@@ -155,9 +168,18 @@ def finished(built: None) -> tuple[int, str]:
     return proc.returncode, out
 
 
-def test_the_demo_runs_from_apply_to_rebind_and_stops(finished: tuple[int, str]) -> None:
+def test_the_demo_runs_from_apply_to_rebind_and_stops(
+    finished: tuple[int, str], built: str | None
+) -> None:
     status, out = finished
     assert status == 0, out
+    if built is None:  # where a real node can run, the demo installs the chart on it
+        assert "rolegate: installing with Helm on a real node" in out
+        assert re.search(r"chart installed and its pods Ready in [\d.]+ s", out), out
+        pods = out[out.index("$ kubectl get pods -o wide") :].splitlines()[2:4]
+        assert all(" Running " in pod and " localhost " in pod for pod in pods), pods
+    else:
+        assert f"rolegate: running the operator and gateway as local processes ({built})" in out
     assert "5/5 roles Ready and served by the gateway" in out
     table = out[out.index("$ kubectl get llmroles") :].splitlines()
     assert table[1].split() == ["NAME", "BINDING", "MODEL", "MAXASYNC", "READY", "AGE"]
@@ -199,7 +221,7 @@ def test_the_demo_runs_from_apply_to_rebind_and_stops(finished: tuple[int, str])
     assert_all_stopped(out)
 
 
-def test_ctrl_c_stops_everything(built: None) -> None:
+def test_ctrl_c_stops_everything(built: str | None) -> None:
     proc = demo(*ports())
     reader = Reader(proc)
     try:
@@ -242,8 +264,10 @@ def test_a_port_in_use_is_refused_before_anything_starts() -> None:
     assert "control plane up" not in done.stdout
 
 
-def test_keep_leaves_everything_running_until_ctrl_c(built: None) -> None:
-    proc = demo("--keep", *ports())
+def test_keep_leaves_everything_running_until_ctrl_c(built: str | None) -> None:
+    """With --processes: the operator and gateway as local processes (the other way the
+    demo runs, where no real node can)."""
+    proc = demo("--keep", "--processes", *ports())
     reader = Reader(proc)
     try:
         out = reader.until("Ctrl-C to stop", timeout_s=120)

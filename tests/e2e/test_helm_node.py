@@ -1,0 +1,201 @@
+"""rolegate installed as users install it, on a real node: the image (tests.fixtures.image)
+pushed to a local registry, ``helm install --wait`` of helm/rolegate with
+``ci/node-values.yaml`` on the real kubelet + containerd + runc node, which pulls it. Then
+the user's journey: the pods run from that image with the chart's ServiceAccounts and say so
+in ``kubectl logs``; LLMRoles bound to the llama.cpp server on 127.0.0.1 go Ready; the
+official openai SDK on this machine gets answers through the gateway pod, streamed and not;
+a rebind under load loses nothing; ``helm test`` passes.
+
+The pods run in the node's network namespace (hostNetwork: the harness's API server
+advertises loopback, see ci/node-values.yaml), so the gateway pod listens on 127.0.0.1 too.
+Skips with the fixtures' reason where a real node cannot run (test_chart_kwok.py covers the
+chart there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from demo import traffic
+from devstack.helm_install import Installed, install_on_node
+from devstack.k8s.controlplane import ControlPlane
+from devstack.llama.server import LlamaServer
+from devstack.poll import wait_until
+from devstack.registry import Registry
+from devstack.stack import install_crd
+from tests.fakes import manifests as m
+from tests.fixtures.llama import API_KEY
+
+pytestmark = pytest.mark.cluster
+
+ROLES = ("extract", "query")
+
+
+def pods(plane: ControlPlane, ns: str, component: str) -> list[dict[str, Any]]:
+    listed = plane.kubectl(
+        ["get", "pods", "-l", f"app.kubernetes.io/component={component}", "-o", "json"],
+        namespace=ns,
+    )
+    items: list[dict[str, Any]] = json.loads(listed.stdout)["items"]
+    return items
+
+
+def ready(plane: ControlPlane, ns: str, name: str) -> tuple[str, str]:
+    body = json.loads(plane.kubectl(["get", "llmrole", name, "-o", "json"], namespace=ns).stdout)
+    for cond in (body.get("status") or {}).get("conditions", []):
+        if cond["type"] == "Ready":
+            return cond["status"], cond["reason"]
+    return "", ""
+
+
+@pytest.fixture(scope="module")
+def installed(
+    real_node_plane: ControlPlane,
+    image_archive: Path,
+    crane_bin: Path,
+    llama_server: LlamaServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Installed, float]]:
+    """The release in a namespace of its own, and the seconds from ``helm install`` to
+    every role Ready; uninstalled (and the namespace deleted) after the module."""
+    plane = real_node_plane
+    install_crd(plane)  # the plane is shared: the CRD is not this release's (one owner)
+    work = tmp_path_factory.mktemp("helm-node")
+    ns = f"t-helm-{secrets.token_hex(3)}"
+    with Registry(disk=work / "registry", log_path=work / "registry.log") as reg:
+        reg.wait_serving()
+        started = time.monotonic()
+        release = install_on_node(
+            plane, namespace=ns, archive=image_archive, registry_host=reg.host, install_crds=False
+        )
+        try:
+            manifest = m.write(
+                work / "roles.yaml",
+                m.secret("llama-creds", namespace=ns, apiKey=API_KEY),
+                *(
+                    m.role(
+                        name,
+                        namespace=ns,
+                        binding="vllm",
+                        model="tiny-a",
+                        host=llama_server.url,
+                        credentials={"secretRef": {"name": "llama-creds"}},
+                    )
+                    for name in ROLES
+                ),
+            )
+            plane.kubectl(["apply", "-f", str(manifest)])
+            wait_until(
+                lambda: all(ready(plane, ns, name) == ("True", "Served") for name in ROLES),
+                timeout_s=60,
+                what=f"roles {', '.join(ROLES)} Ready",
+                poll_s=0.2,
+            )
+            to_ready = time.monotonic() - started
+            wait_until(
+                lambda: sorted(release.gateway.status()["roles"]) == sorted(ROLES),
+                timeout_s=30,
+                what="the gateway pod serving the roles",
+                poll_s=0.2,
+                tolerate=(OSError, ValueError, KeyError),
+            )
+            print(
+                f"\npush {release.push_s:.1f} s; helm install --wait {release.install_s:.1f} s; "
+                f"from helm install to {len(ROLES)} roles Ready {to_ready:.1f} s"
+            )
+            yield release, to_ready
+        finally:
+            plane.helm(["uninstall", release.release, "--wait"], namespace=ns, check=False)
+            plane.kubectl(["delete", "namespace", ns, "--wait=false"], check=False)
+
+
+def test_the_pods_run_the_pushed_image_with_the_chart_service_accounts(
+    installed: tuple[Installed, float], real_node_plane: ControlPlane
+) -> None:
+    release, _ = installed
+    plane, ns = real_node_plane, release.namespace
+    for component, account in (("operator", "rolegate-operator"), ("gateway", "rolegate-gateway")):
+        (pod,) = pods(plane, ns, component)
+        assert pod["spec"]["nodeName"] == "localhost"
+        assert pod["spec"]["serviceAccountName"] == account
+        (status,) = pod["status"]["containerStatuses"]
+        assert status["ready"] is True
+        assert status["image"] == release.image_ref
+        assert status["restartCount"] == 0, release.gateway.logs(component)
+    # what a user reads in `kubectl logs`
+    assert "wrote gateway config" in release.gateway.logs("operator", lines=200)
+    assert re.search(r"serving \d+ roles? on http://0\.0\.0\.0", release.gateway.logs(lines=200))
+
+
+def test_the_openai_sdk_gets_answers_through_the_gateway_pod(
+    installed: tuple[Installed, float],
+) -> None:
+    release, _ = installed
+    base_url = f"{release.gateway.url}/v1"
+
+    async def ask() -> tuple[str, str]:
+        async with openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0) as sdk:
+            whole = await sdk.chat.completions.create(
+                model="extract", messages=[{"role": "user", "content": "Hi"}], max_tokens=8
+            )
+            stream = await sdk.chat.completions.create(
+                model="query",
+                messages=[{"role": "user", "content": "Hi"}],
+                max_tokens=8,
+                stream=True,
+            )
+            parts, finish = [], ""
+            async for chunk in stream:
+                for choice in chunk.choices:
+                    parts.append(choice.delta.content or "")
+                    finish = choice.finish_reason or finish
+            assert finish in ("stop", "length")
+            return whole.choices[0].message.content or "", "".join(parts)
+
+    whole, streamed = asyncio.run(ask())
+    assert whole
+    assert streamed
+
+
+def test_a_rebind_under_load_through_the_gateway_pod_loses_nothing(
+    installed: tuple[Installed, float], real_node_plane: ControlPlane
+) -> None:
+    release, _ = installed
+    patch = ["patch", "llmrole", "query", "--type=merge", "-p", '{"spec":{"model":"tiny-b"}}']
+
+    async def rebind() -> None:
+        await asyncio.to_thread(real_node_plane.kubectl, patch, namespace=release.namespace)
+
+    result = asyncio.run(
+        traffic.rebind_under_load(
+            f"{release.gateway.url}/v1", "query", new_model="tiny-b", rebind=rebind
+        )
+    )
+    print(
+        f"\n{result.sent} requests while rebinding through the pod, {result.failed} failed; "
+        f"tiny-b answered {result.switched_after_s:.2f} s after the patch"
+    )
+    assert result.failed == 0, result.failures[:5]
+    assert result.by_model["tiny-a"] > 0
+    assert result.by_model["tiny-b"] > 0
+
+
+def test_helm_test_passes(
+    installed: tuple[Installed, float], real_node_plane: ControlPlane
+) -> None:
+    release, _ = installed
+    run = real_node_plane.helm(
+        ["test", release.release, "--timeout", "2m"], namespace=release.namespace, check=False
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert re.search(r"Phase:\s+Succeeded", run.stdout), run.stdout
