@@ -27,6 +27,7 @@ from typing import Final, TextIO
 from devstack import apt
 from devstack.cache import BuildFailed, build_log, cache_root, locked, run_with_progress
 from devstack.k8s import build
+from devstack.k8s.nodehost import RUNC
 
 __all__ = [
     "BINARIES",
@@ -126,7 +127,10 @@ def _expected_stamp() -> str:
 
 
 def is_built() -> bool:
-    """Whether the node cache is complete for the current pins and sources."""
+    """Whether the node cache is complete for the current pins and sources, and runc (the
+    node's runtime, a Debian package :func:`ensure` installs) is there."""
+    if not os.access(RUNC, os.X_OK):
+        return False
     try:
         if (cache_dir() / "stamp").read_text().strip() != _expected_stamp():
             return False

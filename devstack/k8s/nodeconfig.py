@@ -28,7 +28,7 @@ __all__ = [
     "holder_script",
     "hosts_toml",
     "kube_proxy_argv",
-    "kube_proxy_cleanup_argv",
+    "kube_proxy_cleanup_argvs",
     "kubelet_argv",
     "kubelet_config",
     "pod_subnet",
@@ -47,15 +47,50 @@ FAKE_SYSCTLS: Final = {
     "kernel.panic_on_oops": "1",
     "kernel.keys.root_maxkeys": "1000000",
     "kernel.keys.root_maxbytes": "25000000",
+    "net.ipv4.ip_forward": "1",
 }
 """What the kubelet's ``setupKernelTunables`` wants these sysctls to be; it rewrites any that
 differ (``protectKernelDefaults: true`` makes that fatal instead). In the node's mount
 namespace, files holding these values are bound over ``/proc/sys/...``, so the kubelet finds
-them "already set" and the host's values never change."""
+them "already set" and the host's values never change. ``net.ipv4.ip_forward`` is the CNI
+bridge plugin's (``isGateway`` turns forwarding on for the whole host, and nothing would turn
+it off): the node's pods need none (pod to pod is bridged, pod to a Service that DNATs to
+this machine's address is local delivery)."""
 
-PRIVATE_PATHS: Final = ("/run/containerd", "/var/lib/kubelet", "/var/log/containers")
-"""Paths the kubelet and containerd use whatever they are told (shim sockets, the device
-plugin socket, the legacy container log links): a tmpfs in the node's mount namespace."""
+PRIVATE_PATHS: Final = (
+    "/run/containerd",
+    "/var/lib/kubelet",
+    "/var/log/containers",
+    "/var/lib/cni",
+)
+"""Paths the kubelet, containerd and the CNI plugins use whatever they are told (shim
+sockets, the device plugin socket, the legacy container log links, the CNI result cache): a
+tmpfs in the node's mount namespace."""
+
+KUBE_PROXY_TABLES: Final = (("ip", "kube-proxy"), ("ip6", "kube-proxy"))
+"""The nftables tables (family, name) kube-proxy's nftables mode keeps its rules in."""
+
+HOST_RULE_TOOLS: Final = (
+    "iptables",
+    "iptables-save",
+    "iptables-restore",
+    "ip6tables",
+    "ip6tables-save",
+    "ip6tables-restore",
+    "ipset",
+    "modprobe",
+)
+"""What kube-proxy finds failing on its PATH: in nftables mode it still "cleans up" the
+iptables and IPVS modes at start (``platformCleanup`` in cmd/kube-proxy/app/server_linux.go,
+v1.34: every ``KUBE-*`` chain of the host, ``modprobe ip_vs`` and an IPVS flush), which would
+wreck another cluster's kube-proxy on a developer's machine. Its own rules need only ``nft``."""
+
+REFUSING_TOOL: Final = """#!/bin/sh
+echo "rolegate's real node: $(basename "$0") is not run for kube-proxy" \
+    "(it would change the host's rules)" >&2
+exit 1
+"""
+"""The script each of :data:`HOST_RULE_TOOLS` is on kube-proxy's PATH."""
 
 
 @dataclass(frozen=True)
@@ -320,8 +355,8 @@ def kube_proxy_argv(
     healthz_port: int,
 ) -> list[str]:
     """kube-proxy in nftables mode (its rules live in its own ``kube-proxy`` tables; see
-    :func:`kube_proxy_cleanup_argv`), without touching conntrack sysctls; needs ``nft`` on
-    PATH."""
+    :func:`kube_proxy_cleanup_argvs`), without touching conntrack sysctls; needs ``nft`` on
+    PATH, and :data:`HOST_RULE_TOOLS` refusing (see there)."""
     return [
         str(kube_proxy),
         f"--kubeconfig={kubeconfig}",
@@ -338,10 +373,17 @@ def kube_proxy_argv(
     ]
 
 
-def kube_proxy_cleanup_argv(kube_proxy: Path) -> list[str]:
-    """``kube-proxy --cleanup``: removes the ``ip``/``ip6 kube-proxy`` nftables tables and
-    exits (no API server needed; port flags of 0 would fail its validation)."""
-    return [str(kube_proxy), "--proxy-mode=nftables", "--cleanup"]
+def kube_proxy_cleanup_argvs(listed_tables: str) -> list[list[str]]:
+    """The ``nft delete table`` commands that remove kube-proxy's tables among
+    ``listed_tables`` (``nft list tables`` output). Not ``kube-proxy --cleanup``: that also
+    deletes every ``KUBE-*`` iptables chain and flushes IPVS on the host (see
+    :data:`HOST_RULE_TOOLS`)."""
+    present = {tuple(line.split()[1:3]) for line in listed_tables.splitlines() if line.strip()}
+    return [
+        ["nft", "delete", "table", family, name]
+        for family, name in KUBE_PROXY_TABLES
+        if (family, name) in present
+    ]
 
 
 def holder_script(*, fake_sysctls: Path, names: Sequence[str], private: Sequence[str]) -> str:

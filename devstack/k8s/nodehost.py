@@ -15,10 +15,13 @@ import time
 from pathlib import Path
 from typing import Final
 
+from devstack.k8s import nodeconfig
 from devstack.poll import wait_until
 
 __all__ = [
     "RUNC",
+    "delete_link",
+    "kill_in_namespace",
     "mount_ns",
     "pids",
     "remove_bridges",
@@ -126,6 +129,29 @@ def _try_rmdir(directory: Path) -> bool:
     return True
 
 
+def kill_in_namespace(namespace: str, *, spare: int) -> list[int]:
+    """SIGKILL every process in mount namespace ``namespace`` (``mnt:[<inode>]``) but pid
+    ``spare`` (its holder): shims whose task outlived ``crictl rmp``. Returns their pids."""
+    killed = []
+    for pid in pids():
+        if pid != spare and mount_ns(pid) == namespace:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+    return killed
+
+
+def delete_link(name: str) -> None:
+    """``ip link del name`` when the link exists.
+
+    Raises:
+        subprocess.CalledProcessError: ``ip`` failed to delete it.
+    """
+    shown = subprocess.run(["ip", "link", "show", name], capture_output=True, check=False)
+    if shown.returncode == 0:
+        subprocess.run(["ip", "link", "del", name], capture_output=True, check=True)
+
+
 def remove_bridges(prefix: str) -> list[str]:
     """Delete every bridge whose name starts with ``prefix``; returns their names.
 
@@ -142,15 +168,14 @@ def remove_bridges(prefix: str) -> list[str]:
     return gone
 
 
-def sweep_orphans(*, bin_dir: Path, bridge_prefix: str, kube_proxy_cleanup: list[str]) -> list[str]:
+def sweep_orphans(*, bin_dir: Path, bridge_prefix: str) -> list[str]:
     """Remove what a real node whose harness was SIGKILLed left (its kubelet, containerd and
     kube-proxy died with it, but not the shims, the containers, the bridge, the cgroups and
     kube-proxy's nftables tables). Call it only while holding the machine-wide node lock, so
     that no live node owns any of it. Returns one line per thing removed.
 
     ``bin_dir``: processes running a binary from there are killed; ``bridge_prefix``: the CNI
-    bridges to delete; ``kube_proxy_cleanup``: the command that removes kube-proxy's tables,
-    run when ``nft`` shows them.
+    bridges to delete; kube-proxy's tables are deleted when ``nft`` shows them.
 
     Raises:
         OSError, subprocess.CalledProcessError: a step failed.
@@ -169,9 +194,22 @@ def sweep_orphans(*, bin_dir: Path, bridge_prefix: str, kube_proxy_cleanup: list
         remove_cgroups()
         swept.append(f"removed the {_CGROUP_PARENT} cgroups")
     swept += [f"deleted bridge {name}" for name in remove_bridges(bridge_prefix)]
-    if shutil.which("nft") is not None:
-        tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
-        if "kube-proxy" in tables.stdout:
-            subprocess.run(kube_proxy_cleanup, capture_output=True, check=True, timeout=60)
-            swept.append("removed kube-proxy's nftables tables")
+    if remove_kube_proxy_tables():
+        swept.append("removed kube-proxy's nftables tables")
     return swept
+
+
+def remove_kube_proxy_tables() -> bool:
+    """Delete kube-proxy's nftables tables (:data:`nodeconfig.KUBE_PROXY_TABLES`) where
+    ``nft`` lists them; True when there were any. No-op without ``nft``.
+
+    Raises:
+        subprocess.CalledProcessError: ``nft delete table`` failed.
+    """
+    if shutil.which("nft") is None:
+        return False
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=False)
+    commands = nodeconfig.kube_proxy_cleanup_argvs(tables.stdout)
+    for argv in commands:
+        subprocess.run(argv, capture_output=True, check=True, timeout=60)
+    return bool(commands)

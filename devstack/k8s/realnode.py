@@ -9,6 +9,8 @@ volumes and pod netns are mounted, so the host's mount table never changes and a
 goes with the namespace. Every other path is under the node's work directory. Teardown
 removes what lives outside the namespace: kube-proxy's nftables tables, the pod sandboxes
 (CNI DEL), the CNI bridge, the ``k8s.io`` cgroups and the mountpoint directories it created.
+kube-proxy finds iptables, ipset and modprobe refusing (:data:`nodeconfig.HOST_RULE_TOOLS`),
+so it never touches rules that are not its own.
 
     node = RealNode(work_dir, options=NodeOptions(kube_proxy=True))
     node.start(kubeconfig, proxy_kubeconfig=proxy)   # Ready node "localhost"
@@ -23,11 +25,9 @@ SIGKILLed harness left is swept at the next start); a second start raises
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -265,7 +265,7 @@ class RealNode:
 
     def stop(self) -> None:
         """Stop everything and remove what lives outside the mount namespace, in this order:
-        kube-proxy and ``kube-proxy --cleanup``, the kubelet, every pod sandbox (``crictl
+        kube-proxy and its nftables tables, the kubelet, every pod sandbox (``crictl
         rmp -fa``: CNI DEL included), containerd, anything left in the namespace, the holder,
         the CNI bridge, the ``k8s.io`` cgroups, the host paths it created. Safe to call more
         than once; what could not be cleaned up is in :attr:`stop_problems` (and logged)."""
@@ -282,14 +282,21 @@ class RealNode:
         if containerd is not None:
             self._attempt("containerd", lambda: containerd.stop(grace_s=10.0))
         if self._holder_ns:
-            self._attempt("namespace leftovers", self._kill_namespace_leftovers)
+            holder = self.components["holder"].pid or 0
+            self._attempt(
+                "namespace leftovers",
+                lambda: self.stop_problems.extend(
+                    f"pid {pid} still ran in the namespace: killed"
+                    for pid in nodehost.kill_in_namespace(self._holder_ns, spare=holder)
+                ),
+            )
         if "holder" in self.components:
             self._attempt("holder", lambda: self.components["holder"].stop(grace_s=5.0))
         self._holder_ns = ""  # the namespace is gone; its inode number may be reused
         if self._lock is not None:
-            self._attempt("bridge", self._delete_bridge)
+            self._attempt("bridge", lambda: nodehost.delete_link(self.bridge))
             self._attempt("cgroups", nodehost.remove_cgroups)
-            self._attempt("host paths", self._remove_created_paths)
+            self._attempt("host paths", self._remove_created_paths)  # empty dirs on the host
             self._lock.close()  # releases the machine-wide lock
             self._lock = None
         for problem in self.stop_problems:
@@ -319,21 +326,24 @@ class RealNode:
         if waited > 1.0:
             log.info("waited %.0f s for another real node on this machine to stop", waited)
         self._lock = lock
-        swept = nodehost.sweep_orphans(
-            bin_dir=self.bin_dir,
-            bridge_prefix=nodeconfig.BRIDGE_PREFIX,
-            kube_proxy_cleanup=nodeconfig.kube_proxy_cleanup_argv(self.bin_dir / "kube-proxy"),
-        )
-        for line in swept:
-            log.warning("real node: swept a killed node's leftovers: %s", line)
-        record = _created_record()
         try:
-            earlier = {Path(p) for p in json.loads(record.read_text())}
-        except (OSError, ValueError):
-            earlier = set()
-        missing = {Path(p) for p in nodeconfig.PRIVATE_PATHS if not Path(p).exists()}
-        self._created = sorted(earlier | missing)
-        record.write_text(json.dumps([str(p) for p in self._created]))
+            swept = nodehost.sweep_orphans(
+                bin_dir=self.bin_dir, bridge_prefix=nodeconfig.BRIDGE_PREFIX
+            )
+            for line in swept:
+                log.warning("real node: swept a killed node's leftovers: %s", line)
+            record = _created_record()
+            try:
+                earlier = {Path(p) for p in json.loads(record.read_text())}
+            except (OSError, ValueError):
+                earlier = set()
+            missing = {Path(p) for p in nodeconfig.PRIVATE_PATHS if not Path(p).exists()}
+            self._created = sorted(earlier | missing)
+            record.write_text(json.dumps([str(p) for p in self._created]))
+        except BaseException:  # the lock must not outlive a failed start
+            lock.close()
+            self._lock = None
+            raise
 
     def _write_files(self) -> None:
         layout = self.layout
@@ -357,15 +367,26 @@ class RealNode:
         )
         (layout.cni_conf_dir / "10-rolegate.conflist").write_text(json.dumps(conflist, indent=1))
 
-    def _env(self) -> dict[str, str]:
-        return {**os.environ, "PATH": f"{self.bin_dir}{os.pathsep}{_SYSTEM_PATH}"}
+    def _env(self, *first: Path) -> dict[str, str]:
+        path = os.pathsep.join([*map(str, first), str(self.bin_dir), _SYSTEM_PATH])
+        return {**os.environ, "PATH": path}
 
-    def _add(self, name: str, argv: Sequence[str], *, in_namespace: bool = True) -> Process:
+    def _add(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        in_namespace: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> Process:
         prefix = (
             ["nsenter", "--target", self._holder_pid(), "--mount", "--"] if in_namespace else []
         )
         component = Process(
-            name, [*prefix, *argv], log_path=self.layout.logs / f"{name}.log", env=self._env()
+            name,
+            [*prefix, *argv],
+            log_path=self.layout.logs / f"{name}.log",
+            env=env or self._env(),
         )
         self.components[name] = component
         component.start()
@@ -426,6 +447,11 @@ class RealNode:
         return answer.stdout.strip() == "True"
 
     def _start_kube_proxy(self, kubeconfig: Path) -> None:
+        refusing = self.layout.root / "kube-proxy-path"
+        refusing.mkdir(exist_ok=True)
+        for tool in nodeconfig.HOST_RULE_TOOLS:
+            (refusing / tool).write_text(nodeconfig.REFUSING_TOOL)
+            (refusing / tool).chmod(0o755)
         metrics_port, healthz_port = free_ports(2)
         proxy = self._add(
             "kube-proxy",
@@ -436,6 +462,7 @@ class RealNode:
                 metrics_port=metrics_port,
                 healthz_port=healthz_port,
             ),
+            env=self._env(refusing),
         )
         url = f"http://127.0.0.1:{healthz_port}/healthz"
         proxy.wait_ready(
@@ -471,33 +498,7 @@ class RealNode:
             self.stop_problems.append(f"{what}: {error}")
 
     def _proxy_cleanup(self) -> None:
-        argv = nodeconfig.kube_proxy_cleanup_argv(self.bin_dir / "kube-proxy")
-        with (self.layout.logs / "kube-proxy-cleanup.log").open("a") as out:
-            subprocess.run(
-                argv,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=self._env(),
-                timeout=_COMMAND_TIMEOUT_S,
-                check=True,
-            )
-
-    def _kill_namespace_leftovers(self) -> None:
-        """SIGKILL what still runs in the node's mount namespace (shims whose task outlived
-        ``crictl rmp``), except the holder."""
-        holder = self.components["holder"].pid
-        for pid in nodehost.pids():
-            if pid != holder and nodehost.mount_ns(pid) == self._holder_ns:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                    self.stop_problems.append(f"pid {pid} still ran in the namespace: killed")
-
-    def _delete_bridge(self) -> None:
-        shown = subprocess.run(
-            ["ip", "link", "show", self.bridge], capture_output=True, check=False
-        )
-        if shown.returncode == 0:
-            subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=True)
+        nodehost.remove_kube_proxy_tables()
 
     def _remove_created_paths(self) -> None:
         for path in self._created:

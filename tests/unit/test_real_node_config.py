@@ -103,8 +103,12 @@ def test_kube_proxy_nftables_and_cleanup() -> None:
     )
     assert "--proxy-mode=nftables" in argv
     assert "--cleanup" not in argv
-    cleanup = nodeconfig.kube_proxy_cleanup_argv(Path("/b/kube-proxy"))
-    assert cleanup == ["/b/kube-proxy", "--proxy-mode=nftables", "--cleanup"]
+    listed = "table ip filter\ntable ip kube-proxy\ntable ip6 kube-proxy\ntable inet x\n"
+    assert nodeconfig.kube_proxy_cleanup_argvs(listed) == [
+        ["nft", "delete", "table", "ip", "kube-proxy"],
+        ["nft", "delete", "table", "ip6", "kube-proxy"],
+    ]
+    assert nodeconfig.kube_proxy_cleanup_argvs("table ip filter\n") == []
 
 
 def test_holder_script_fakes_sysctls_and_mounts_tmpfs() -> None:
