@@ -120,10 +120,9 @@ def install_on_node(
     push_s = time.monotonic() - started
     live_port, chosen = free_ports(2)
     port = gateway_port or chosen
+    strings = {"image.repository": ref.rpartition(":")[0], "image.tag": image.ref_name}
     values = {
         "apiServer.port": plane.server.rsplit(":", 1)[1],
-        "image.repository": ref.rpartition(":")[0],
-        "image.tag": image.ref_name,
         "image.pullPolicy": "Always",
         "crds.install": "true" if install_crds else "false",
         "operator.livenessPort": str(live_port),
@@ -134,6 +133,8 @@ def install_on_node(
     argv += ["--namespace", namespace, "--create-namespace"]
     for key, value in values.items():
         argv += ["--set", f"{key}={value}"]
+    for key, value in strings.items():  # a tag like 1.0 must stay a string
+        argv += ["--set-string", f"{key}={value}"]
     argv += ["--wait", "--timeout", f"{int(timeout_s)}s"]
     started = time.monotonic()
     plane.helm(argv, timeout_s=timeout_s + 30)

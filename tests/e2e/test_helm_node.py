@@ -75,10 +75,14 @@ def installed(
     with Registry(disk=work / "registry", log_path=work / "registry.log") as reg:
         reg.wait_serving()
         started = time.monotonic()
-        release = install_on_node(
-            plane, namespace=ns, archive=image_archive, registry_host=reg.host, install_crds=False
-        )
         try:
+            release = install_on_node(
+                plane,
+                namespace=ns,
+                archive=image_archive,
+                registry_host=reg.host,
+                install_crds=False,
+            )
             manifest = m.write(
                 work / "roles.yaml",
                 m.secret("llama-creds", namespace=ns, apiKey=API_KEY),
@@ -114,8 +118,8 @@ def installed(
                 f"from helm install to {len(ROLES)} roles Ready {to_ready:.1f} s"
             )
             yield release, to_ready
-        finally:
-            plane.helm(["uninstall", release.release, "--wait"], namespace=ns, check=False)
+        finally:  # also after a failed install: nothing of it stays on the shared node
+            plane.helm(["uninstall", "rolegate", "--wait"], namespace=ns, check=False)
             plane.kubectl(["delete", "namespace", ns, "--wait=false"], check=False)
 
 

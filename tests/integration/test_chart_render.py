@@ -118,6 +118,10 @@ def test_helm_lint_strict_passes(k8s_bin_dir: Path, helm_home: Path, values: str
             "gateway.pdb: set minAvailable or maxUnavailable, not both",
         ),
         (["hostNetwork=true", "gateway.replicas=2"], "would share gateway.port on one node"),
+        (
+            ["hostNetwork=true", "operator.livenessPort=8080", "gateway.port=8080"],
+            "the two pods would want one port of the node",
+        ),
     ],
 )
 def test_bad_values_are_refused_with_a_message(
@@ -341,8 +345,9 @@ def test_gateway_command_probes_and_grace(chart: Any) -> None:
     spec = gateway["spec"]
     assert spec["replicas"] == 3
     assert spec["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
-    assert spec["template"]["spec"]["terminationGracePeriodSeconds"] == 60
+    assert spec["template"]["spec"]["terminationGracePeriodSeconds"] == 65  # 5 + 50 + 10
     box = container(gateway)
+    assert box["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
     assert box["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert box["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert box["ports"] == [{"name": "http", "containerPort": 9000, "protocol": "TCP"}]
@@ -412,8 +417,7 @@ def test_node_values_reach_the_api_server_on_loopback(chart: Any) -> None:
     assert test_env["GATEWAY_URLS"].split() == [
         "env:ROLEGATE_GATEWAY",
         f"http://rolegate-gateway.{NS}.svc:80",
-        "http://127.0.0.1:18080",
-    ]
+    ]  # the Service only: a broken one must fail the test
 
 
 def test_test_hook_is_a_test_pod_of_the_same_image(chart: Any) -> None:

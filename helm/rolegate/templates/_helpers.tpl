@@ -91,6 +91,9 @@ when it is empty. Not used with "*". */}}
 {{- if and (not (kindIs "invalid" $pdb.minAvailable)) (not (kindIs "invalid" $pdb.maxUnavailable)) }}
 {{- fail "gateway.pdb: set minAvailable or maxUnavailable, not both" }}
 {{- end }}
+{{- if and .Values.hostNetwork (eq (int .Values.operator.livenessPort) (int .Values.gateway.port)) }}
+{{- fail "operator.livenessPort equals gateway.port with hostNetwork: the two pods would want one port of the node" }}
+{{- end }}
 {{- if and .Values.hostNetwork (gt (int .Values.gateway.replicas) 1) (not .Values.gateway.affinity) }}
 {{- fail "gateway.replicas > 1 with hostNetwork: the replicas would share gateway.port on one node; set gateway.affinity to spread them (podAntiAffinity on kubernetes.io/hostname)" }}
 {{- end }}
