@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import os
 import shlex
 import signal
 import socket
@@ -44,7 +45,8 @@ from pathlib import Path
 from typing import Final
 
 from demo import traffic
-from devstack import process, registry
+from devstack import apt, process, registry
+from devstack.cache import BuildFailed
 from devstack.helm_install import PodGateway, install_on_node
 from devstack.image import build as image_build
 from devstack.k8s import build as k8s_build
@@ -193,6 +195,9 @@ def _node_unavailable(args: argparse.Namespace) -> str | None:
     when it installs the chart."""
     if args.processes:
         return "--processes"
+    if os.geteuid() == 0:  # runc is the one part a fresh Debian machine lacks; installable
+        with contextlib.suppress(apt.AptUnavailable, BuildFailed):
+            apt.ensure(["runc"], sys.stdout, why="the real node")
     reason = realnode.unavailable_reason()
     if reason is None and realnode.node_running_here():
         reason = "another real node runs on this machine"

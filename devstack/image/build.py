@@ -202,7 +202,9 @@ def _source_label() -> str:
     for key in ("Source", "Repository", "Homepage"):
         if urls.get(key):
             return urls[key]
-    return _git("remote", "get-url", "origin")
+    origin = _git("remote", "get-url", "origin")
+    # a clone's origin may be a local path: no use to anyone who pulls the image
+    return origin if origin.startswith(("https://", "http://", "git@", "ssh://")) else ""
 
 
 def _license() -> str:

@@ -23,6 +23,7 @@ import pytest
 
 from demo.run import CHAT_ROLES, ROLES
 from devstack import http, registry
+from devstack.apt import AptUnavailable
 from devstack.image import build as image_build
 from devstack.k8s import nodebuild, realnode
 from devstack.process import free_ports
@@ -38,11 +39,13 @@ def built(k8s_bin_dir: Path, llama_python: Path) -> str | None:
     can run (the demo then installs the chart on it), the node's binaries, the image and
     crane too. Returns why the demo will run processes instead (None: it installs the chart).
     """
+    if os.geteuid() == 0:  # installs runc where it is missing, as the demo does
+        with contextlib.suppress(AptUnavailable):
+            nodebuild.ensure()
     reason = realnode.unavailable_reason()
     if reason is None and realnode.node_running_here():
         reason = "another real node runs on this machine"
     if reason is None:
-        nodebuild.ensure()
         image_build.ensure()
         registry.ensure_crane()
     return reason
