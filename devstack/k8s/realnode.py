@@ -17,10 +17,10 @@ so it never touches rules that are not its own.
     node.import_image(archive, "localhost/app")     # pods use imagePullPolicy: Never
     node.stop()                                     # nothing left on the host
 
-One real node runs per machine at a time (an abstract unix socket is the lock; what a
-SIGKILLed harness left is swept at the next start); a second start raises
-:class:`RealNodeBusy`. The recipe, and the failures each setting avoids:
-/work/shared/reference/real-node.md.
+One real node runs per machine at a time (an abstract unix socket is the lock); a second
+start raises :class:`RealNodeBusy`. What a SIGKILLed harness leaves (shims, containers) is
+swept by the node's watchdog (:mod:`devstack.k8s.nodewatch`), or else at the next start.
+The recipe, and the failures each setting avoids: /work/shared/reference/real-node.md.
 """
 
 from __future__ import annotations
@@ -37,8 +37,7 @@ from pathlib import Path
 from typing import Final
 
 from devstack import apt, http
-from devstack.cache import cache_root
-from devstack.k8s import build, nodebuild, nodeconfig, nodehost, pki
+from devstack.k8s import build, nodebuild, nodeconfig, nodehost, nodewatch, pki
 from devstack.k8s.nodeconfig import NodeLayout
 from devstack.k8s.nodehost import unavailable_reason
 from devstack.poll import wait_until
@@ -56,8 +55,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_MACHINE_LOCK: Final = "\0rolegate-realnode"
-"""An abstract unix socket name: bound by the process whose node runs (one per machine)."""
+_MACHINE_LOCK: Final = nodewatch.MACHINE_LOCK
 _SYSTEM_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _COMMAND_TIMEOUT_S: Final = 60.0
 
@@ -164,6 +162,7 @@ class RealNode:
         self._holder_ns = ""
         self._created: list[Path] = []
         self._lock: socket.socket | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
         self._kubeconfig: Path | None = None
         self._proxy_kubeconfig: Path | None = None
 
@@ -270,6 +269,10 @@ class RealNode:
         the CNI bridge, the ``k8s.io`` cgroups, the host paths it created. Safe to call more
         than once; what could not be cleaned up is in :attr:`stop_problems` (and logged)."""
         self.stop_problems = []
+        if self._watchdog is not None:  # this is the normal stop: no sweep after it
+            self._watchdog.terminate()
+            self._attempt("watchdog", lambda: self._watchdog and self._watchdog.wait(10))
+            self._watchdog = None
         proxy = self.components.get("kube-proxy")
         if proxy is not None and proxy.pid is not None:
             self._attempt("kube-proxy", lambda: proxy.stop(grace_s=10.0))
@@ -332,7 +335,7 @@ class RealNode:
             )
             for line in swept:
                 log.warning("real node: swept a killed node's leftovers: %s", line)
-            record = _created_record()
+            record = nodewatch.created_record()
             try:
                 earlier = {Path(p) for p in json.loads(record.read_text())}
             except (OSError, ValueError):
@@ -340,7 +343,13 @@ class RealNode:
             missing = {Path(p) for p in nodeconfig.PRIVATE_PATHS if not Path(p).exists()}
             self._created = sorted(earlier | missing)
             record.write_text(json.dumps([str(p) for p in self._created]))
+            self.layout.logs.mkdir(parents=True, exist_ok=True)
+            self._watchdog = nodewatch.spawn(self.bin_dir, self.layout.logs / "watchdog.log")
         except BaseException:  # the lock must not outlive a failed start
+            if self._watchdog is not None:
+                self._watchdog.terminate()
+                self._watchdog.wait(10)
+                self._watchdog = None
             lock.close()
             self._lock = None
             raise
@@ -505,9 +514,4 @@ class RealNode:
             if path.is_dir():
                 path.rmdir()  # empty on the host: the tmpfs on it was the namespace's
         self._created = []
-        _created_record().unlink(missing_ok=True)
-
-
-def _created_record() -> Path:
-    """Which host paths the running node created (JSON list), for the sweep after a crash."""
-    return cache_root() / "realnode.created.json"
+        nodewatch.created_record().unlink(missing_ok=True)

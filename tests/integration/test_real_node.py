@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,7 @@ import pytest
 from devstack import http, registry
 from devstack.k8s import nodebuild
 from devstack.k8s.controlplane import ControlPlane
+from devstack.poll import wait_until
 from devstack.process import alive, free_ports
 from tests.fixtures.real_node import HostState, host_state, leftovers, restart_real_node
 
@@ -29,6 +34,7 @@ pytestmark = pytest.mark.cluster
 
 IMAGE = nodebuild.image("nodetest")
 BIN_DIR = nodebuild.bin_dir()
+ROOT = Path(__file__).resolve().parents[2]
 RESTRICTED: dict[str, Any] = {
     "runAsNonRoot": True,
     "runAsUser": 65532,
@@ -276,3 +282,76 @@ def _node_pids() -> list[int]:
         except OSError:
             continue
     return found
+
+
+def test_a_sigkilled_harness_leaves_nothing_behind(
+    real_node_plane: ControlPlane, real_node_baseline: HostState, tmp_path: Path
+) -> None:
+    """A harness (``python -m devstack up --full --node``) SIGKILLed while a bridge pod runs
+    behind a Service: its kubelet, containerd and kube-proxy die with it, and the node's
+    watchdog sweeps the rest (the shim, the container, the veth and the bridge, kube-proxy's
+    tables, the cgroups, the host directories) within seconds, with no later node needed."""
+    plane = real_node_plane
+    assert plane.node is not None
+    plane.node.stop()  # one real node per machine: the harness gets it
+    harness = subprocess.Popen(
+        [sys.executable, "-m", "devstack", "up", "--full", "--node"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=(tmp_path / "up.log").open("w"),
+        text=True,
+    )
+    try:
+        info = _ready_line(harness, timeout_s=180)
+        env = {**os.environ, "KUBECONFIG": info["kubeconfig"]}
+        (port,) = free_ports(1)
+        objects = [
+            deployment("killed", port=port, host_network=False),
+            service("killed", port=port),
+        ]
+        kubectl = [str(plane.bin_dir / "kubectl"), "-n", "default"]
+        body = json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
+        subprocess.run([*kubectl, "apply", "-f", "-"], input=body, env=env, check=True, text=True)
+        subprocess.run(
+            [*kubectl, "rollout", "status", "deployment/killed", "--timeout=90s"],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        pids = _node_pids()
+        assert any(_exe(pid).endswith("shim-runc-v2") for pid in pids)
+        harness.kill()
+        harness.wait(30)
+        killed = time.monotonic()
+        wait_until(
+            lambda: not _node_pids() and leftovers(real_node_baseline, host_state()) == [],
+            timeout_s=60,
+            what="the watchdog's sweep",
+            poll_s=0.5,
+        )
+        print(f"\nswept {time.monotonic() - killed:.1f} s after the harness's SIGKILL")
+        assert [pid for pid in pids if alive(pid)] == []
+    finally:
+        if harness.poll() is None:
+            harness.kill()
+            harness.wait(30)
+        restart_real_node(plane)
+
+
+def _ready_line(harness: subprocess.Popen[str], *, timeout_s: float) -> dict[str, Any]:
+    """The JSON of ``python -m devstack up``'s ``READY {...}`` line (read by a thread: a
+    silent harness cannot hang the test)."""
+    assert harness.stdout is not None
+    stdout = harness.stdout
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in stdout], daemon=True).start()
+    deadline = time.monotonic() + timeout_s
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            break
+        if line.startswith("READY "):
+            loaded: dict[str, Any] = json.loads(line.removeprefix("READY "))
+            return loaded
+    raise AssertionError(f"no READY line from devstack up (exit {harness.poll()})")
