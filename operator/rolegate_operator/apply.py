@@ -74,6 +74,19 @@ class Kube:
         listing = await self.custom.get_api_resources(group, version, _request_timeout=_TIMEOUT_S)
         return {resource.name for resource in listing.resources or ()}
 
+    async def service_account_uid(self, namespace: str, name: str) -> str | None:
+        """The uid of ServiceAccount ``namespace/name``, or None when it does not exist."""
+        try:
+            account = await self.core.read_namespaced_service_account(
+                name, namespace, _request_timeout=_TIMEOUT_S
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        uid: str = account.metadata.uid
+        return uid
+
     async def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The Secret as a raw dict, or None when it does not exist."""
         return await kube.read_secret(self.core, namespace, name, timeout_s=_TIMEOUT_S)

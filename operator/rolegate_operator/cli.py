@@ -46,6 +46,13 @@ def _namespace(value: str) -> str:
     return value
 
 
+def _name(value: str) -> str:
+    """An object name (a DNS subdomain, as a ServiceAccount's)."""
+    if not (_DNS_SUBDOMAIN.match(value) and len(value) <= 253):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected an object name")
+    return value
+
+
 def _host_port(value: str) -> str:
     """``HOST:PORT`` with a port in 1..65535, returned as given."""
     host, _, port = value.rpartition(":")
@@ -73,7 +80,7 @@ def parser() -> argparse.ArgumentParser:
     ``run`` sets: ``namespace`` (list[str] | None), ``all_namespaces`` (bool; one of the
     two is required), ``gateway_config_secret`` ("NAMESPACE/NAME"), ``liveness``
     ("HOST:PORT"), ``resync_interval`` (float seconds), ``kubeconfig`` (Path | None),
-    ``log_level``, ``log_format``.
+    ``config_owner`` (str | None), ``log_level``, ``log_format``.
     """
     top = argparse.ArgumentParser(
         prog="rolegate-operator", description="rolegate's control plane for LLMRoles."
@@ -112,6 +119,14 @@ def parser() -> argparse.ArgumentParser:
         help="the Secret the operator writes the gateway's config to",
     )
     run.add_argument(
+        "--config-owner-service-account",
+        dest="config_owner",
+        type=_name,
+        metavar="NAME",
+        help="make this ServiceAccount (in the config Secret's namespace) the Secret's owner, "
+        "so that deleting it (helm uninstall) deletes the Secret and the keys it holds",
+    )
+    run.add_argument(
         "--liveness",
         default="127.0.0.1:8081",
         type=_host_port,
@@ -148,6 +163,7 @@ def _run(args: argparse.Namespace) -> int:
         namespaces=tuple(args.namespace or ()),
         resync_s=args.resync_interval,
         kubeconfig=args.kubeconfig,
+        config_owner=args.config_owner,
     )
     return operator.run(
         settings, liveness=args.liveness, log_level=args.log_level, log_format=args.log_format

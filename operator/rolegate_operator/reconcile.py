@@ -332,7 +332,19 @@ class Reconciler:
     async def _write_config(self, rendered: render.Rendered, ns: str, name: str) -> bool:
         """Write the config Secret ``ns/name`` unless it already holds ``rendered``'s
         config; True when written."""
-        body = render.config_secret(rendered.config, namespace=ns, name=name)
+        owner = None
+        if self.settings.config_owner is not None:
+            uid = await self.kube.service_account_uid(ns, self.settings.config_owner)
+            if uid is None:
+                log.warning(
+                    "ServiceAccount %s/%s (the config Secret's owner) not found: the Secret "
+                    "is written without an owner",
+                    ns,
+                    self.settings.config_owner,
+                )
+            else:
+                owner = (self.settings.config_owner, uid)
+        body = render.config_secret(rendered.config, namespace=ns, name=name, owner=owner)
         current = await self.kube.read_secret(ns, name)
         if current is not None and _same(current, body):
             return False
@@ -406,11 +418,15 @@ class Reconciler:
 
 
 def _same(current: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
-    """The live config Secret already holds ``body``'s config, labels and annotations."""
+    """The live config Secret already holds ``body``'s config, labels, annotations and
+    owner."""
     data = current.get("data") or {}
     meta, want = current.get("metadata") or {}, body["metadata"]
+    owners = [(o.get("kind"), o.get("uid")) for o in meta.get("ownerReferences") or ()]
+    wanted = [(o["kind"], o["uid"]) for o in want.get("ownerReferences") or ()]
     return (
-        data.get(CONFIG_KEY) == body["data"][CONFIG_KEY]
+        owners == wanted
+        and data.get(CONFIG_KEY) == body["data"][CONFIG_KEY]
         and len(data) == 1
         and all((meta.get("labels") or {}).get(k) == v for k, v in want["labels"].items())
         and all((meta.get("annotations") or {}).get(k) == v for k, v in want["annotations"].items())

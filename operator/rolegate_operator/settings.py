@@ -40,6 +40,10 @@ class Settings:
     max_unavailable_delay_s: float = 2.0
     #: kubeconfig outside a pod; None: the pod's ServiceAccount, $KUBECONFIG or ~/.kube/config.
     kubeconfig: Path | None = None
+    #: A ServiceAccount in the config Secret's namespace that owns the Secret (an owner
+    #: reference): deleting it, as ``helm uninstall`` does, has Kubernetes' garbage
+    #: collector delete the Secret and the keys in it. None: no owner.
+    config_owner: str | None = None
 
     @property
     def config_secret_ref(self) -> str:

@@ -203,3 +203,32 @@ def test_helm_test_passes(
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert re.search(r"Phase:\s+Succeeded", run.stdout), run.stdout
+
+
+def test_uninstall_deletes_the_config_secret_with_its_keys_and_keeps_the_roles(
+    installed: tuple[Installed, float], real_node_plane: ControlPlane
+) -> None:
+    """The operator's config Secret (every role's key in it) is owned by the operator's
+    ServiceAccount: ``helm uninstall`` deletes that, and the garbage collector the Secret.
+    The roles stay (the CRD is kept)."""
+    release, _ = installed
+    plane, ns = real_node_plane, release.namespace
+    got = plane.kubectl(["get", "secret", "rolegate-gateway-config", "-o", "json"], namespace=ns)
+    secret = json.loads(got.stdout)
+    (owner,) = secret["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"]) == ("ServiceAccount", "rolegate-operator")
+    plane.helm(["uninstall", release.release, "--wait"], namespace=ns)
+    gone = wait_until(
+        lambda: (
+            plane.kubectl(
+                ["get", "secret", "rolegate-gateway-config"], namespace=ns, check=False
+            ).returncode
+            != 0
+        ),
+        timeout_s=60,
+        what="the config Secret garbage-collected",
+        poll_s=0.5,
+    )
+    print(f"\nconfig Secret gone {gone:.1f} s after helm uninstall")
+    names = plane.kubectl(["get", "llmroles", "-o", "name"], namespace=ns).stdout.split()
+    assert sorted(names) == [f"llmrole.rolegate.dev/{role}" for role in sorted(ROLES)]

@@ -233,6 +233,8 @@ def test_operator_command_per_watch_mode(chart: Any, sets: list[str], scope: lis
         *scope,
         "--gateway-config-secret",
         f"{NS}/rolegate-gateway-config",
+        "--config-owner-service-account",
+        "rolegate-operator",
         "--liveness",
         "0.0.0.0:8081",
         "--resync-interval",

@@ -239,6 +239,7 @@ def test_run_defaults() -> None:
         "all_namespaces": True,
         "kubeconfig": None,
         "gateway_config_secret": "rolegate/gateway-config",
+        "config_owner": None,
         "liveness": "127.0.0.1:8081",
         "resync_interval": 60.0,
         "log_level": "info",
@@ -257,10 +258,12 @@ def test_run_flags() -> None:
             "--resync-interval=30",
             "--log-level=debug",
             "--log-format=json",
+            "--config-owner-service-account=rg-operator",
         ]
     )
     assert (args.namespace, args.liveness, args.resync_interval) == (["a", "b"], "0.0.0.0:9000", 30)
     assert (args.log_level, args.log_format) == ("debug", "json")
+    assert args.config_owner == "rg-operator"
 
 
 @pytest.mark.parametrize(
@@ -282,6 +285,10 @@ def test_run_flags() -> None:
         (["run", "-A", "--gateway-config-secret=a/b", "--log-format=xml"], "invalid choice: 'xml'"),
         (["run", "--namespace=team-*", "--gateway-config-secret=a/b"], "a namespace name"),
         (["crd", "--yaml"], "unrecognized arguments: --yaml"),
+        (
+            ["run", "-A", "--gateway-config-secret=a/b", "--config-owner-service-account=Op"],
+            "'Op': expected an object name",
+        ),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(

@@ -182,6 +182,16 @@ def test_config_secret_holds_the_wire_config_and_its_hash() -> None:
     assert body["metadata"]["annotations"][HASH_ANNOTATION] == config.hash
 
 
+def test_config_secret_is_owned_by_the_service_account_given() -> None:
+    config = render.render([obj("extract", **with_secret())], SECRETS, config_secret=CS).config
+    plain = render.config_secret(config, namespace="n", name="c")
+    assert "ownerReferences" not in plain["metadata"]
+    body = render.config_secret(config, namespace="n", name="c", owner=("rg-operator", "u-1"))
+    assert body["metadata"]["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "name": "rg-operator", "uid": "u-1"}
+    ]
+
+
 def test_raw_objects_are_read_leniently() -> None:
     role = role_object(
         {

@@ -14,13 +14,22 @@ __all__ = ["MANAGED_BY", "config_secret"]
 MANAGED_BY = "rolegate-operator"
 
 
-def config_secret(config: GatewayConfig, *, namespace: str, name: str) -> dict[str, Any]:
-    """The Secret holding ``config`` (key ``config.json``, its hash as an annotation).
+def config_secret(
+    config: GatewayConfig,
+    *,
+    namespace: str,
+    name: str,
+    owner: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    """The Secret holding ``config`` (key ``config.json``, its hash as an annotation);
+    ``owner`` (name, uid) of a ServiceAccount of ``namespace`` becomes its owner reference,
+    so that Kubernetes' garbage collector deletes the Secret with that ServiceAccount
+    (https://kubernetes.io/docs/concepts/architecture/garbage-collection/#owners-dependents).
 
     The credentials of every served role are in it: RBAC should let only the gateway's
     ServiceAccount read it.
     """
-    return {
+    body: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
@@ -35,3 +44,9 @@ def config_secret(config: GatewayConfig, *, namespace: str, name: str) -> dict[s
         },
         "data": {CONFIG_KEY: base64.b64encode(config.to_wire()).decode()},
     }
+    if owner is not None:
+        owner_name, uid = owner
+        body["metadata"]["ownerReferences"] = [
+            {"apiVersion": "v1", "kind": "ServiceAccount", "name": owner_name, "uid": uid}
+        ]
+    return body
