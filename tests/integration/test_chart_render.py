@@ -113,6 +113,8 @@ def test_helm_lint_strict_passes(k8s_bin_dir: Path, helm_home: Path, values: str
         (["gateway.serviceMonitor.interval=often"], "'often' does not match pattern"),
         (["watchNamespaces={*,team-a}"], '"*" (every namespace) goes alone'),
         (["apiServer.host=127.0.0.1"], "apiServer: host is set without port"),
+        (["podSecurityContext.runAsNonroot=true"], "invalid propertyName 'runAsNonroot'"),
+        (["containerSecurityContext.readOnlyRootFS=true"], "invalid propertyName 'readOnlyRootFS'"),
         (
             ["gateway.pdb.minAvailable=1", "gateway.pdb.maxUnavailable=1"],
             "gateway.pdb: set minAvailable or maxUnavailable, not both",
