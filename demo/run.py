@@ -190,6 +190,17 @@ def _check_ports(args: argparse.Namespace) -> None:
             raise DemoFailed(f"port {port} on 127.0.0.1 is in use: free it or pass {flag} N")
 
 
+def _model_server(args: argparse.Namespace, workdir: Path, models: dict[str, Path]) -> LlamaServer:
+    """llama.cpp's server with the demo's chat and embedding models (not started)."""
+    return LlamaServer(
+        {alias: models[alias] for alias in MODELS},
+        embedding_models={alias: models[alias] for alias in EMBEDDING_MODELS},
+        workdir=workdir,
+        port=args.model_port,
+        api_key=API_KEY,
+    )
+
+
 def _node_unavailable(args: argparse.Namespace) -> str | None:
     """Why the demo runs processes instead of installing the chart on a real node; None
     when it installs the chart."""
@@ -230,13 +241,7 @@ def _start(args: argparse.Namespace, say: Say, stack: contextlib.ExitStack) -> R
     say("CRD llmroles.rolegate.dev installed and established")
     plane.kubectl(["create", "namespace", NAMESPACE])
 
-    server = LlamaServer(
-        {alias: models[alias] for alias in MODELS},
-        embedding_models={alias: models[alias] for alias in EMBEDDING_MODELS},
-        workdir=workdir,
-        port=args.model_port,
-        api_key=API_KEY,
-    )
+    server = _model_server(args, workdir, models)
     stack.enter_context(server)
     operator = OperatorProcess(
         kubeconfig=plane.kubeconfig,
@@ -288,13 +293,7 @@ def _start_on_node(
         f"control plane up: kube-apiserver {k8s_build.KUBE_VERSION} at {plane.server}, "
         "a real node 'localhost' Ready"
     )
-    server = LlamaServer(
-        {alias: models[alias] for alias in MODELS},
-        embedding_models={alias: models[alias] for alias in EMBEDDING_MODELS},
-        workdir=workdir,
-        port=args.model_port,
-        api_key=API_KEY,
-    )
+    server = _model_server(args, workdir, models)
     stack.enter_context(server)
     local = registry.Registry(disk=workdir / "registry", log_path=workdir / "registry.log")
     stack.enter_context(local)
