@@ -209,10 +209,7 @@ def _node_unavailable(args: argparse.Namespace) -> str | None:
     if os.geteuid() == 0:  # runc is the one part a fresh Debian machine lacks; installable
         with contextlib.suppress(apt.AptUnavailable, BuildFailed):
             apt.ensure(["runc"], sys.stdout, why="the real node")
-    reason = realnode.unavailable_reason()
-    if reason is None and realnode.node_running_here():
-        reason = "another real node runs on this machine"
-    return reason
+    return realnode.unavailable_now()
 
 
 def _start(args: argparse.Namespace, say: Say, stack: contextlib.ExitStack) -> Running:

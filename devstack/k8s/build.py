@@ -17,6 +17,7 @@ import hashlib
 import os
 import re
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final, TextIO
 
@@ -39,6 +40,7 @@ __all__ = [
     "is_built",
     "kwok_stages_file",
     "read_versions",
+    "run_script",
 ]
 
 _HERE: Final = Path(__file__).resolve().parent
@@ -145,33 +147,47 @@ def ensure(out: TextIO | None = None) -> Path:
         BuildFailed: build.sh failed or left the cache incomplete; the message holds the last
             lines of its output and names the build log.
     """
+    run_script([], entry=cache_dir(), is_built=is_built, what=f"Kubernetes {KUBE_VERSION}", out=out)
+    return bin_dir()
+
+
+def run_script(
+    args: Sequence[str],
+    *,
+    entry: Path,
+    is_built: Callable[[], bool],
+    what: str,
+    out: TextIO | None = None,
+) -> None:
+    """Run ``build.sh args`` for the cache entry ``entry`` unless ``is_built()``: under the
+    entry's lock (a second run waits, then finds it complete), its progress lines to ``out``
+    (default stderr), everything to ``<entry>.build.log``.
+
+    Raises:
+        BuildFailed: build.sh failed (its last lines in the message) or left ``is_built()``
+            false.
+    """
     if is_built():
-        return bin_dir()
+        return
     out = out if out is not None else sys.stderr
-    with locked(cache_dir()):  # a second run waits, then finds the cache complete
+    with locked(entry):
         if is_built():
-            return bin_dir()
-        log_path = build_log(cache_dir())
+            return
+        log_path = build_log(entry)
         log_path.unlink(missing_ok=True)
-        print(
-            f"rolegate: building Kubernetes {KUBE_VERSION} into {cache_dir()} "
-            f"(log: {log_path}) ...",
-            file=out,
-            flush=True,
-        )
+        print(f"rolegate: building {what} into {entry} (log: {log_path}) ...", file=out, flush=True)
         try:
             run_with_progress(
-                ["bash", str(BUILD_SCRIPT)],
+                ["bash", str(BUILD_SCRIPT), *args],
                 out,
                 prefix="",
                 show=hide_module_chatter,
                 log_path=log_path,
             )
         except BuildFailed as failed:
-            raise BuildFailed(f"building Kubernetes failed: {failed}") from None
+            raise BuildFailed(f"building {what} failed: {failed}") from None
     if not is_built():
+        command = " ".join([str(BUILD_SCRIPT), *args])
         raise BuildFailed(
-            f"{BUILD_SCRIPT} finished but the cache at {cache_dir()} is incomplete; "
-            "run it by hand to see why"
+            f"{command} finished but the cache at {entry} is incomplete; run it by hand to see why"
         )
-    return bin_dir()

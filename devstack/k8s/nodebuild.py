@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Final, TextIO
 
 from devstack import apt
-from devstack.cache import BuildFailed, build_log, cache_root, locked, run_with_progress
+from devstack.cache import cache_root
 from devstack.k8s import build
 from devstack.k8s.nodehost import RUNC
 
@@ -159,32 +159,6 @@ def ensure(out: TextIO | None = None) -> Path:
     # runc is the node's runtime, not part of the build: installed even when the cache is
     # complete (a cache outlives a package removal).
     apt.ensure(["umoci", "runc"], out, why="the real node (runc) and its images (umoci)")
-    if is_built():
-        return cache_dir()
-    with locked(cache_dir()):
-        if is_built():
-            return cache_dir()
-        log_path = build_log(cache_dir())
-        log_path.unlink(missing_ok=True)
-        print(
-            f"rolegate: building the real node ({build.KUBE_VERSION}, containerd "
-            f"{CONTAINERD_VERSION}) into {cache_dir()} (log: {log_path}) ...",
-            file=out,
-            flush=True,
-        )
-        try:
-            run_with_progress(
-                ["bash", str(build.BUILD_SCRIPT), "--node"],
-                out,
-                prefix="",
-                show=build.hide_module_chatter,
-                log_path=log_path,
-            )
-        except BuildFailed as failed:
-            raise BuildFailed(f"building the real node failed: {failed}") from None
-    if not is_built():
-        raise BuildFailed(
-            f"{build.BUILD_SCRIPT} --node finished but {cache_dir()} is incomplete; "
-            "run it by hand to see why"
-        )
+    what = f"the real node ({build.KUBE_VERSION}, containerd {CONTAINERD_VERSION})"
+    build.run_script(["--node"], entry=cache_dir(), is_built=is_built, what=what, out=out)
     return cache_dir()

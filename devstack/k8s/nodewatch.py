@@ -1,4 +1,6 @@
-"""The real node's watchdog: ``python -m devstack.k8s.nodewatch PID STARTTIME BIN_DIR``.
+"""The real node's machine-wide lock (:data:`MACHINE_LOCK`, :func:`node_running_here`,
+:func:`unavailable_now`) and its watchdog:
+``python -m devstack.k8s.nodewatch PID STARTTIME BIN_DIR``.
 
 When the harness that runs a real node is SIGKILLed, its kubelet, containerd, kube-proxy
 and mount-namespace holder die with it (``PR_SET_PDEATHSIG``), but the runc shims and the
@@ -32,7 +34,16 @@ from typing import Final
 from devstack.cache import cache_root
 from devstack.k8s import nodeconfig, nodehost
 
-__all__ = ["MACHINE_LOCK", "created_record", "main", "remove_created", "spawn", "start_time"]
+__all__ = [
+    "MACHINE_LOCK",
+    "created_record",
+    "main",
+    "node_running_here",
+    "remove_created",
+    "spawn",
+    "start_time",
+    "unavailable_now",
+]
 
 MACHINE_LOCK: Final = "\0rolegate-realnode"
 """An abstract unix socket name: bound by the process whose node runs (one per machine)."""
@@ -61,6 +72,25 @@ def spawn(bin_dir: Path, log_path: Path) -> subprocess.Popen[bytes]:
             cwd=_REPO,
             start_new_session=True,
         )
+
+
+def node_running_here() -> bool:
+    """Whether a real node runs on this machine now (its process holds the machine lock)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(MACHINE_LOCK)
+        except OSError:
+            return True
+    return False
+
+
+def unavailable_now() -> str | None:
+    """Why a real node cannot start here now: :func:`nodehost.unavailable_reason`, or another real
+    node running on this machine; None when one can."""
+    reason = nodehost.unavailable_reason()
+    if reason is None and node_running_here():
+        reason = "another real node runs on this machine"
+    return reason
 
 
 def created_record() -> Path:

@@ -40,6 +40,7 @@ from devstack import apt, http
 from devstack.k8s import build, nodebuild, nodeconfig, nodehost, nodewatch, pki
 from devstack.k8s.nodeconfig import NodeLayout
 from devstack.k8s.nodehost import unavailable_reason
+from devstack.k8s.nodewatch import node_running_here, unavailable_now
 from devstack.poll import wait_until
 from devstack.process import Process, free_ports
 
@@ -50,6 +51,7 @@ __all__ = [
     "RealNodeError",
     "node_running_here",
     "start_for",
+    "unavailable_now",
     "unavailable_reason",
 ]
 
@@ -84,16 +86,6 @@ class NodeOptions:
     busy_wait_s: float = 0.0
     """Seconds :meth:`RealNode.start` waits for another real node on this machine to stop
     before it raises :class:`RealNodeBusy`."""
-
-
-def node_running_here() -> bool:
-    """Whether a real node runs on this machine now (its process holds the machine lock)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind(_MACHINE_LOCK)
-        except OSError:
-            return True
-    return False
 
 
 def start_for(node: RealNode, keys: pki.Pki, *, server: str) -> None:

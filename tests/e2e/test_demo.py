@@ -42,9 +42,7 @@ def built(k8s_bin_dir: Path, llama_python: Path) -> str | None:
     if os.geteuid() == 0:  # installs runc where it is missing, as the demo does
         with contextlib.suppress(AptUnavailable):
             nodebuild.ensure()
-    reason = realnode.unavailable_reason()
-    if reason is None and realnode.node_running_here():
-        reason = "another real node runs on this machine"
+    reason = realnode.unavailable_now()
     if reason is None:
         image_build.ensure()
         registry.ensure_crane()
