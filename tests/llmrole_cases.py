@@ -64,6 +64,12 @@ ACCEPTED: dict[str, dict[str, Any]] = {
     "anthropic": {"binding": "anthropic", **_M, "credentials": {"secretRef": {"name": "creds"}}},
     "vllm-with-host": {"binding": "vllm", **_M, "host": "http://vllm:8000"},
     "vllm-served": {"binding": "vllm", **_M, "serve": {"image": "vllm/vllm-openai:v0.9"}},
+    "vllm-served-default-image": {"binding": "vllm", **_M, "serve": {}},
+    "vllm-two-replicas-shared-cache": {
+        "binding": "vllm",
+        **_M,
+        "serve": {"replicas": 2, "cache": {"size": "20Gi", "accessMode": "ReadWriteMany"}},
+    },
     "ollama-served-with-cache": {
         "binding": "ollama",
         **_M,
@@ -179,6 +185,24 @@ REFUSED: list[Refused] = [
         None,
         rule="cache-size-is-quantity",
     ),
+    Refused(
+        "shm-size-is-quantity",
+        {"binding": "vllm", **_M, "serve": {"shmSize": "big"}},
+        'spec.serve.shmSize: Invalid value: "object": '
+        "serve.shmSize must be a Kubernetes quantity, e.g. 8Gi",
+        None,
+        rule="shm-size-is-quantity",
+    ),
+    # CEL: the replicas rule of ServeSpec, word for word.
+    Refused(
+        "cache-fits-replicas",
+        {"binding": "vllm", **_M, "serve": {"replicas": 2, "cache": {"size": "20Gi"}}},
+        'spec.serve.replicas: Invalid value: "object": serve.replicas > 1 needs '
+        "serve.cache.accessMode ReadWriteMany (one ReadWriteOnce volume cannot be mounted on "
+        "several nodes)",
+        "serve.replicas > 1 needs serve.cache.accessMode ReadWriteMany",
+        rule="cache-fits-replicas",
+    ),
     # The schema, generated from the model's fields.
     Refused(
         "binding-unknown",
@@ -261,10 +285,16 @@ REFUSED: list[Refused] = [
         "spec.bedrock.region\n  String should have at least 1 character",
     ),
     Refused(
-        "serve-image-missing",
-        {"binding": "vllm", **_M, "serve": {"gpus": 1}},
-        "spec.serve.image: Required value",
-        "spec.serve.image\n  Field required",
+        "serve-startup-too-short",
+        {"binding": "vllm", **_M, "serve": {"startupSeconds": 5}},
+        "spec.serve.startupSeconds in body should be greater than or equal to 10",
+        "spec.serve.startupSeconds\n  Input should be greater than or equal to 10",
+    ),
+    Refused(
+        "serve-cache-access-mode-unknown",
+        {"binding": "vllm", **_M, "serve": {"cache": {"accessMode": "ReadOnlyMany"}}},
+        'spec.serve.cache.accessMode: Unsupported value: "ReadOnlyMany"',
+        "spec.serve.cache.accessMode\n  Input should be 'ReadWriteOnce' or 'ReadWriteMany'",
     ),
     Refused(
         "serve-gpus-negative",

@@ -20,6 +20,7 @@ __all__ = [
     "ANTHROPIC_VERSION",
     "API_VERSION",
     "DEFAULT_HOSTS",
+    "DEFAULT_SERVE_IMAGES",
     "GROUP",
     "KIND",
     "VERSION",
@@ -33,6 +34,7 @@ __all__ = [
     "LLMRole",
     "LLMRoleSpec",
     "LLMRoleStatus",
+    "LocalObjectReference",
     "ObjectMeta",
     "QueueSpec",
     "SecretRef",
@@ -163,37 +165,117 @@ class BedrockSpec(_Model):
 
 
 class ServeCacheSpec(_Model):
-    """The model cache volume of a served backend."""
+    """The model cache volume of a served backend: a PersistentVolumeClaim owned by the
+    backend (deleted with it), mounted where the engine keeps models (vllm: ``HF_HOME``
+    ``/root/.cache/huggingface``; ollama: ``/root/.ollama``)."""
 
     size: str = Field("50Gi", description="PersistentVolumeClaim size (Kubernetes quantity).")
     storage_class_name: str = Field("", description="StorageClass; empty for the default.")
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany"] = Field(
+        "ReadWriteOnce",
+        description=(
+            "The claim's access mode. ReadWriteOnce (default) allows one replica only: "
+            "pods on two nodes cannot mount one RWO volume. ReadWriteMany needs a "
+            "StorageClass that offers it (NFS, CephFS, EFS, Filestore)."
+        ),
+    )
+
+
+class LocalObjectReference(_Model):
+    """The name of an object in the role's namespace (core/v1 LocalObjectReference)."""
+
+    name: str = Field(min_length=1, max_length=253, description="The object's name.")
+
+
+#: The engine images used when ``serve.image`` is empty: pinned, never ``latest``.
+DEFAULT_SERVE_IMAGES: dict[Binding, str] = {
+    Binding.VLLM: "vllm/vllm-openai:v0.12.0",
+    Binding.OLLAMA: "ollama/ollama:0.32.15",
+}
 
 
 class ServeSpec(_Model):
     """A model server the operator runs for the role (vllm and ollama only)."""
 
-    image: str = Field(min_length=1, description="Container image of the model server.")
+    image: str = Field(
+        "",
+        description=(
+            "Container image of the model server. Empty: vllm/vllm-openai:v0.12.0 (vllm) or "
+            "ollama/ollama:0.32.15 (ollama). A vllm image must have the vllm CLI on PATH "
+            "(the operator runs `vllm serve`); an ollama image the ollama CLI and sh."
+        ),
+    )
     replicas: int = Field(1, ge=0, description="Pods of the backend. Default 1.")
-    gpus: int = Field(1, ge=0, description="GPUs per pod, set as resources.limits[gpuResource].")
-    gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource name of a GPU.")
+    gpus: int = Field(
+        1,
+        ge=0,
+        description=(
+            "GPUs per pod, set as resources.limits[gpuResource]; > 0 also adds a toleration "
+            "of gpuResource's NoSchedule taint and the Recreate rollout strategy; > 1 sets "
+            "vllm's --tensor-parallel-size. Default 1."
+        ),
+    )
+    gpu_resource: str = Field(
+        "nvidia.com/gpu",
+        min_length=1,
+        description="Extended resource name of a GPU, e.g. nvidia.com/mig-1g.10gb for a MIG "
+        "slice or amd.com/gpu. Default nvidia.com/gpu.",
+    )
     node_selector: dict[str, str] = Field(
-        default_factory=dict, description="The pods' nodeSelector (node labels)."
+        default_factory=dict,
+        description="The pods' nodeSelector (node labels), e.g. nvidia.com/gpu.product: "
+        "NVIDIA-H100-80GB-HBM3 or cloud.google.com/gke-accelerator: nvidia-l4.",
     )
     tolerations: list[dict[str, Any]] = Field(
-        default_factory=list, description="The pods' tolerations (core/v1 Toleration)."
+        default_factory=list,
+        description="More tolerations of the pods (core/v1 Toleration), after the automatic "
+        "one of gpuResource.",
     )
     affinity: dict[str, Any] = Field(
         default_factory=dict, description="The pods' affinity (core/v1 Affinity)."
     )
-    runtime_class_name: str = Field("", description="The pods' runtimeClassName; empty: not set.")
+    runtime_class_name: str = Field(
+        "", description="The pods' runtimeClassName, e.g. nvidia; empty: not set (the default)."
+    )
     args: list[str] = Field(
-        default_factory=list, description="Arguments of the model server container."
+        default_factory=list,
+        description="More arguments of the model server, after the operator's (vllm only: "
+        "e.g. --max-model-len=8192).",
     )
     env: list[dict[str, Any]] = Field(
         default_factory=list,
-        description="Environment of the model server container (core/v1 EnvVar).",
+        description="Environment of the model server container (core/v1 EnvVar), e.g. "
+        "HF_TOKEN from a Secret.",
     )
-    cache: ServeCacheSpec | None = Field(None, description="The model cache volume.")
+    cache: ServeCacheSpec | None = Field(
+        None, description="The model cache volume; without it models live in the pod."
+    )
+    shm_size: str = Field(
+        "8Gi",
+        description="Size of /dev/shm (a memory-backed emptyDir; it counts against the pod's "
+        "memory). Default 8Gi.",
+    )
+    startup_seconds: int = Field(
+        1800,
+        ge=10,
+        le=86400,
+        description="Seconds a pod may take to download and load the model before its "
+        "startup probe fails and it is restarted. Default 1800.",
+    )
+    image_pull_secrets: list[LocalObjectReference] = Field(
+        default_factory=list, description="Secrets for pulling a private image."
+    )
+
+    @model_validator(mode="after")
+    def _cache_fits_replicas(self) -> ServeSpec:
+        """Mirrored as a CEL rule in the CRD."""
+        shared = self.cache is None or self.cache.access_mode == "ReadWriteMany"
+        if self.replicas > 1 and not shared:
+            raise ValueError(
+                "serve.replicas > 1 needs serve.cache.accessMode ReadWriteMany "
+                "(one ReadWriteOnce volume cannot be mounted on several nodes)"
+            )
+        return self
 
 
 class LLMRoleSpec(_Model):
@@ -275,12 +357,17 @@ class ConditionStatus(enum.StrEnum):
 class Condition(_Model):
     """One observation of the role (metav1.Condition's shape).
 
-    Types are positive: ``Ready`` (the role is in the gateway's config) and
-    ``CredentialsResolved`` (its Secret and keys were found). Reference:
+    Types are positive: ``Ready`` (the role is in the gateway's config and, for a serve:
+    role, its backend is available), ``CredentialsResolved`` (its Secret and keys were
+    found) and ``BackendReady`` (serve: roles: the backend's pods are available). Reference:
     https://github.com/kubernetes/community/blob/master/contributors/devel/sig-architecture/api-conventions.md#typical-status-properties
     """
 
-    type: str = Field(min_length=1, max_length=316, description="Ready or CredentialsResolved.")
+    type: str = Field(
+        min_length=1,
+        max_length=316,
+        description="Ready, CredentialsResolved or BackendReady.",
+    )
     status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(
         min_length=1,
@@ -305,9 +392,16 @@ class LLMRoleStatus(_Model):
         0, ge=0, description="The metadata.generation this status describes."
     )
     conditions: list[Condition] = Field(
-        default_factory=list, description="Ready and CredentialsResolved."
+        default_factory=list,
+        description="Ready, CredentialsResolved, and BackendReady for a serve: role.",
     )
     endpoint: str = Field("", description="The upstream base URL the gateway calls.")
+    backend: str = Field(
+        "",
+        description="The backend (Deployment and Service of that name, in the role's "
+        "namespace) the operator runs for a serve: role; shared by the roles of one namespace "
+        "whose binding, model and serve are the same.",
+    )
     config_hash: str = Field(
         "",
         description="Hash of the role as written to the gateway's config (the gateway's "

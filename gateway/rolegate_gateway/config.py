@@ -25,6 +25,7 @@ from rolegate_gateway.api import Binding
 
 __all__ = [
     "CONFIG_VERSION",
+    "Backend",
     "Credentials",
     "GatewayConfig",
     "Limits",
@@ -61,6 +62,18 @@ class Credentials(_Frozen):
         return [f.get_secret_value() for f in fields if f is not None and f.get_secret_value()]
 
 
+class Backend(_Frozen):
+    """A model server the operator runs for a ``serve:`` role: its Service, whose
+    EndpointSlices (label ``kubernetes.io/service-name``) list the ready pods. In a cluster
+    the gateway sends each call to one of them, least in-flight calls first; it falls back
+    to the upstream's ``base_url`` (the Service's address) when it cannot watch the slices.
+    """
+
+    namespace: str = Field(min_length=1)
+    service: str = Field(min_length=1)
+    port_name: str = Field("http", description="The Service's port name (its slices' port).")
+
+
 class Upstream(_Frozen):
     """Where and how one role's calls go. Changing any field builds a new wrapper."""
 
@@ -75,6 +88,10 @@ class Upstream(_Frozen):
     anthropic_version: str | None = None
     anthropic_max_tokens: int | None = Field(default=None, ge=1)
     bedrock_region: str | None = None
+    backend: Backend | None = Field(
+        default=None,
+        description="The operator's backend of a serve: role (base_url is its Service).",
+    )
 
 
 class Limits(_Frozen):
@@ -96,6 +113,8 @@ class RoleConfig(_Frozen):
     def wire(self) -> dict[str, Any]:
         """The role as JSON-ready data, credentials in clear (for the config Secret only)."""
         data = self.model_dump(mode="json")
+        if data["upstream"]["backend"] is None:  # absent, so roles without one hash as before
+            del data["upstream"]["backend"]
         data["upstream"]["credentials"] = {
             k: v.get_secret_value()
             for k, v in self.upstream.credentials

@@ -12,11 +12,13 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from rolegate_gateway.api import DEFAULT_HOSTS, AnthropicSpec, Binding, LLMRole
-from rolegate_gateway.config import Credentials, Limits, RoleConfig, Upstream
+from rolegate_gateway.config import Backend, Credentials, Limits, RoleConfig, Upstream
 
 __all__ = [
+    "BACKEND_PORT",
     "SECRET_KEYS",
     "MissingKey",
+    "backend_url",
     "base_url",
     "credentials_from",
     "required_keys",
@@ -95,8 +97,21 @@ def base_url(role: LLMRole) -> str:
     )
 
 
-def role_config(role: LLMRole, credentials: Credentials, *, url: str | None = None) -> RoleConfig:
-    """The gateway's view of one role. ``url`` overrides :func:`base_url` (a served backend).
+#: The port a backend's engine listens on (vllm's default; ollama's OLLAMA_HOST is set to it
+#: too, so every backend Service is alike).
+BACKEND_PORT = 8000
+
+
+def backend_url(backend: Backend) -> str:
+    """The OpenAI-compatible base URL of a backend's Service (both engines serve ``/v1``)."""
+    return f"http://{backend.service}.{backend.namespace}.svc:{BACKEND_PORT}/v1"
+
+
+def role_config(
+    role: LLMRole, credentials: Credentials, *, backend: Backend | None = None
+) -> RoleConfig:
+    """The gateway's view of one role. A ``backend`` (a served one, from the operator)
+    replaces :func:`base_url` with its Service's address (:func:`backend_url`).
 
     Raises:
         ValueError: see :func:`base_url`.
@@ -109,7 +124,7 @@ def role_config(role: LLMRole, credentials: Credentials, *, url: str | None = No
         upstream=Upstream(
             binding=spec.binding,
             model=spec.model,
-            base_url=url or base_url(role),
+            base_url=backend_url(backend) if backend else base_url(role),
             timeout_s=spec.timeout_seconds,
             options=spec.options,
             credentials=credentials,
@@ -118,6 +133,7 @@ def role_config(role: LLMRole, credentials: Credentials, *, url: str | None = No
             anthropic_version=anthropic.version if anthropic else None,
             anthropic_max_tokens=anthropic.max_tokens if anthropic else None,
             bedrock_region=spec.bedrock.region if spec.bedrock else None,
+            backend=backend,
         ),
         limits=Limits(
             max_async=spec.max_async,

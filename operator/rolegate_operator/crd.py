@@ -83,8 +83,9 @@ class Rule:
 
 
 #: The rules the schema alone cannot say. The first nine mirror ``LLMRoleSpec._cross_field``
-#: (same wording), the name rule mirrors ``api.ObjectMeta``; the cache rule is the API
-#: server's alone (the gateway never reads ``serve``).
+#: (same wording), the name rule mirrors ``api.ObjectMeta``, the cache-fits-replicas rule
+#: ``ServeSpec``'s; the quantity rules are the API server's alone (the gateway never reads
+#: ``serve``).
 RULES: Final[tuple[Rule, ...]] = (
     Rule(
         "serve-needs-served-binding",
@@ -175,6 +176,21 @@ RULES: Final[tuple[Rule, ...]] = (
         "isQuantity(self.size)",
         "serve.cache.size must be a Kubernetes quantity, e.g. 50Gi",
         ".size",
+    ),
+    Rule(
+        "shm-size-is-quantity",
+        "spec.serve",
+        "isQuantity(self.shmSize)",
+        "serve.shmSize must be a Kubernetes quantity, e.g. 8Gi",
+        ".shmSize",
+    ),
+    Rule(
+        "cache-fits-replicas",
+        "spec.serve",
+        "self.replicas <= 1 || !has(self.cache) || self.cache.accessMode == 'ReadWriteMany'",
+        "serve.replicas > 1 needs serve.cache.accessMode ReadWriteMany "
+        "(one ReadWriteOnce volume cannot be mounted on several nodes)",
+        ".replicas",
     ),
 )
 
@@ -294,6 +310,7 @@ def crd() -> dict[str, Any]:
         ("MaxAsync", "integer", ".spec.maxAsync", 0),
         ("Ready", "string", _ready("status"), 0),
         ("Reason", "string", _ready("reason"), 1),
+        ("Backend", "string", ".status.backend", 1),
         ("Age", "date", ".metadata.creationTimestamp", 0),
     ]
     version = {

@@ -222,6 +222,7 @@ def test_printer_columns() -> None:
         ("MaxAsync", "integer", 0),
         ("Ready", "string", 0),
         ("Reason", "string", 1),
+        ("Backend", "string", 1),
         ("Age", "date", 0),
     ]
 
