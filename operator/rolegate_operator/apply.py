@@ -10,6 +10,7 @@ module does not compare.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 from kubernetes_asyncio import client
@@ -17,8 +18,9 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from rolegate_gateway import kube
 from rolegate_gateway.api import GROUP, VERSION
+from rolegate_operator.render.backend import FIELD_MANAGER, SELECTOR
 
-__all__ = ["PLURAL", "Kube"]
+__all__ = ["PLURAL", "BackendObjects", "Kube"]
 
 #: The plural resource name of LLMRole.
 PLURAL = "llmroles"
@@ -28,6 +30,23 @@ _TIMEOUT_S = 30  # one API request; the API server answers in milliseconds when 
 LIST_PAGE = 500
 # Keyword arguments the client takes but its type stubs do not name.
 _MERGE_PATCH: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
+
+
+_APPLY: dict[str, Any] = {
+    "_content_type": "application/apply-patch+yaml",  # JSON is YAML
+    "field_manager": FIELD_MANAGER,
+    "force": True,  # the operator owns these objects; a hand edit is put right
+}
+
+
+@dataclass(frozen=True, slots=True)
+class BackendObjects:
+    """Every backend object of one namespace (label :data:`render.backend.SELECTOR`), raw."""
+
+    deployments: list[dict[str, Any]]
+    services: list[dict[str, Any]]
+    claims: list[dict[str, Any]]
+    pods: list[dict[str, Any]]
 
 
 def _raw(body: dict[str, Any]) -> Any:
@@ -64,8 +83,10 @@ class Kube:
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.events = client.EventsV1Api(api)
-        #: Writes made, by kind ("secret", "status", "event"): for logs and tests.
-        self.writes: dict[str, int] = {"secret": 0, "status": 0, "event": 0}
+        self.apps = client.AppsV1Api(api)
+        #: Writes made, by kind ("secret", "status", "event", "backend": an apply or delete
+        #: of a backend object): for logs and tests.
+        self.writes: dict[str, int] = {"secret": 0, "status": 0, "event": 0, "backend": 0}
 
     async def api_resources(self, group: str, version: str) -> set[str]:
         """The resource names (plurals and subresources, e.g. ``llmroles/status``) the API
@@ -204,3 +225,63 @@ class Kube:
             body["metadata"]["namespace"], _raw(body), _request_timeout=_TIMEOUT_S
         )
         self.writes["event"] += 1
+
+    async def list_backend_objects(self, namespace: str) -> BackendObjects:
+        """The Deployments, Services, PersistentVolumeClaims and Pods of the backends in
+        ``namespace`` (label selector :data:`~rolegate_operator.render.backend.SELECTOR`)."""
+        selector = {"label_selector": SELECTOR}
+
+        async def each(call: Callable[..., Awaitable[Any]]) -> list[dict[str, Any]]:
+            items, _ = await self._list(lambda **kw: call(namespace, **selector, **kw))
+            return items
+
+        return BackendObjects(
+            deployments=await each(self.apps.list_namespaced_deployment),
+            services=await each(self.core.list_namespaced_service),
+            claims=await each(self.core.list_namespaced_persistent_volume_claim),
+            pods=await each(self.core.list_namespaced_pod),
+        )
+
+    async def apply(self, body: dict[str, Any]) -> None:
+        """Server-side apply ``body`` (a Deployment, Service or PersistentVolumeClaim) as
+        field manager ``rolegate-operator``, taking over fields others changed
+        (https://kubernetes.io/docs/reference/using-api/server-side-apply/)."""
+        meta = body["metadata"]
+        name, namespace = meta["name"], meta["namespace"]
+        calls = {
+            "Deployment": self.apps.patch_namespaced_deployment,
+            "Service": self.core.patch_namespaced_service,
+            "PersistentVolumeClaim": self.core.patch_namespaced_persistent_volume_claim,
+        }
+        patch = calls[body["kind"]]
+        await _checked(
+            patch(
+                name,
+                namespace,
+                _raw(body),
+                _preload_content=False,
+                _request_timeout=_TIMEOUT_S,
+                **_APPLY,
+            )
+        )
+        self.writes["backend"] += 1
+
+    async def delete_backend_object(self, kind: str, namespace: str, name: str) -> None:
+        """Delete a Deployment, Service or PersistentVolumeClaim (its pods go in the
+        background); one already gone is no error."""
+        calls = {
+            "Deployment": self.apps.delete_namespaced_deployment,
+            "Service": self.core.delete_namespaced_service,
+            "PersistentVolumeClaim": self.core.delete_namespaced_persistent_volume_claim,
+        }
+        try:
+            await calls[kind](
+                name,
+                namespace,
+                propagation_policy="Background",
+                _request_timeout=_TIMEOUT_S,
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        self.writes["backend"] += 1

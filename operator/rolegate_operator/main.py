@@ -35,6 +35,8 @@ from rolegate_gateway.kube import API_ERRORS, api_client, describe, load_configu
 from rolegate_gateway.logs import quiet_client_bodies
 from rolegate_operator.apply import PLURAL, Kube
 from rolegate_operator.reconcile import Reconciler
+from rolegate_operator.render import backend
+from rolegate_operator.render.secret import MANAGED_BY
 from rolegate_operator.settings import Settings
 
 __all__ = ["api_backoffs", "run"]
@@ -166,6 +168,22 @@ async def secret_changed(memo: kopf.Memo, type: str | None, body: kopf.Body, **_
     reconciler: Reconciler | None = getattr(memo, "reconciler", None)
     if reconciler is not None:
         reconciler.secret_event(type, body)
+
+
+_BACKEND_LABELS = {
+    "app.kubernetes.io/managed-by": MANAGED_BY,
+    "app.kubernetes.io/component": backend.COMPONENT,
+}
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=_BACKEND_LABELS)
+@kopf.on.event("", "v1", "pods", labels=_BACKEND_LABELS)
+@kopf.on.event("", "v1", "persistentvolumeclaims", labels=_BACKEND_LABELS)
+async def backend_changed(memo: kopf.Memo, namespace: str | None, **_: Any) -> None:
+    """A backend's Deployment, pod or cache claim changed: reconcile (``BackendReady``)."""
+    reconciler: Reconciler | None = getattr(memo, "reconciler", None)
+    if reconciler is not None and namespace:
+        reconciler.backend_event(namespace)
 
 
 @kopf.on.probe(id="reconcile")

@@ -53,7 +53,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from rolegate_gateway.api import ConditionStatus
 from rolegate_gateway.kube import API_ERRORS, CONFIG_KEY, describe, log_failure, unavailable
 from rolegate_gateway.roles import SECRET_KEYS
-from rolegate_operator import render
+from rolegate_operator import backends, render
 from rolegate_operator.apply import Kube
 from rolegate_operator.settings import Settings
 from rolegate_operator.store import Store, key_of, resource_version, version_of
@@ -153,6 +153,8 @@ class Reconciler:
         self.last_error: str | None = None
         #: Fresh lists made (each one list of LLMRoles and one of Secrets per namespace).
         self.lists = 0
+        #: The backends of serve: roles: read and written each pass.
+        self.backends = backends.BackendSync(kube)
 
     def wake(self) -> None:
         """Ask for a reconcile soon (changes within ``debounce_s`` share one pass)."""
@@ -190,6 +192,12 @@ class Reconciler:
             self.wake()
         elif key == self.settings.config_secret or self.references(*key):
             self.wake()
+
+    def backend_event(self, namespace: str) -> None:
+        """A backend's Deployment, pod or claim in ``namespace`` changed: reconcile (its
+        roles' ``BackendReady``; and a backend no role wants is deleted)."""
+        self.backends.namespaces.add(namespace)
+        self.wake()
 
     async def refresh(self) -> float:
         """Replace the store from fresh lists of LLMRoles and Secrets in the namespaces
@@ -236,10 +244,25 @@ class Reconciler:
         list_s = await self.refresh() if fresh else None
         objects = [role_object(body) for body in self.store.role_bodies()]
         ns, name = self.settings.config_secret
-        rendered = render.render(
-            objects, self.store.secret_data(), config_secret=self.settings.config_secret_ref
-        )
         failures: list[Exception] = []
+        live = None
+        try:  # before rendering: BackendReady comes from it
+            live = await self.backends.read(objects)
+        except API_ERRORS as exc:  # the config and the statuses still go on
+            log.warning("cannot read the backends: %s", describe(exc))
+            failures.append(exc)
+        rendered = render.render(
+            objects,
+            self.store.secret_data(),
+            config_secret=self.settings.config_secret_ref,
+            backends=backends.states(live or {}),
+        )
+        try:
+            if live is not None:
+                await self.backends.write(rendered.backends, live)
+        except API_ERRORS as exc:
+            log.warning("cannot apply the backends: %s", describe(exc))
+            failures.append(exc)
         not_written: render.Check | None = None
         try:
             wrote = await self._write_config(rendered, ns, name)
@@ -261,8 +284,8 @@ class Reconciler:
             if posted is not None:
                 statuses += 1
                 events += posted
-        live = {(o.namespace, o.name) for o in objects}
-        self._written = {k: v for k, v in self._written.items() if k in live}
+        present = {(o.namespace, o.name) for o in objects}
+        self._written = {k: v for k, v in self._written.items() if k in present}
         if failures:
             raise failures[0]
         return Pass(

@@ -64,12 +64,6 @@ def test_a_resolved_role_is_served_with_its_key() -> None:
     [
         (with_secret("nope"), "SecretNotFound", "CredentialsNotResolved", "team/nope not found"),
         (with_secret("empty"), "KeyMissing", "CredentialsNotResolved", "no key 'apiKey'"),
-        (
-            {"binding": "vllm", "serve": {"image": "vllm"}},
-            "NoSecretRef",
-            "BackendNotSupported",
-            "spec.host",
-        ),
         ({"maxAsync": 0}, "InvalidSpec", "InvalidSpec", "maxAsync"),
     ],
 )

@@ -1,7 +1,9 @@
 """Pure renderers: typed values in, dicts out; no I/O, no kopf, no globals, no clock."""
 
+from rolegate_operator.render.backend import Backend
+from rolegate_operator.render.backend_status import BackendState
+from rolegate_operator.render.check import Check
 from rolegate_operator.render.config import (
-    Check,
     Outcome,
     Rendered,
     RoleObject,
@@ -13,6 +15,8 @@ from rolegate_operator.render.secret import config_secret
 from rolegate_operator.render.status import Transition, desired_status, transitions
 
 __all__ = [
+    "Backend",
+    "BackendState",
     "Check",
     "Outcome",
     "Rendered",

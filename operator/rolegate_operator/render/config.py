@@ -8,16 +8,26 @@ affected by it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
 from rolegate_gateway import errors, roles
-from rolegate_gateway.api import API_VERSION, KIND, Binding, ConditionStatus, LLMRole
-from rolegate_gateway.config import Credentials, GatewayConfig, RoleConfig
+from rolegate_gateway.api import (
+    API_VERSION,
+    KIND,
+    Binding,
+    ConditionStatus,
+    LLMRole,
+    LLMRoleSpec,
+)
+from rolegate_gateway.config import Backend, Credentials, GatewayConfig, RoleConfig
 from rolegate_gateway.translators import SUPPORTED_BINDINGS
+from rolegate_operator.render import backend, backend_status
+from rolegate_operator.render.check import Check
 
 __all__ = ["Check", "Outcome", "Rendered", "RoleObject", "SecretKey", "render"]
 
@@ -52,22 +62,16 @@ class RoleObject:
 
 
 @dataclass(frozen=True, slots=True)
-class Check:
-    """The status, CamelCase reason and message of one condition, before it is timed."""
-
-    status: ConditionStatus
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
 class Outcome:
-    """What became of one role: its two checks and, when served, its config."""
+    """What became of one role: its checks and, when served, its config; for a ``serve:``
+    role also its backend's name and ``BackendReady`` check."""
 
     role: RoleObject
     credentials: Check
     ready: Check
     config: RoleConfig | None = None
+    backend: str = ""
+    backend_ready: Check | None = None
 
     @property
     def endpoint(self) -> str:
@@ -77,10 +81,12 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class Rendered:
-    """The gateway config (the served roles, by name) and every role's outcome."""
+    """The gateway config (the served roles, by name), every role's outcome, and the
+    backends the ``serve:`` roles want (each with every role that owns it)."""
 
     config: GatewayConfig
     outcomes: tuple[Outcome, ...]
+    backends: tuple[backend.Backend, ...] = ()
 
 
 def _false(reason: str, message: str) -> Check:
@@ -118,6 +124,7 @@ def _credentials(
 def _outcome(
     obj: RoleObject,
     secrets: Mapping[SecretKey, Mapping[str, str]],
+    states: Mapping[tuple[str, str], backend_status.BackendState],
     *,
     config_secret: str,
 ) -> Outcome:
@@ -138,22 +145,56 @@ def _outcome(
         message = f"binding {role.spec.binding} is not served by this gateway yet ({supported} are)"
         check = Check(ConditionStatus.UNKNOWN, "BindingNotSupported", message)
         return Outcome(obj, check, _false("BindingNotSupported", message))
+    serve = role.spec.serve
+    name = backend.backend_name(role.spec.binding, role.spec.model, serve) if serve else ""
     creds_check, credentials = _credentials(role, secrets)
-    if credentials is None:
+    if credentials is None:  # its backend (if any) keeps running: a Secret may come back
         message = f"left out of the gateway config: {creds_check.message}"
-        return Outcome(obj, creds_check, _false("CredentialsNotResolved", message))
-    if role.spec.serve is not None and not role.spec.host:
-        message = (
-            "serve: backends are not run by this operator version yet; "
-            "set spec.host to the model server's URL"
-        )
-        return Outcome(obj, creds_check, _false("BackendNotSupported", message))
+        return Outcome(obj, creds_check, _false("CredentialsNotResolved", message), backend=name)
     try:
-        config = roles.role_config(role, credentials)
+        ref = Backend(namespace=obj.namespace, service=name) if name else None
+        config = roles.role_config(role, credentials, backend=ref)
     except ValueError as exc:  # pydantic's ValidationError included
         return Outcome(obj, creds_check, _false("InvalidSpec", str(exc)))
     message = f"served through the gateway config in Secret {config_secret}"
-    return Outcome(obj, creds_check, Check(ConditionStatus.TRUE, "Served", message), config)
+    if not name:
+        return Outcome(obj, creds_check, Check(ConditionStatus.TRUE, "Served", message), config)
+    check = backend_status.backend_check(
+        name, states.get((obj.namespace, name), backend_status.BackendState())
+    )
+    ready = Check(ConditionStatus.TRUE, "Served", f"{message}; {check.message}")
+    if check.status is not ConditionStatus.TRUE:
+        ready = _false(
+            "BackendNotReady",
+            f"in the gateway config, but no pod of the backend serves yet: {check.reason}: "
+            f"{check.message}",
+        )
+    return Outcome(obj, creds_check, ready, config, backend=name, backend_ready=check)
+
+
+def _backends(outcomes: Sequence[Outcome]) -> tuple[backend.Backend, ...]:
+    """The backends the valid ``serve:`` roles want (served or waiting for their Secret),
+    each owned by all of its roles."""
+    wanted: dict[tuple[str, str], backend.Backend] = {}
+    for outcome in outcomes:
+        if not outcome.backend:
+            continue
+        role = outcome.role
+        key = (role.namespace, outcome.backend)
+        held = wanted.get(key)
+        if held is None:
+            spec = LLMRoleSpec.model_validate(role.spec)  # valid: it has a backend name
+            assert spec.serve is not None
+            held = backend.Backend(
+                namespace=role.namespace,
+                name=outcome.backend,
+                binding=spec.binding,
+                model=spec.model,
+                serve=spec.serve,
+            )
+        owner = backend.Owner(role.name, role.uid)
+        wanted[key] = dataclasses.replace(held, owners=(*held.owners, owner))
+    return tuple(wanted[k] for k in sorted(wanted))
 
 
 def render(
@@ -161,20 +202,24 @@ def render(
     secrets: Mapping[SecretKey, Mapping[str, str]],
     *,
     config_secret: str,
+    backends: Mapping[tuple[str, str], backend_status.BackendState] | None = None,
 ) -> Rendered:
-    """The gateway config for ``objects`` and the outcome of each role.
+    """The gateway config for ``objects``, the outcome of each role and the backends wanted.
 
     ``secrets`` maps (namespace, name) to a Secret's decoded keys (only those in
     ``rolegate_gateway.roles.SECRET_KEYS`` are needed). ``config_secret`` names the config
-    Secret in messages. Role names are unique in a gateway: of two roles with one name
-    (in two namespaces) the older one owns the name, served or not, and the other reports
-    ``DuplicateRole``; so a broken role's clients never reach another team's upstream.
+    Secret in messages. ``backends`` maps (namespace, backend name) to what the API holds of
+    that backend (for ``BackendReady``; absent: not created yet). A ``serve:`` role is in the
+    config as soon as it is valid (the gateway answers 503 while no pod is ready) but is
+    ``Ready`` only with ``BackendReady``. Role names are unique in a gateway: of two roles
+    with one name (in two namespaces) the older one owns the name, served or not, and the
+    other reports ``DuplicateRole``; so a broken role's clients never reach another team's upstream.
     """
     ordered = sorted(objects, key=lambda o: (o.created, o.namespace, o.name))
     outcomes: list[Outcome] = []
     owners: dict[str, RoleObject] = {}
     for obj in ordered:
-        outcome = _outcome(obj, secrets, config_secret=config_secret)
+        outcome = _outcome(obj, secrets, backends or {}, config_secret=config_secret)
         owner = owners.setdefault(obj.name, obj)
         if owner is not obj:
             message = (
@@ -184,4 +229,4 @@ def render(
             outcome = Outcome(obj, outcome.credentials, _false("DuplicateRole", message))
         outcomes.append(outcome)
     configs = sorted((o.config for o in outcomes if o.config), key=lambda c: c.name)
-    return Rendered(GatewayConfig(roles=tuple(configs)), tuple(outcomes))
+    return Rendered(GatewayConfig(roles=tuple(configs)), tuple(outcomes), _backends(outcomes))

@@ -1,10 +1,10 @@
 """Status of an LLMRole: conditions, observedGeneration, endpoint, configHash.
 
 Pure. Owns the condition rules kopf does not give us (STYLE rule 9): positive types only
-(``Ready``, ``CredentialsResolved``), each with a CamelCase reason, a message a person can
-act on and the generation it was computed from; ``lastTransitionTime`` moves only when a
-condition's status flips, so an unchanged role renders exactly the status it already has
-and the operator writes nothing.
+(``Ready``, ``CredentialsResolved``, ``BackendReady``), each with a CamelCase reason, a
+message a person can act on and the generation it was computed from;
+``lastTransitionTime`` moves only when a condition's status flips, so an unchanged role
+renders exactly the status it already has and the operator writes nothing.
 Reference: https://github.com/kubernetes/community/blob/master/contributors/devel/sig-architecture/api-conventions.md#typical-status-properties
 """
 
@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from rolegate_gateway.api import Condition, ConditionStatus, LLMRoleStatus
-from rolegate_operator.render.config import Check, Outcome
+from rolegate_operator.render.check import Check
+from rolegate_operator.render.config import Outcome
 
 __all__ = ["CONDITION_TYPES", "Transition", "desired_status", "transitions"]
 
-#: The condition types, in the order they are listed.
-CONDITION_TYPES = ("Ready", "CredentialsResolved")
+#: The condition types, in the order they are listed (BackendReady: serve: roles only).
+CONDITION_TYPES = ("Ready", "CredentialsResolved", "BackendReady")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,14 +72,20 @@ def desired_status(
     """
     role = outcome.role
     before = _previous(role.status if previous is None else previous)
-    checks = {"Ready": outcome.ready, "CredentialsResolved": outcome.credentials}
+    checks = {
+        "Ready": outcome.ready,
+        "CredentialsResolved": outcome.credentials,
+        "BackendReady": outcome.backend_ready,
+    }
     status = LLMRoleStatus(
         observed_generation=role.generation,
         conditions=[
-            _condition(k, checks[k], before.get(k), generation=role.generation, now=now)
+            _condition(k, check, before.get(k), generation=role.generation, now=now)
             for k in CONDITION_TYPES
+            if (check := checks[k]) is not None
         ],
         endpoint=outcome.endpoint,
+        backend=outcome.backend,
         config_hash=outcome.config.hash if outcome.config else "",
     )
     return status.model_dump(mode="json", by_alias=True)
