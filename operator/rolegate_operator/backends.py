@@ -80,10 +80,16 @@ class BackendSync:
         return live
 
     async def write(
-        self, wanted: Iterable[render.Backend], live: Mapping[str, BackendObjects]
+        self,
+        wanted: Iterable[render.Backend],
+        live: Mapping[str, BackendObjects],
+        *,
+        retained: frozenset[tuple[str, str]] = frozenset(),
     ) -> None:
         """Apply each wanted backend object that is missing or differs from its live
-        version; delete the backend objects no role wants any more.
+        version; delete the backend objects that no role wants any more and that serve no
+        role either (``retained``: (namespace, name) of backends still serving a role
+        during its rollout to another).
 
         Raises:
             ApiException, aiohttp.ClientError, OSError, TimeoutError: API trouble; what was
@@ -95,7 +101,7 @@ class BackendSync:
             for kind, field in _KINDS.items()
             for body in getattr(found, field)
         }
-        keep = set()
+        keep = set(retained)
         for want in wanted:
             keep.add((want.namespace, want.name))
             self.namespaces.add(want.namespace)

@@ -50,7 +50,9 @@ from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from rolegate_gateway import errors
 from rolegate_gateway.api import ConditionStatus
+from rolegate_gateway.config import GatewayConfig
 from rolegate_gateway.kube import API_ERRORS, CONFIG_KEY, describe, log_failure, unavailable
 from rolegate_gateway.roles import SECRET_KEYS
 from rolegate_operator import backends, render
@@ -256,10 +258,11 @@ class Reconciler:
             self.store.secret_data(),
             config_secret=self.settings.config_secret_ref,
             backends=backends.states(live or {}),
+            previous=await self._served(ns, name) if live else None,
         )
         try:
             if live is not None:
-                await self.backends.write(rendered.backends, live)
+                await self.backends.write(rendered.backends, live, retained=rendered.retained)
         except API_ERRORS as exc:
             log.warning("cannot apply the backends: %s", describe(exc))
             failures.append(exc)
@@ -297,6 +300,17 @@ class Reconciler:
             events_posted=events,
             list_s=list_s,
         )
+
+    async def _served(self, namespace: str, name: str) -> GatewayConfig | None:
+        """The config the gateway serves now (the config Secret's), or None when it cannot
+        be read: a rollout between backends holds on to what it names."""
+        try:
+            current = await self.kube.read_secret(namespace, name)
+            data = (current or {}).get("data") or {}
+            return GatewayConfig.from_wire(base64.b64decode(data[CONFIG_KEY]))
+        except (*API_ERRORS, KeyError, ValueError, errors.ConfigError) as exc:
+            log.debug("the served config is not readable: %s", type(exc).__name__)
+            return None
 
     async def _status(self, outcome: render.Outcome, now: str) -> int | None:
         """Write one role's status if it differs, and an Event per condition that changed.

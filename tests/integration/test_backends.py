@@ -138,12 +138,44 @@ async def test_more_gpus_than_a_node_has_says_unschedulable_and_a_fix_recovers(
     message = next(c for c in status["conditions"] if c["type"] == "BackendReady")["message"]
     assert "Insufficient nvidia.com/gpu" in message
     assert "nodes are available" in message
-    old = status["backend"]
+    never = status["backend"]
     await stack.apply(served("query", gpus=2))
     await stack.wait_condition("query", "BackendReady", ("True", "Available"), timeout_s=60)
-    assert await backend_of(stack, "query") != old
+    assert await backend_of(stack, "query") != never
+    await eventually(lambda: gone(stack, "deployment", never), what=f"{never} deleted")
+    await eventually(lambda: gone(stack, "service", never), what=f"service {never} deleted")
+
+
+async def test_a_rebind_keeps_the_old_backend_serving_until_the_new_one_is_available(
+    stack: Stack,
+) -> None:
+    await stack.apply(served("vlm", gpus=1))
+    await stack.wait_condition("vlm", "Ready", ("True", "Served"), timeout_s=60)
+    old = await backend_of(stack, "vlm")
+    await stack.apply(served("vlm", model="org/Bigger-70B", gpus=3))  # fits no node
+    await stack.wait_condition("vlm", "Ready", ("False", "RollingOut"))
+    _, reason = await stack.condition("vlm", "BackendReady")
+    assert reason == "Unschedulable"
+    config = await stack.config()
+    assert config is not None
+    [role] = config.roles  # still the old model on the old backend: calls keep working
+    assert role.upstream.model == "org/Tiny-1B"
+    assert role.upstream.backend is not None
+    assert role.upstream.backend.service == old
+    await asyncio.sleep(2)  # resyncs: the old backend is kept while it serves
+    assert not await gone(stack, "deployment", old)
+    assert await backend_of(stack, "vlm") == old
+
+    await stack.apply(served("vlm", model="org/Bigger-70B", gpus=2))
+    await stack.wait_condition("vlm", "Ready", ("True", "Served"), timeout_s=60)
+    new = await backend_of(stack, "vlm")
+    assert new != old
+    config = await stack.config()
+    assert config is not None
+    assert config.roles[0].upstream.model == "org/Bigger-70B"
     await eventually(lambda: gone(stack, "deployment", old), what=f"{old} deleted")
-    await eventually(lambda: gone(stack, "service", old), what=f"service {old} deleted")
+    remaining = await get(stack, "deployment", selector="app.kubernetes.io/component=model-server")
+    assert [d["metadata"]["name"] for d in remaining] == [new]
 
 
 async def test_two_roles_with_one_spec_share_one_backend_until_both_go(stack: Stack) -> None:

@@ -72,6 +72,12 @@ class Outcome:
     config: RoleConfig | None = None
     backend: str = ""
     backend_ready: Check | None = None
+    serving: str = ""  # the backend in the config, while a rollout keeps the previous one
+
+    @property
+    def shown_backend(self) -> str:
+        """``status.backend``: the backend that serves the role's calls."""
+        return self.serving or self.backend
 
     @property
     def endpoint(self) -> str:
@@ -87,6 +93,14 @@ class Rendered:
     config: GatewayConfig
     outcomes: tuple[Outcome, ...]
     backends: tuple[backend.Backend, ...] = ()
+
+    @property
+    def retained(self) -> frozenset[tuple[str, str]]:
+        """(namespace, name) of backends no role wants but some role is still served by,
+        until the backend it moves to is available: not to be deleted yet."""
+        return frozenset(
+            (o.role.namespace, o.serving) for o in self.outcomes if o.serving and o.config
+        )
 
 
 def _false(reason: str, message: str) -> Check:
@@ -125,6 +139,7 @@ def _outcome(
     obj: RoleObject,
     secrets: Mapping[SecretKey, Mapping[str, str]],
     states: Mapping[tuple[str, str], backend_status.BackendState],
+    previous: Mapping[str, RoleConfig],
     *,
     config_secret: str,
 ) -> Outcome:
@@ -164,12 +179,45 @@ def _outcome(
     )
     ready = Check(ConditionStatus.TRUE, "Served", f"{message}; {check.message}")
     if check.status is not ConditionStatus.TRUE:
+        held = _rollout(obj, name, states, previous.get(obj.name), config)
+        if held is not None:
+            old, config = held
+            ready = _false(
+                "RollingOut",
+                f"still served by backend {old} (the previous spec) until backend {name} "
+                f"is available: {check.reason}: {check.message}",
+            )
+            return Outcome(
+                obj, creds_check, ready, config, backend=name, backend_ready=check, serving=old
+            )
         ready = _false(
             "BackendNotReady",
             f"in the gateway config, but no pod of the backend serves yet: {check.reason}: "
             f"{check.message}",
         )
     return Outcome(obj, creds_check, ready, config, backend=name, backend_ready=check)
+
+
+def _rollout(
+    obj: RoleObject,
+    name: str,
+    states: Mapping[tuple[str, str], backend_status.BackendState],
+    before: RoleConfig | None,
+    config: RoleConfig,
+) -> tuple[str, RoleConfig] | None:
+    """While a role's new backend ``name`` is not available but the backend the gateway
+    serves it from (``before``, its role in the live config) is: that backend and the role
+    as served from it (its upstream as before, the new limits), so a rebind never leaves the
+    role without a model server. None when there is nothing to hold on to."""
+    old = before.upstream.backend if before is not None else None
+    if before is None or old is None or old.service == name or old.namespace != obj.namespace:
+        return None
+    state = states.get((obj.namespace, old.service), backend_status.BackendState())
+    if backend_status.backend_check(old.service, state).status is not ConditionStatus.TRUE:
+        return None
+    return old.service, RoleConfig(
+        name=config.name, namespace=config.namespace, upstream=before.upstream, limits=config.limits
+    )
 
 
 def _backends(outcomes: Sequence[Outcome]) -> tuple[backend.Backend, ...]:
@@ -203,6 +251,7 @@ def render(
     *,
     config_secret: str,
     backends: Mapping[tuple[str, str], backend_status.BackendState] | None = None,
+    previous: GatewayConfig | None = None,
 ) -> Rendered:
     """The gateway config for ``objects``, the outcome of each role and the backends wanted.
 
@@ -211,15 +260,18 @@ def render(
     Secret in messages. ``backends`` maps (namespace, backend name) to what the API holds of
     that backend (for ``BackendReady``; absent: not created yet). A ``serve:`` role is in the
     config as soon as it is valid (the gateway answers 503 while no pod is ready) but is
-    ``Ready`` only with ``BackendReady``. Role names are unique in a gateway: of two roles
+    ``Ready`` only with ``BackendReady``. ``previous`` is the config the gateway serves now:
+    a role moving to a new backend keeps its previous one there until the new one is
+    available (``RollingOut``). Role names are unique in a gateway: of two roles
     with one name (in two namespaces) the older one owns the name, served or not, and the
     other reports ``DuplicateRole``; so a broken role's clients never reach another team's upstream.
     """
     ordered = sorted(objects, key=lambda o: (o.created, o.namespace, o.name))
+    served = {r.name: r for r in previous.roles} if previous is not None else {}
     outcomes: list[Outcome] = []
     owners: dict[str, RoleObject] = {}
     for obj in ordered:
-        outcome = _outcome(obj, secrets, backends or {}, config_secret=config_secret)
+        outcome = _outcome(obj, secrets, backends or {}, served, config_secret=config_secret)
         owner = owners.setdefault(obj.name, obj)
         if owner is not obj:
             message = (

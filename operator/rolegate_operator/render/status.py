@@ -85,7 +85,7 @@ def desired_status(
             if (check := checks[k]) is not None
         ],
         endpoint=outcome.endpoint,
-        backend=outcome.backend,
+        backend=outcome.shown_backend,
         config_hash=outcome.config.hash if outcome.config else "",
     )
     return status.model_dump(mode="json", by_alias=True)
