@@ -161,7 +161,7 @@ def bridge_name(seed: int) -> str:
 
 
 def pod_subnet(seed: int) -> str:
-    """The pod subnet of one node: ``10.245.<seed % 256>.0/24``; 127.244.0.0/16 is kwok's
+    """The pod subnet of one node: ``10.245.<seed % 256>.0/24``; 10.244.0.0/16 is kwok's
     fake pod range and 10.88.0.0/16 podman's."""
     return f"10.245.{seed % 256}.0/24"
 

@@ -37,10 +37,6 @@ GPU_TAINT: Final[dict[str, str]] = {
 """The taint on GPU nodes; a GPU pod tolerates it (``operator: Exists`` on the key is enough)."""
 KWOK_ANNOTATION: Final = ("kwok.x-k8s.io/node", "fake")
 """The annotation kwok selects the nodes it manages by."""
-POD_NETWORK_PREFIX: Final = "127.244"
-"""The simulated pods' addresses: 127.244.<node index>.<n>, loopback, so that a test can stand
-in for a pod by serving on its IP (kwok gives each pod an address from its node's podCIDR),
-and traffic to a pod never leaves this machine."""
 NODE_LEASE_DURATION_S: Final = 40
 """Lease duration kwok gives simulated nodes (kubelet's default)."""
 
@@ -106,8 +102,8 @@ def node_manifest(spec: NodeSpec, *, index: int) -> dict[str, Any]:
             "labels": labels,
         },
         "spec": {
-            "podCIDR": f"{POD_NETWORK_PREFIX}.{index}.0/24",
-            "podCIDRs": [f"{POD_NETWORK_PREFIX}.{index}.0/24"],
+            "podCIDR": f"10.244.{index}.0/24",
+            "podCIDRs": [f"10.244.{index}.0/24"],
             "taints": taints,
         },
         "status": {
@@ -148,7 +144,7 @@ def kwok_argv(*, kwok: Path, kubeconfig: Path, stages: Path, port: int) -> list[
         "--manage-all-nodes=false",
         f"--manage-nodes-with-annotation-selector={key}={value}",
         f"--node-lease-duration-seconds={NODE_LEASE_DURATION_S}",
-        f"--cidr={POD_NETWORK_PREFIX}.0.0/16",
+        "--cidr=10.244.0.0/16",
         "--node-ip=192.0.2.1",
         f"--server-address=127.0.0.1:{port}",
     ]

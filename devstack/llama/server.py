@@ -64,13 +64,11 @@ def _model_settings(alias: str, path: Path, *, embedding: bool) -> dict[str, Any
 
 
 class LlamaServer(Process):
-    """llama.cpp's server on ``host:port`` (default 127.0.0.1 and a free port) serving the
-    chat ``models`` and the ``embedding_models`` (alias -> GGUF path), requiring
-    ``Authorization: Bearer <api_key>`` when ``api_key`` is set; a
-    :class:`~devstack.process.Process`.
+    """llama.cpp's server on ``127.0.0.1:port`` serving the chat ``models`` and the
+    ``embedding_models`` (alias -> GGUF path), requiring ``Authorization: Bearer <api_key>``
+    when ``api_key`` is set; a :class:`~devstack.process.Process`.
 
-    ``url`` is the OpenAI base URL (``http://HOST:PORT/v1``). ``host`` may be any loopback
-    address, e.g. the 127.244.x.y IP of a KWOK pod the server stands in for. The interpreter is
+    ``url`` is the OpenAI base URL (``http://127.0.0.1:PORT/v1``). The interpreter is
     :func:`devstack.llama.build.python`; call :func:`devstack.llama.build.ensure` first.
     """
 
@@ -82,15 +80,13 @@ class LlamaServer(Process):
         embedding_models: Mapping[str, Path] | None = None,
         port: int = 0,
         api_key: str | None = None,
-        host: str = "127.0.0.1",
     ) -> None:
         self.port: Final = port or free_ports(1)[0]
-        self.host: Final = host
         self.api_key: Final = api_key
         self.models: Final = dict(models)
         self.embedding_models: Final = dict(embedding_models or {})
         settings: dict[str, Any] = {
-            "host": host,
+            "host": "127.0.0.1",
             "port": self.port,
             "interrupt_requests": False,
             "api_key": api_key,
@@ -102,13 +98,12 @@ class LlamaServer(Process):
                 for alias, path in self.embedding_models.items()
             ],
         }
-        config = workdir / f"llama-server-{host}-{self.port}.json"
+        config = workdir / f"llama-server-{self.port}.json"
         config.write_text(json.dumps(settings, indent=2))
         # -P: serve.py's folder (devstack/llama/) must not shadow the venv's modules.
         argv = [str(build.python()), "-P", str(SERVE), str(config)]
-        log_path = workdir / f"llama-server-{host}-{self.port}.log"
-        super().__init__("llama-server", argv, log_path=log_path)
-        self.url = f"http://{host}:{self.port}/v1"
+        super().__init__("llama-server", argv, log_path=workdir / f"llama-server-{self.port}.log")
+        self.url = f"http://127.0.0.1:{self.port}/v1"
 
     def models_listed(self) -> list[str]:
         """GET /v1/models: the aliases the server lists.

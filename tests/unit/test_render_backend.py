@@ -244,7 +244,8 @@ UNSCHEDULABLE = {
     "status": "False",
     "reason": "Unschedulable",
     "message": (
-        "0/4 nodes are available: 2 Insufficient nvidia.com/gpu, 2 node(s) had untolerated taint"
+        "0/4 nodes are available: 2 Insufficient nvidia.com/gpu, "
+        "2 node(s) had untolerated taint"
     ),
 }
 
