@@ -9,7 +9,12 @@ shutdown timeout). Endpoints:
 - ``GET /v1/models``, ``/v1/models/{role}``: one entry per role, binding and model in
   ``metadata``.
 - ``GET /healthz`` (alive), ``/readyz`` (a config is served and not shutting down),
-  ``/status`` (JSON, no credentials), ``/metrics`` (Prometheus text format).
+  ``/status`` (JSON, no credentials; a ``serve:`` role's ``backend`` with its ready
+  endpoints and their calls in flight), ``/metrics`` (Prometheus text format).
+
+The app keeps the :class:`~rolegate_gateway.backends.Backends` it is given (:data:`BACKENDS`)
+in step with every config the runtime applies; it watches backends' EndpointSlices only if
+it was made with ``watch=True`` (the config comes from Kubernetes).
 
 Every error is OpenAI's error body with a 4xx/5xx status, malformed HTTP included
 (``rolegate_gateway.server``); request bodies are read and parsed by
@@ -28,8 +33,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, ProcessCollector, generate_latest
 
 from rolegate_gateway import errors, proxy
+from rolegate_gateway.backends import Backends
 from rolegate_gateway.intake import Intake
 from rolegate_gateway.keys import GUARD, INTAKE, RUNTIME, SESSION, SOURCE, ConfigSource
+from rolegate_gateway.metrics import BackendCollector
 from rolegate_gateway.proxy import forward
 from rolegate_gateway.runtime import Runtime
 from rolegate_gateway.server import ConnectionGuard, GuardedRunner
@@ -37,7 +44,7 @@ from rolegate_gateway.settings import ServerSettings
 from rolegate_gateway.translators import Endpoint
 from rolegate_gateway.upstream import connection_trace
 
-__all__ = ["DEFAULT_PRIORITY", "create_app", "start"]
+__all__ = ["BACKENDS", "DEFAULT_PRIORITY", "create_app", "start"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,9 @@ log = logging.getLogger(__name__)
 DEFAULT_PRIORITY = 10
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: The backends of ``serve:`` roles: their ready pods and the calls in flight on each.
+BACKENDS = web.AppKey("backends", Backends)
 
 
 def _error_response(exc: errors.GatewayError) -> web.Response:
@@ -136,6 +146,7 @@ def _proxy(endpoint: Endpoint) -> Handler:
                     payload,
                     priority=priority,
                     session=request.app[SESSION],
+                    backends=request.app[BACKENDS],
                 )
             except errors.GatewayError as exc:
                 raise _Routed(exc) from exc
@@ -214,7 +225,14 @@ async def _readyz(request: web.Request) -> web.Response:
 
 
 async def _status(request: web.Request) -> web.Response:
-    return web.json_response(request.app[RUNTIME].status())
+    runtime, backends = request.app[RUNTIME], request.app[BACKENDS]
+    document = runtime.status()
+    for name, entry in document["roles"].items():
+        role = runtime.roles.get(name)
+        backend = role.config.upstream.backend if role is not None else None
+        if backend is not None:
+            entry["backend"] = backends.status(backend)
+    return web.json_response(document)
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -238,6 +256,19 @@ async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
     ) as session:
         app[SESSION] = session
         yield
+
+
+async def _backends_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Keep the backends in step with the config the runtime serves (set up before the
+    config source loads, so its first config starts the watches); stop them at cleanup,
+    after the source."""
+    runtime, backends = app[RUNTIME], app[BACKENDS]
+    runtime.listeners.append(backends.sync)
+    if runtime.config is not None:
+        backends.sync(runtime.config)
+    yield
+    runtime.listeners.remove(backends.sync)
+    await backends.close()
 
 
 async def _source_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -300,19 +331,27 @@ def create_app(
     *,
     source: ConfigSource | None = None,
     settings: ServerSettings | None = None,
+    backends: Backends | None = None,
 ) -> web.Application:
     """The gateway app serving ``runtime``, fed by ``source`` (none: apply configs yourself),
-    with the client limits of ``settings`` (default: :class:`ServerSettings`' defaults)."""
+    with the client limits of ``settings`` (default: :class:`ServerSettings`' defaults).
+
+    ``backends``: where ``serve:`` roles' calls go; pass ``Backends(watch=True, ...)`` when
+    the config comes from Kubernetes (default: nothing watched, calls go to each role's
+    ``base_url``, the backend's Service)."""
     settings = settings or ServerSettings()
     app = web.Application(middlewares=[_errors], client_max_size=settings.max_body_bytes)
     runtime = runtime or Runtime()
     app[RUNTIME] = runtime
     app[INTAKE] = Intake(settings)
     app[GUARD] = ConnectionGuard(settings, count=runtime.metrics.unrouted)
+    app[BACKENDS] = backends = backends or Backends()
     if source is not None:
         app[SOURCE] = source
     ProcessCollector(namespace="rolegate", registry=runtime.registry)
+    runtime.registry.register(BackendCollector(backends.ready_counts))
     app.cleanup_ctx.append(_session_ctx)
+    app.cleanup_ctx.append(_backends_ctx)
     app.cleanup_ctx.append(_source_ctx)
     app.cleanup_ctx.append(_intake_ctx)
     app.on_shutdown.append(_stop_admitting)

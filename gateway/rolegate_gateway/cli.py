@@ -1,7 +1,8 @@
 """``rolegate-gateway``: run the gateway.
 
 In Kubernetes: ``rolegate-gateway --config-secret NAMESPACE/NAME`` serves the config the
-operator writes to that Secret and reloads it on change. Standalone:
+operator writes to that Secret and reloads it on change, and balances each ``serve:`` role
+over its backend's ready pods (their EndpointSlices). Standalone:
 ``rolegate-gateway --manifests PATH`` serves the LLMRole and Secret manifests under PATH and
 reloads them on change, no Kubernetes needed.
 """
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rolegate_gateway.app import create_app, start
+from rolegate_gateway.backends import Backends
 from rolegate_gateway.keys import ConfigSource
 from rolegate_gateway.logs import setup_logging
 from rolegate_gateway.manifests import ManifestsSource
@@ -200,7 +202,10 @@ def _source(args: argparse.Namespace, runtime: Runtime) -> ConfigSource:
 async def _serve(args: argparse.Namespace) -> None:
     runtime = Runtime(drain_grace_s=args.drain_grace)
     source = _source(args, runtime)
-    app = create_app(runtime, source=source, settings=_settings(args))
+    # Backends' pods are watched only when the config comes from Kubernetes; standalone,
+    # a serve: role's calls go to its host.
+    backends = Backends(watch=args.config_secret is not None, kubeconfig=args.kubeconfig)
+    app = create_app(runtime, source=source, settings=_settings(args), backends=backends)
     runner, port = await start(
         app, host=args.host, port=args.port, shutdown_timeout_s=args.shutdown_timeout
     )

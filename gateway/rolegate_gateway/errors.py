@@ -16,7 +16,9 @@ OpenAI's error body ``{"error": {"message", "type", "param", "code"}}``
     └── UpstreamError
         ├── UpstreamTimeout       504 timeout
         ├── UpstreamUnavailable   502 upstream_unavailable (connect or protocol failure,
-        │                             a redirect, an answer over the size cap)
+        │   │                         a redirect, an answer over the size cap)
+        │   └── BackendNotReady   503 service_unavailable, code backend_not_ready (the
+        │                             role's backend lists no ready pod)
         └── UpstreamStatusError   the upstream's own status, its body passed on
 
 Messages name the role and what failed, never the upstream's URL or address (those are
@@ -38,6 +40,7 @@ import aiohttp
 from pydantic import ValidationError
 
 __all__ = [
+    "BackendNotReady",
     "ConfigError",
     "Draining",
     "GatewayError",
@@ -186,6 +189,16 @@ class UpstreamUnavailable(UpstreamError):
     status = 502
     type_ = "upstream_unavailable"
     code = "upstream_unavailable"
+
+
+class BackendNotReady(UpstreamUnavailable):
+    """The role's backend (a model server the operator runs) has no ready pod in its
+    EndpointSlices: still loading its model, crashing, or scaled to zero. Nothing was
+    sent; the client may retry later."""
+
+    status = 503
+    type_ = "service_unavailable"
+    code = "backend_not_ready"
 
 
 #: Upstream error statuses the client's request caused: passed on, but counted as the

@@ -20,7 +20,7 @@ from rolegate_gateway.config import RefusedRole, RoleConfig
 from rolegate_gateway.queue import RoleQueue
 from rolegate_gateway.translators.base import Usage
 
-__all__ = ["Metrics", "RoleMetrics"]
+__all__ = ["BackendCollector", "Metrics", "RoleMetrics"]
 
 ROLE_LABELS = ("role", "namespace", "binding", "model")
 
@@ -123,6 +123,24 @@ class _TokenCollector(Collector):
         for labels, counts in self._counts.items():
             for kind, value in zip(self._KINDS, counts, strict=True):
                 family.add_metric([*labels, kind], value)
+        yield family
+
+
+class BackendCollector(Collector):
+    """``rolegate_backend_endpoints{backend,namespace}`` at scrape time: the ready endpoints
+    of each backend whose EndpointSlices the gateway has read (none: not watched)."""
+
+    def __init__(self, counts: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
+        self._counts = counts  # (service, namespace, ready endpoints)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "rolegate_backend_endpoints",
+            "Ready endpoints (pods) of a backend, from its EndpointSlices.",
+            labels=("backend", "namespace"),
+        )
+        for service, namespace, ready in self._counts():
+            family.add_metric([service, namespace], ready)
         yield family
 
 

@@ -8,6 +8,7 @@ upstream: the bytes as they are). The HTTP exchange itself (retries, redirects r
 capped reads) is ``rolegate_gateway.upstream``'s. Error mapping:
 
 - queue full / wait exceeded -> 429 (raised by the queue);
+- a ``serve:`` role whose backend lists no ready pod -> 503 (``errors.BackendNotReady``);
 - ``timeoutSeconds`` passed (to the first byte; for a stream also between chunks) -> 504;
 - cut off by a drain deadline -> 503; upstream unreachable or broken -> 502;
 - an upstream redirect (never followed: it could carry the key elsewhere) -> 502;
@@ -18,6 +19,11 @@ capped reads) is ``rolegate_gateway.upstream``'s. Error mapping:
   instead (the key is the role's, not the client's);
 - an exception nothing maps (a bug) -> 500 "internal gateway error", logged with its
   traceback.
+
+A ``serve:`` role's call goes to one ready pod of its backend, picked by
+``rolegate_gateway.backends`` (fewest calls in flight, shared by every role of the backend)
+and held until the call ends, its stream included; retries stay on that pod. Without a
+picture of the backend's slices the call goes to the role's ``base_url`` (its Service).
 
 Upstream statuses the client caused (``errors.CLIENT_STATUSES``) are not counted in
 ``rolegate_upstream_errors_total``.
@@ -41,9 +47,11 @@ import aiohttp
 from aiohttp import web
 
 from rolegate_gateway import errors, upstream
+from rolegate_gateway.backends import Backends, Pick
 from rolegate_gateway.intake import Payload
 from rolegate_gateway.runtime import Call, Role, RoleWrapper
 from rolegate_gateway.translators import Endpoint, Translator, upstream_errors
+from rolegate_gateway.translators.base import UpstreamRequest
 
 __all__ = ["WRITE_TIMEOUT_S", "forward"]
 
@@ -82,8 +90,10 @@ async def forward(
     *,
     priority: int,
     session: aiohttp.ClientSession,
+    backends: Backends | None = None,
 ) -> web.StreamResponse:
-    """Serve one request on ``role``: queue, upstream call, answer.
+    """Serve one request on ``role``: queue, upstream call (to a pod of the role's
+    backend when ``backends`` has a picture of it), answer.
 
     Every outcome is counted once in the role's metrics and queue counters: the answer's
     status, 499 for a client that went away or stopped reading, 500 for a bug.
@@ -114,7 +124,9 @@ async def forward(
     wrapper.enter(call)
     code = 500  # an outcome nobody recorded is a bug, never a success
     try:
-        response = await _call(request, wrapper, call, endpoint, payload, session, started)
+        response = await _call(
+            request, wrapper, call, endpoint, payload, session, started, backends=backends
+        )
         code = response.status
         queue.completed_total += 1
         return response
@@ -188,16 +200,49 @@ async def _call(
     payload: Payload,
     session: aiohttp.ClientSession,
     started: float,
+    *,
+    backends: Backends | None,
 ) -> web.StreamResponse:
-    """One upstream call under the role's timeout, through a fresh translator; its answer.
+    """One upstream call through a fresh translator, sent to a pod of the role's backend
+    when there is a picture of it (held until the call ends); its answer.
+
+    Raises:
+        errors.BackendNotReady: the backend lists no ready pod (nothing was sent).
+    """
+    translator = wrapper.translator()
+    request_up = translator.request(endpoint, payload)
+    backend = wrapper.config.upstream.backend
+    if backend is None or backends is None:  # the hot path: one attribute check
+        return await _exchange(request, wrapper, call, translator, request_up, session, started)
+    pick = backends.pick(backend, role=wrapper.config.name)
+    if pick is None:  # no picture of its slices: the Service's address
+        return await _exchange(request, wrapper, call, translator, request_up, session, started)
+    with pick:
+        request_up = request_up._replace(url=pick.route(request_up.url))
+        return await _exchange(
+            request, wrapper, call, translator, request_up, session, started, pick=pick
+        )
+
+
+async def _exchange(
+    request: web.Request,
+    wrapper: RoleWrapper,
+    call: Call,
+    translator: Translator,
+    request_up: UpstreamRequest,
+    session: aiohttp.ClientSession,
+    started: float,
+    *,
+    pick: Pick | None = None,
+) -> web.StreamResponse:
+    """``request_up`` (and any following call of the translator's, sent to ``pick``'s pod
+    too) under the role's timeout; the answer.
 
     While a write to a streaming client blocks, the call's timeout is moved to the write
     deadline instead (:data:`WRITE_TIMEOUT_S`, never past a drain deadline): a client that
     does not read is not the upstream's fault, and one timer serves both.
     """
     role = wrapper.config.name
-    translator = wrapper.translator()
-    request_up = translator.request(endpoint, payload)
     timeout_s = wrapper.config.upstream.timeout_s
     write_timeout_s = WRITE_TIMEOUT_S
     loop = asyncio.get_running_loop()
@@ -258,6 +303,8 @@ async def _call(
                     answer = await _whole(role, translator, up)
                 while (following := translator.more()) is not None:  # one answer, more calls
                     call.limit(loop.time() + timeout_s)  # timeoutSeconds is per call
+                    if pick is not None:
+                        following = following._replace(url=pick.route(following.url))
                     async with await upstream.post(session, following, timeout, wrapper.auth) as up:
                         if up.status >= 300:
                             raise await _status_error(wrapper, translator, up)

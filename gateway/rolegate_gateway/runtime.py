@@ -27,7 +27,7 @@ import asyncio
 import dataclasses
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -207,6 +207,8 @@ class Runtime:
         self.source_error: str | None = None  # why the config source is down, if it is
         self.source_since: str | None = None
         self.refused: dict[str, RefusedRole] = {}  # roles of the config not served
+        #: Called with each config once it is applied (the app's backends follow it).
+        self.listeners: list[Callable[[GatewayConfig], None]] = []
 
     # -- lookups (request path) -------------------------------------------------------
 
@@ -293,6 +295,11 @@ class Runtime:
         self.applied_at = _now()
         self.prune()
         self.metrics.config_applied(config_hash, len(roles))
+        for listener in self.listeners:
+            try:
+                listener(config)
+            except Exception:  # a listener's bug must not undo or refuse the reload
+                log.exception("a listener of config %s failed", config_hash)
         report = ReloadReport(
             "applied",
             self.applied_at,

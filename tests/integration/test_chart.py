@@ -272,8 +272,10 @@ def test_watch_namespaces_list(plane: ControlPlane, tmp_path: Path) -> None:
     expect(plane, team_a, operator, "operator-watched")
     expect(plane, team_b, operator, "operator-watched")
     expect(plane, elsewhere, operator, None)
-    expect(plane, ns, gateway, "gateway-release")
-    expect(plane, team_a, gateway, None)
+    expect(plane, ns, gateway, "gateway-list-release")
+    expect(plane, team_a, gateway, "gateway-watched")
+    expect(plane, team_b, gateway, "gateway-watched")
+    expect(plane, elsewhere, gateway, None)
 
     procs = serve_a_role(plane, docs, ns, team_b, tmp_path)
     procs.stop()
@@ -288,7 +290,7 @@ def test_all_namespaces(plane: ControlPlane, tmp_path: Path) -> None:
     expect(plane, ns, operator, "operator-all-release")
     expect(plane, elsewhere, operator, "operator-watched")
     expect(plane, ns, gateway, "gateway-release")
-    expect(plane, elsewhere, gateway, None)
+    expect(plane, elsewhere, gateway, "gateway-watched")
     cannot(plane, "", operator, "list", "namespaces")
     cannot(plane, "", operator, "get", "customresourcedefinitions.apiextensions.k8s.io")
 

@@ -260,6 +260,10 @@ def test_operator_command_per_watch_mode(chart: Any, sets: list[str], scope: lis
     ]
 
 
+#: The Roles (and RoleBindings) the chart makes in each watched namespace.
+WATCHED = ("rolegate-gateway-backends", "rolegate-operator")
+
+
 def test_rbac_per_watch_mode(chart: Any) -> None:
     def roles(docs: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
         kinds = ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")
@@ -276,15 +280,19 @@ def test_rbac_per_watch_mode(chart: Any) -> None:
         ("RoleBinding", NS, "rolegate-operator-config"),
     ]
     assert roles(chart()) == sorted(
-        [*common, ("Role", NS, "rolegate-operator"), ("RoleBinding", NS, "rolegate-operator")]
+        [
+            *common,
+            *[(kind, NS, name) for kind in ("Role", "RoleBinding") for name in WATCHED],
+        ]
     )
     assert roles(chart("watchNamespaces={team-a,team-b}")) == sorted(
         [
             *common,
             *[
-                (kind, ns, "rolegate-operator")
+                (kind, ns, name)
                 for kind in ("Role", "RoleBinding")
                 for ns in ("team-a", "team-b")
+                for name in WATCHED
             ],
         ]
     )
@@ -292,8 +300,11 @@ def test_rbac_per_watch_mode(chart: Any) -> None:
     assert roles(everywhere) == sorted(
         [
             *common,
-            ("ClusterRole", "", f"rolegate-operator-{NS}"),
-            ("ClusterRoleBinding", "", f"rolegate-operator-{NS}"),
+            *[
+                (kind, "", f"rolegate-{account}-{NS}")
+                for kind in ("ClusterRole", "ClusterRoleBinding")
+                for account in ("gateway", "operator")
+            ],
         ]
     )
     cluster_role = named(everywhere, "ClusterRole", f"rolegate-operator-{NS}")
@@ -310,11 +321,43 @@ def test_rbac_per_watch_mode(chart: Any) -> None:
         },
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
+        # The backends of serve: roles, and their pods for BackendReady.
+        {
+            "apiGroups": ["apps"],
+            "resources": ["deployments"],
+            "verbs": ["get", "list", "watch", "create", "patch", "delete"],
+        },
+        {
+            "apiGroups": [""],
+            "resources": ["services"],
+            "verbs": ["get", "list", "create", "patch", "delete"],
+        },
+        {
+            "apiGroups": [""],
+            "resources": ["persistentvolumeclaims"],
+            "verbs": ["get", "list", "watch", "create", "patch", "delete"],
+        },
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     ]
     binding = named(everywhere, "ClusterRoleBinding", f"rolegate-operator-{NS}")
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "rolegate-operator", "namespace": NS}
     ]
+    # The gateway lists and watches EndpointSlices where the roles are (their backends).
+    backends = [
+        {
+            "apiGroups": ["discovery.k8s.io"],
+            "resources": ["endpointslices"],
+            "verbs": ["list", "watch"],
+        }
+    ]
+    assert named(everywhere, "ClusterRole", f"rolegate-gateway-{NS}")["rules"] == backends
+    assert named(everywhere, "ClusterRoleBinding", f"rolegate-gateway-{NS}")["subjects"] == [
+        {"kind": "ServiceAccount", "name": "rolegate-gateway", "namespace": NS}
+    ]
+    listed = chart("watchNamespaces={team-a,team-b}")
+    rules = [d.get("rules") for d in listed if d["metadata"]["name"] == "rolegate-gateway-backends"]
+    assert rules == [backends, backends, None, None]  # a Role and a RoleBinding per namespace
     gateway_role = named(everywhere, "Role", "rolegate-gateway")
     assert gateway_role["rules"] == [
         {

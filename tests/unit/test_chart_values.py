@@ -113,16 +113,21 @@ def test_readme_documents_each_can_i_case() -> None:
     blocks = documented_can_i(README.read_text())
     assert sorted(blocks) == [
         "everyone",
+        "gateway-list-release",
         "gateway-release",
+        "gateway-watched",
         "operator-all-release",
         "operator-default-release",
         "operator-list-release",
         "operator-watched",
     ]
-    # The gateway may read one Secret, by name, and nothing else of its own.
-    assert blocks["gateway-release"] == [
-        ("secrets", "[]", "[rolegate-gateway-config]", ("get", "list", "watch"))
-    ]
+    # The gateway may read one Secret, by name, and list and watch EndpointSlices where the
+    # roles are (their backends' pods), nothing else.
+    config = ("secrets", "[]", "[rolegate-gateway-config]", ("get", "list", "watch"))
+    slices = ("endpointslices.discovery.k8s.io", "[]", "[]", ("list", "watch"))
+    assert blocks["gateway-list-release"] == [config]
+    assert blocks["gateway-watched"] == [slices]
+    assert blocks["gateway-release"] == [slices, config]
     # Nobody gets namespaces or CRDs.
     for rows in blocks.values():
         assert not [r for r in rows if r[0].startswith(("namespaces", "customresourcedefinitions"))]
