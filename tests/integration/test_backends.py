@@ -218,3 +218,30 @@ async def test_a_backend_deleted_by_hand_comes_back(stack: Stack) -> None:
     await stack.wait_condition("summarize", "BackendReady", ("True", "Available"), timeout_s=60)
     [deployment] = await get(stack, "deployment", name)
     assert deployment["metadata"]["labels"][BACKEND] == name
+
+
+async def test_the_gateway_follows_the_pods_the_endpointslice_controller_lists(
+    stack: Stack,
+) -> None:
+    # KWOK pods do not run (their 10.244.x addresses answer nothing, and the API server
+    # refuses loopback addresses in an EndpointSlice): this checks the gateway's picture of
+    # the slices the real controller writes; the calls themselves go to real pods in
+    # tests/e2e/test_backend_real_node.py and to fakes in test_backend_balancing.py.
+    await stack.apply(served("chat", gpus=0, replicas=2))
+    name = await wait_backend(stack, "chat")
+    await stack.wait_condition("chat", "Ready", ("True", "Served"), timeout_s=60)
+    pods = await get(stack, "pods", selector=f"{BACKEND}={name}")
+    ips = sorted(f"{p['status']['podIP']}:8000" for p in pods)
+
+    def picture() -> list[str]:
+        backend = stack.gateway.status()["roles"]["chat"]["backend"]
+        return sorted(e["address"] for e in backend["endpoints"]) if backend["synced"] else []
+
+    await eventually(lambda: picture() == ips, what=f"the gateway lists {ips}")
+    leaving = pods[0]
+    patch = '{"status":{"conditions":[{"type":"Ready","status":"False"}]}}'
+    await stack.run(
+        "patch", "pod", leaving["metadata"]["name"], "--subresource=status", "-p", patch
+    )
+    staying = [ip for ip in ips if not ip.startswith(f"{leaving['status']['podIP']}:")]
+    await eventually(lambda: picture() == staying, what=f"the gateway lists only {staying}")
