@@ -7,7 +7,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: venv lint helm-lint test test-fast cluster node image llama demo crd gateway bench clean
+.PHONY: venv lint helm-lint test test-fast cluster node image backend-image llama demo crd gateway bench clean
 
 $(STAMP): pyproject.toml
 	@echo ">> creating $(VENV) and installing rolegate[dev]"
@@ -42,6 +42,11 @@ node: venv
 # image pulled), built once per source change into ~/.cache/rolegate/; prints its path.
 image: venv
 	$(PY) -m devstack build image
+
+# The vLLM-compatible test backend image (`vllm serve` answered by llama.cpp on a tiny model;
+# the image's Debian base and the llama.cpp wheel are reused), built once per input change.
+backend-image: venv
+	$(PY) -m devstack.image.backend
 
 # llama.cpp's OpenAI-compatible server, compiled once (3-5 min) into ~/.cache/rolegate/.
 llama: venv

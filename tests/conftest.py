@@ -16,7 +16,7 @@ from rolegate_gateway import ManifestsSource, Runtime, create_app, start
 from rolegate_gateway.settings import ServerSettings
 from tests.fakes.openai_upstream import FakeOpenAI
 
-pytest_plugins = ["tests.fixtures.image", "tests.fixtures.real_node"]
+pytest_plugins = ["tests.fixtures.image", "tests.fixtures.real_node", "tests.fixtures.gpu_node"]
 
 
 @dataclass

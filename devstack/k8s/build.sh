@@ -5,13 +5,15 @@
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok and helm, all
 # compiled from Go modules pinned in versions.env (no release downloads, no container engine);
 # and, with --node, the real node's under node-<version>/ (kubelet, kube-proxy, containerd,
-# ctr, the runc shim, crictl, the CNI plugins, the pause and test images).
+# ctr, the runc shim, crictl, the CNI plugins, the pause and test images) and, under
+# gpuplugin-<version>/, the fake GPU device plugin.
 #
 #   devstack/k8s/build.sh          build what is missing (a no-op when the cache is complete)
 #   devstack/k8s/build.sh --pin    regenerate gomod/*/go.mod and go.sum from versions.env
 #   devstack/k8s/build.sh --print  print the cache's bin dir and exit (built or not)
 #   devstack/k8s/build.sh --node   build the real node (kubelet, containerd, ...) into node-<version>/
 #   devstack/k8s/build.sh --print-node  print the node cache's directory and exit
+#   devstack/k8s/build.sh --print-gpu-plugin  print the fake GPU device plugin's path (--node builds it)
 #
 # `python -m devstack build k8s` (and `build node`) runs it with its output kept in a build log
 # and only the progress lines shown.
@@ -284,12 +286,55 @@ oci_image() {
     tar -C "$work/oci" -cf "$archive" .
 }
 
+# The fake GPU device plugin (node/gpuplugin: a module of its own, as it needs grpc and
+# k8s.io/kubelet) in a cache entry of its own, gpuplugin-<version>/bin/, so its sources do not
+# key the node's. Its stamp: the plugin's sources (nodegpu.py computes the same).
+gpu_dest="$cache_root/gpuplugin-$KUBE_VERSION"
+gpu_binary=rolegate-fake-gpu-plugin
+gpu_sources=(node/gpuplugin/go.mod node/gpuplugin/go.sum node/gpuplugin/main.go)
+
+gpu_expected_stamp() {
+    local f; for f in "${gpu_sources[@]}"; do cat "$here/$f"; done | sha256sum | cut -d' ' -f1
+}
+
+gpu_complete() {
+    [[ -f "$gpu_dest/stamp" ]] && [[ "$(cat "$gpu_dest/stamp")" == "$(gpu_expected_stamp)" ]] \
+        && [[ -x "$gpu_dest/bin/$gpu_binary" ]]
+}
+
+# Build the plugin into $gpu_dest (the caller holds the build lock and has found Go). About
+# 70 s with an empty Go build cache, the modules downloaded (grpc, k8s.io/kubelet).
+build_gpu_plugin() {
+    gpu_complete && return 0
+    local gtmp
+    gtmp=$(mktemp -d "$cache_root/.build-gpu-XXXXXX")
+    mkdir -p "$gtmp/stage/bin"
+    log "[gpu] building the fake GPU device plugin (node/gpuplugin)"
+    if ! (cd "$here/node/gpuplugin" && GOWORK=off "$GO" mod download \
+            && GOWORK=off go_progress . build -p 2 -trimpath -ldflags "-s -w" \
+                -o "$gtmp/stage/bin/$gpu_binary" .); then
+        rm -rf "$gtmp"
+        die "building node/gpuplugin failed (is the Go module proxy reachable?)"
+    fi
+    gpu_expected_stamp >"$gtmp/stage/stamp"
+    rm -rf "$gpu_dest.old"
+    if [[ -e "$gpu_dest" ]]; then mv "$gpu_dest" "$gpu_dest.old"; fi
+    mv "$gtmp/stage" "$gpu_dest"
+    rm -rf "$gpu_dest.old" "$gtmp"
+    gpu_complete || die "the GPU plugin cache at $gpu_dest is incomplete after the build"
+    log "[gpu] built $gpu_dest/bin/$gpu_binary"
+}
+
 build_node() {
     mkdir -p "$cache_root"
     exec 9>"$cache_root/.build.lock"
     if ! flock -n 9; then
         log "another build holds $cache_root/.build.lock; waiting for it"
         flock 9
+    fi
+    if ! gpu_complete; then
+        find_go
+        build_gpu_plugin
     fi
     if node_complete; then
         log "cache complete: $node_dest"
@@ -360,6 +405,7 @@ case "${1:-}" in
     --print) echo "$dest/bin" ;;
     --node) build_node ;;
     --print-node) echo "$node_dest" ;;
+    --print-gpu-plugin) echo "$gpu_dest/bin/$gpu_binary" ;;
     "") build ;;
-    *) die "unknown argument '$1' (use --pin, --print, --node, --print-node or nothing)" ;;
+    *) die "unknown argument '$1' (use --pin, --print, --node, --print-node, --print-gpu-plugin or nothing)" ;;
 esac

@@ -11,6 +11,9 @@ This module owns the Python side of ``build.sh --node``: the cache entry
 - ``stamp``: the sha256 over versions.env's pins, ``gomod/kubernetes/go.sum`` and the image
   sources, written last (build.sh's ``node_expected_stamp`` computes the same).
 
+``build.sh --node`` also builds the fake GPU device plugin into a cache entry of its own
+(:mod:`devstack.k8s.nodegpu`), and :func:`is_built` counts it.
+
 runc stays a Debian package, as do umoci (the image build) and nftables (kube-proxy's ``nft``);
 :func:`ensure` installs umoci and runc through :mod:`devstack.apt`.
 """
@@ -26,7 +29,7 @@ from typing import Final, TextIO
 
 from devstack import apt
 from devstack.cache import cache_root
-from devstack.k8s import build
+from devstack.k8s import build, nodegpu
 from devstack.k8s.nodehost import RUNC
 
 __all__ = [
@@ -127,9 +130,10 @@ def _expected_stamp() -> str:
 
 
 def is_built() -> bool:
-    """Whether the node cache is complete for the current pins and sources, and runc (the
-    node's runtime, a Debian package :func:`ensure` installs) is there."""
-    if not os.access(RUNC, os.X_OK):
+    """Whether the node cache is complete for the current pins and sources, the fake GPU
+    plugin is built (:func:`devstack.k8s.nodegpu.is_built`), and runc (the node's runtime, a
+    Debian package :func:`ensure` installs) is there."""
+    if not os.access(RUNC, os.X_OK) or not nodegpu.is_built():
         return False
     try:
         if (cache_dir() / "stamp").read_text().strip() != _expected_stamp():

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Final
 
-from devstack.k8s import nodeconfig
+from devstack.k8s import nodeconfig, nodegpu
 from devstack.poll import wait_until
 
 __all__ = [
@@ -174,7 +174,8 @@ def sweep_orphans(*, bin_dir: Path, bridge_prefix: str) -> list[str]:
     kube-proxy's nftables tables). Call it only while holding the machine-wide node lock, so
     that no live node owns any of it. Returns one line per thing removed.
 
-    ``bin_dir``: processes running a binary from there are killed; ``bridge_prefix``: the CNI
+    ``bin_dir``: processes running a binary from there are killed (and the fake GPU plugin,
+    :data:`nodegpu.BINARY`, wherever it lives); ``bridge_prefix``: the CNI
     bridges to delete; kube-proxy's tables are deleted when ``nft`` shows them.
 
     Raises:
@@ -186,7 +187,7 @@ def sweep_orphans(*, bin_dir: Path, bridge_prefix: str) -> list[str]:
             exe = Path(os.readlink(f"/proc/{pid}/exe"))
         except OSError:
             continue
-        if exe.parent == bin_dir:
+        if exe.parent == bin_dir or exe.name == nodegpu.BINARY:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
                 swept.append(f"killed {exe.name} (pid {pid})")

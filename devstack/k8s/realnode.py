@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Final
 
 from devstack import apt, http
-from devstack.k8s import build, nodebuild, nodeconfig, nodehost, nodewatch, pki
+from devstack.k8s import build, nodebuild, nodeconfig, nodegpu, nodehost, nodewatch, pki
 from devstack.k8s.nodeconfig import NodeLayout
 from devstack.k8s.nodehost import unavailable_reason
 from devstack.k8s.nodewatch import node_running_here, unavailable_now
@@ -86,6 +86,9 @@ class NodeOptions:
     busy_wait_s: float = 0.0
     """Seconds :meth:`RealNode.start` waits for another real node on this machine to stop
     before it raises :class:`RealNodeBusy`."""
+    gpus: int = 0
+    """Fake ``nvidia.com/gpu`` devices the node advertises through a device plugin
+    (:mod:`devstack.k8s.nodegpu`, component ``gpu-plugin``); 0: no plugin."""
 
 
 def start_for(node: RealNode, keys: pki.Pki, *, server: str) -> None:
@@ -211,6 +214,13 @@ class RealNode:
                 self.import_image(image.archive, image.base_name)
             self._start_kubelet(kubeconfig)
             log.info("node %s Ready in %.1f s", self.name, time.monotonic() - started)
+            if self.options.gpus:  # after the kubelet: it registers with kubelet.sock
+                nodegpu.start(
+                    self._add,
+                    count=self.options.gpus,
+                    allocatable=lambda: nodegpu.allocatable(self.kubectl, kubeconfig, self.name),
+                    timeout_s=self.startup_timeout_s,
+                )
             if self.options.kube_proxy:
                 self._start_kube_proxy(self._proxy_kubeconfig)
         except BaseException as error:
@@ -269,6 +279,8 @@ class RealNode:
         if proxy is not None and proxy.pid is not None:
             self._attempt("kube-proxy", lambda: proxy.stop(grace_s=10.0))
             self._attempt("kube-proxy --cleanup", self._proxy_cleanup)
+        if "gpu-plugin" in self.components:
+            self._attempt("gpu-plugin", lambda: self.components["gpu-plugin"].stop(grace_s=5.0))
         if "kubelet" in self.components:
             self._attempt("kubelet", lambda: self.components["kubelet"].stop(grace_s=10.0))
         containerd = self.components.get("containerd")

@@ -24,6 +24,7 @@ watch that answered with no ready endpoint makes calls fail with 503
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
@@ -40,12 +41,14 @@ from rolegate_gateway.config import Backend, GatewayConfig
 if TYPE_CHECKING:  # the Kubernetes client is imported only when a watch runs (~35 MB)
     from kubernetes_asyncio import client
 
-__all__ = ["SERVICE_LABEL", "Address", "Backends", "Pick", "ready_addresses"]
+__all__ = ["FIRST_LIST_WAIT_S", "SERVICE_LABEL", "Address", "Backends", "Pick", "ready_addresses"]
 
 log = logging.getLogger(__name__)
 
 #: The label that ties an EndpointSlice to its Service.
 SERVICE_LABEL = "kubernetes.io/service-name"
+#: Seconds a call to a backend whose watch just started waits for its first list.
+FIRST_LIST_WAIT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,11 +136,14 @@ class _Pool:
         self.inflight: dict[Address, int] = {}  # shared by every role of the backend
         self._next = 0
         self.task: asyncio.Task[None] | None = None
+        #: Set once the watch has decided how calls go: listed, or not allowed to list.
+        self.settled = asyncio.Event()
 
     def replace(self, slices: Iterable[Mapping[str, Any]]) -> None:
         """Know exactly ``slices`` (a list's answer): nothing from before survives."""
         self.slices = {str(s["metadata"]["name"]): s for s in slices}
         self.synced = True
+        self.settled.set()
         self.update()
 
     def update(self) -> None:
@@ -156,6 +162,7 @@ class _Pool:
     def forget(self) -> None:
         """No picture any more (the watch is not allowed): calls go to the Service."""
         self.slices, self.endpoints, self.not_ready, self.synced = {}, (), 0, False
+        self.settled.set()
 
     def pick(self, role: str) -> Pick:
         """The ready endpoint with the fewest calls in flight; ties round-robin.
@@ -256,6 +263,20 @@ class Backends:
         if pool is None or not pool.synced:
             return None
         return pool.pick(role)
+
+    async def first_pick(self, backend: Backend, *, role: str) -> Pick | None:
+        """:meth:`pick`, after waiting up to :data:`FIRST_LIST_WAIT_S` for the first list of
+        a backend whose watch has just started (a config that named a new backend was just
+        applied): its Service's address may not even resolve where the gateway runs.
+
+        Raises:
+            errors.BackendNotReady: the slices list no ready endpoint.
+        """
+        pool = self._pools.get(backend)
+        if pool is not None and pool.task is not None and not pool.settled.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(pool.settled.wait(), FIRST_LIST_WAIT_S)
+        return self.pick(backend, role=role)
 
     # -- config -----------------------------------------------------------------------
 

@@ -215,6 +215,8 @@ async def _call(
     if backend is None or backends is None:  # the hot path: one attribute check
         return await _exchange(request, wrapper, call, translator, request_up, session, started)
     pick = backends.pick(backend, role=wrapper.config.name)
+    if pick is None:  # a watch that just started: its first list is moments away
+        pick = await backends.first_pick(backend, role=wrapper.config.name)
     if pick is None:  # no picture of its slices: the Service's address
         return await _exchange(request, wrapper, call, translator, request_up, session, started)
     with pick:

@@ -15,6 +15,7 @@ through the owner references too.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -59,10 +60,18 @@ def states(live: Mapping[str, BackendObjects]) -> dict[tuple[str, str], render.B
 class BackendSync:
     """Reads and writes the backends of the namespaces served, through ``kube``."""
 
-    def __init__(self, kube: Kube) -> None:
+    def __init__(self, kube: Kube, *, release_s: float = 30.0) -> None:
         self.kube = kube
+        #: Seconds an unused backend is kept before it is deleted (see :meth:`write`).
+        self.release_s = release_s
         #: Namespaces where backend objects were seen (by a watch or a pass).
         self.namespaces: set[str] = set()
+        #: (namespace, backend) -> when (monotonic seconds) a pass first found no use for it.
+        self._unused: dict[tuple[str, str], float] = {}
+
+    def due(self) -> float | None:
+        """When (monotonic seconds) the next unused backend is to be deleted; None: none."""
+        return min(self._unused.values()) + self.release_s if self._unused else None
 
     async def read(self, objects: Iterable[render.RoleObject]) -> dict[str, BackendObjects]:
         """The backend objects of each namespace that has a ``serve:`` role or had backend
@@ -89,7 +98,9 @@ class BackendSync:
         """Apply each wanted backend object that is missing or differs from its live
         version; delete the backend objects that no role wants any more and that serve no
         role either (``retained``: (namespace, name) of backends still serving a role
-        during its rollout to another).
+        during its rollout to another), once they have been unused for ``release_s``: the
+        config this pass writes, which moves their roles elsewhere, reaches the gateway
+        first (a pass after :meth:`due` deletes them).
 
         Raises:
             ApiException, aiohttp.ClientError, OSError, TimeoutError: API trouble; what was
@@ -114,9 +125,18 @@ class BackendSync:
                 if why is not None:
                     await self.kube.apply(body)
                     log.info("applied %s %s/%s (%s)", body["kind"], want.namespace, name, why)
+        now = time.monotonic()
+        # An object being deleted (a claim waits for its pods to go) is gone already.
+        index = {k: b for k, b in index.items() if not b["metadata"].get("deletionTimestamp")}
+        unused = {
+            (ns, _backend_of(body)) for (kind, ns, _), body in index.items() if kind != "Pod"
+        } - keep
+        self._unused = {key: self._unused.get(key, now) for key in unused}
         for (kind, namespace, name), body in sorted(index.items()):
             owner = _backend_of(body)
             if kind == "Pod" or (namespace, owner) in keep:
+                continue
+            if now - self._unused[(namespace, owner)] < self.release_s:
                 continue
             await self.kube.delete_backend_object(kind, namespace, name)
             log.info("deleted %s %s/%s: no role uses backend %s", kind, namespace, name, owner)

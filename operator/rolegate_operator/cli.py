@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rolegate_operator import crd
-from rolegate_operator.settings import DEFAULT_RESYNC_S, Settings
+from rolegate_operator.settings import DEFAULT_BACKEND_RELEASE_S, DEFAULT_RESYNC_S, Settings
 
 __all__ = ["main", "parser"]
 
@@ -79,7 +79,8 @@ def parser() -> argparse.ArgumentParser:
 
     ``run`` sets: ``namespace`` (list[str] | None), ``all_namespaces`` (bool; one of the
     two is required), ``gateway_config_secret`` ("NAMESPACE/NAME"), ``liveness``
-    ("HOST:PORT"), ``resync_interval`` (float seconds), ``kubeconfig`` (Path | None),
+    ("HOST:PORT"), ``resync_interval`` and ``backend_release_delay`` (float seconds),
+    ``kubeconfig`` (Path | None),
     ``config_owner`` (str | None), ``log_level``, ``log_format``.
     """
     top = argparse.ArgumentParser(
@@ -143,6 +144,14 @@ def parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     run.add_argument(
+        "--backend-release-delay",
+        default=DEFAULT_BACKEND_RELEASE_S,
+        type=_seconds,
+        metavar="SECONDS",
+        help="keep a backend that no role uses any more this long before deleting it, so "
+        "the gateway has moved its roles' calls elsewhere first (default: %(default)s)",
+    )
+    run.add_argument(
         "--kubeconfig",
         type=Path,
         metavar="PATH",
@@ -162,6 +171,7 @@ def _run(args: argparse.Namespace) -> int:
         config_secret=(namespace, name),
         namespaces=tuple(args.namespace or ()),
         resync_s=args.resync_interval,
+        backend_release_s=args.backend_release_delay,
         kubeconfig=args.kubeconfig,
         config_owner=args.config_owner,
     )

@@ -42,6 +42,7 @@ import contextlib
 import dataclasses
 import datetime
 import logging
+import math
 import socket
 import time
 from collections.abc import Mapping
@@ -156,7 +157,7 @@ class Reconciler:
         #: Fresh lists made (each one list of LLMRoles and one of Secrets per namespace).
         self.lists = 0
         #: The backends of serve: roles: read and written each pass.
-        self.backends = backends.BackendSync(kube)
+        self.backends = backends.BackendSync(kube, release_s=settings.backend_release_s)
 
     def wake(self) -> None:
         """Ask for a reconcile soon (changes within ``debounce_s`` share one pass)."""
@@ -411,7 +412,8 @@ class Reconciler:
         next_list = loop.time()  # the first pass lists
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, next_list - loop.time()))
+                due = min(next_list, self.backends.due() or math.inf)
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, due - loop.time()))
                 await asyncio.sleep(self.settings.debounce_s)
             except TimeoutError:
                 pass

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DEFAULT_RESYNC_S", "Settings"]
+__all__ = ["DEFAULT_BACKEND_RELEASE_S", "DEFAULT_RESYNC_S", "Settings"]
 
 #: The default of :attr:`Settings.resync_s` and ``--resync-interval``, in seconds.
 DEFAULT_RESYNC_S = 60.0
+#: The default of :attr:`Settings.backend_release_s` and ``--backend-release-delay``, seconds.
+DEFAULT_BACKEND_RELEASE_S = 30.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -44,6 +46,10 @@ class Settings:
     #: reference): deleting it, as ``helm uninstall`` does, has Kubernetes' garbage
     #: collector delete the Secret and the keys in it. None: no owner.
     config_owner: str | None = None
+    #: Seconds a backend no role uses any more is kept before it is deleted (default 30):
+    #: the config that moved its roles elsewhere must reach the gateway first, or calls
+    #: would still go to pods that are being stopped.
+    backend_release_s: float = DEFAULT_BACKEND_RELEASE_S
 
     @property
     def config_secret_ref(self) -> str:

@@ -32,7 +32,7 @@ BACKEND = "rolegate.dev/backend"
 async def stack(
     cluster: ControlPlane, namespace: str, kubectl: Kubectl, llmrole_crd: None, tmp_path: Path
 ) -> AsyncIterator[Stack]:
-    extra = ["--resync-interval", "1", "--log-level", "debug"]
+    extra = ["--resync-interval", "1", "--log-level", "debug", "--backend-release-delay", "1"]
     async with running_stack(cluster, namespace, kubectl, tmp_path, operator_args=extra) as up:
         yield up
 

@@ -180,3 +180,23 @@ async def test_no_ready_pod_is_a_503_and_no_picture_means_the_service() -> None:
     backends.sync(GatewayConfig())
     assert backends.pick(BACKEND, role="extract") is None
     await backends.close()
+
+
+async def test_a_call_right_after_a_new_backend_waits_for_its_first_list() -> None:
+    backends = Backends()
+    backends.sync(GatewayConfig(roles=(served("extract"),)))
+    pool = backends._pools[BACKEND]
+    pool.task = asyncio.create_task(asyncio.sleep(60))  # a watch whose list is on its way
+    try:
+        assert backends.pick(BACKEND, role="extract") is None  # no picture yet
+        asyncio.get_running_loop().call_later(0.2, backends.replace, BACKEND, picture("10.0.0.7"))
+        pick = await backends.first_pick(BACKEND, role="extract")
+        assert pick is not None
+        assert pick.address == Address("10.0.0.7", 8000)  # not the Service's address
+        pick.release()
+    finally:
+        pool.task.cancel()
+    # Not watched at all (standalone): no wait, the Service's address.
+    standalone = Backends()
+    standalone.sync(GatewayConfig(roles=(served("extract"),)))
+    assert await asyncio.wait_for(standalone.first_pick(BACKEND, role="extract"), 0.1) is None
