@@ -6,7 +6,9 @@ file lock per entry (so two runs never build one entry at once), a stamp written
 interrupted build never looks complete), and subprocesses whose output is passed on as
 progress while they run, with their whole output kept in a build log.
 Entries: ``k8s-<version>/`` (:mod:`devstack.k8s.build`), ``node-<version>/`` (the real node:
-:mod:`devstack.k8s.nodebuild`), ``llama-cpp-python-<version>/`` (:mod:`devstack.llama.build`),
+:mod:`devstack.k8s.nodebuild`), ``gpuplugin-<version>/`` (its fake GPU device plugin:
+:mod:`devstack.k8s.nodegpu`), ``image-test-vllm/`` (the vLLM-compatible test backend image:
+:mod:`devstack.image.backend`), ``llama-cpp-python-<version>/`` (:mod:`devstack.llama.build`),
 ``litellm-<version>/`` (:mod:`devstack.peers.litellm`), the image and its Debian base layer
 (:mod:`devstack.image.build`, :mod:`devstack.image.base`), ``crane-<version>/``
 (:mod:`devstack.registry`), and ``apt.lock`` (:mod:`devstack.apt`).
