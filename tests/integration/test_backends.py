@@ -154,8 +154,7 @@ async def test_a_rebind_keeps_the_old_backend_serving_until_the_new_one_is_avail
     old = await backend_of(stack, "vlm")
     await stack.apply(served("vlm", model="org/Bigger-70B", gpus=3))  # fits no node
     await stack.wait_condition("vlm", "Ready", ("False", "RollingOut"))
-    _, reason = await stack.condition("vlm", "BackendReady")
-    assert reason == "Unschedulable"
+    await stack.wait_condition("vlm", "BackendReady", ("False", "Unschedulable"))
     config = await stack.config()
     assert config is not None
     [role] = config.roles  # still the old model on the old backend: calls keep working
@@ -179,6 +178,7 @@ async def test_a_rebind_keeps_the_old_backend_serving_until_the_new_one_is_avail
 
 
 async def test_two_roles_with_one_spec_share_one_backend_until_both_go(stack: Stack) -> None:
+    started = time.monotonic()
     await stack.apply(served("a", gpus=0), served("b", gpus=0))
     name = await wait_backend(stack, "a")
     assert await wait_backend(stack, "b") == name
@@ -193,6 +193,7 @@ async def test_two_roles_with_one_spec_share_one_backend_until_both_go(stack: St
     )
     assert len(deployments) == 1
     await stack.wait_condition("a", "BackendReady", ("True", "Available"), timeout_s=60)
+    print(f"kubectl apply -> BackendReady=True on KWOK: {time.monotonic() - started:.1f} s")
     await stack.wait_condition("b", "Ready", ("True", "Served"))
 
     await stack.run("delete", "llmrole", "a")
@@ -245,3 +246,31 @@ async def test_the_gateway_follows_the_pods_the_endpointslice_controller_lists(
     )
     staying = [ip for ip in ips if not ip.startswith(f"{leaving['status']['podIP']}:")]
     await eventually(lambda: picture() == staying, what=f"the gateway lists only {staying}")
+
+
+async def test_a_sigkilled_operator_and_an_apiserver_restart_still_converge(
+    stack: Stack,
+) -> None:
+    await stack.apply(served("a", gpus=0))
+    await stack.wait_condition("a", "Ready", ("True", "Served"), timeout_s=60)
+    old = await backend_of(stack, "a")
+    stack.operator.kill()  # no goodbye: mid-whatever it was doing
+    await stack.apply(served("a", model="org/Other-2B", gpus=0), served("b", model="org/B", gpus=0))
+    await asyncio.to_thread(stack.cluster.restart_apiserver, down_s=2)
+    stack.operator.start()  # from the main thread, so it dies with the test run
+    await asyncio.to_thread(stack.operator.wait_live)
+    await stack.wait_condition("a", "Ready", ("True", "Served"), timeout_s=90)
+    await stack.wait_condition("b", "Ready", ("True", "Served"), timeout_s=60)
+    assert await backend_of(stack, "a") != old
+    await eventually(lambda: gone(stack, "deployment", old), timeout_s=60, what=f"{old} deleted")
+    deployments = await get(
+        stack, "deployment", selector="app.kubernetes.io/component=model-server"
+    )
+    names = sorted(d["metadata"]["name"] for d in deployments)
+    assert names == sorted([await backend_of(stack, "a"), await backend_of(stack, "b")])
+    config = await stack.config()
+    assert config is not None
+    assert {(r.name, r.upstream.model) for r in config.roles} == {
+        ("a", "org/Other-2B"),
+        ("b", "org/B"),
+    }
