@@ -92,8 +92,9 @@ def base_url(role: LLMRole) -> str:
     if spec.binding in DEFAULT_HOSTS:
         return DEFAULT_HOSTS[spec.binding]
     raise ValueError(
-        f"spec.host is required: binding {spec.binding} has no default upstream "
-        "(a serve: backend gets its address from the operator)"
+        f"spec.host is required: binding {spec.binding} has no default upstream, and a serve: "
+        "backend is run only by the operator in Kubernetes; set spec.host to the model "
+        "server's URL"
     )
 
 

@@ -102,7 +102,7 @@ def test_hash_changes_with_a_rotated_key(tmp_path: Path) -> None:
         ),
         (
             [m.role("x", binding="ollama", serve={"image": "ollama/ollama"})],
-            ["LLMRole default/x", "spec.host is required"],
+            ["LLMRole default/x", "spec.host is required", "run only by the operator"],
         ),
     ],
 )
