@@ -24,7 +24,6 @@ watch that answered with no ready endpoint makes calls fail with 503
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import random
@@ -274,8 +273,10 @@ class Backends:
         """
         pool = self._pools.get(backend)
         if pool is not None and pool.task is not None and not pool.settled.is_set():
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(pool.settled.wait(), FIRST_LIST_WAIT_S)
+            except TimeoutError:  # the list keeps failing: later calls do not wait again
+                pool.settled.set()
         return self.pick(backend, role=role)
 
     # -- config -----------------------------------------------------------------------

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -245,7 +246,11 @@ class Kube:
     async def apply(self, body: dict[str, Any]) -> None:
         """Server-side apply ``body`` (a Deployment, Service or PersistentVolumeClaim) as
         field manager ``rolegate-operator``, taking over fields others changed
-        (https://kubernetes.io/docs/reference/using-api/server-side-apply/)."""
+        (https://kubernetes.io/docs/reference/using-api/server-side-apply/).
+
+        Raises:
+            ApiException: refused; its ``reason`` is the API server's message.
+        """
         meta = body["metadata"]
         name, namespace = meta["name"], meta["namespace"]
         calls = {
@@ -254,16 +259,24 @@ class Kube:
             "PersistentVolumeClaim": self.core.patch_namespaced_persistent_volume_claim,
         }
         patch = calls[body["kind"]]
-        await _checked(
-            patch(
+        response = cast(
+            Any,
+            await patch(
                 name,
                 namespace,
                 _raw(body),
                 _preload_content=False,
                 _request_timeout=_TIMEOUT_S,
                 **_APPLY,
-            )
+            ),
         )
+        async with response:
+            if response.status >= 400:  # the Status's message says why (no secret in it)
+                try:
+                    message = str((await response.json()).get("message") or response.reason)
+                except (ValueError, aiohttp.ContentTypeError):
+                    message = str(response.reason)
+                raise ApiException(status=response.status, reason=message)
         self.writes["backend"] += 1
 
     async def delete_backend_object(self, kind: str, namespace: str, name: str) -> None:

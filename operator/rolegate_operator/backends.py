@@ -19,6 +19,10 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from rolegate_gateway.config import GatewayConfig
+from rolegate_gateway.kube import describe
 from rolegate_operator import render
 from rolegate_operator.apply import BackendObjects, Kube
 from rolegate_operator.render import backend
@@ -41,9 +45,14 @@ def _backend_of(body: Mapping[str, Any]) -> str:
     return str(((body.get("metadata") or {}).get("labels") or {}).get(backend.BACKEND_LABEL, ""))
 
 
-def states(live: Mapping[str, BackendObjects]) -> dict[tuple[str, str], render.BackendState]:
-    """What the API holds of each backend, by (namespace, backend name)."""
+def states(
+    live: Mapping[str, BackendObjects], refused: Mapping[tuple[str, str], str] | None = None
+) -> dict[tuple[str, str], render.BackendState]:
+    """What the API holds of each backend, by (namespace, backend name); ``refused``: why
+    the API server refused a backend's objects at the last try."""
     out: dict[tuple[str, str], render.BackendState] = {}
+    for (namespace, name), why in (refused or {}).items():
+        out[(namespace, name)] = render.BackendState(apply_error=why)
     for namespace, found in live.items():
         pods: dict[str, list[dict[str, Any]]] = {}
         for pod in found.pods:
@@ -52,7 +61,10 @@ def states(live: Mapping[str, BackendObjects]) -> dict[tuple[str, str], render.B
         for deployment in found.deployments:
             name = _backend_of(deployment)
             out[(namespace, name)] = render.BackendState(
-                deployment=deployment, pods=tuple(pods.get(name, ())), claim=claims.get(name)
+                deployment=deployment,
+                pods=tuple(pods.get(name, ())),
+                claim=claims.get(name),
+                apply_error=(refused or {}).get((namespace, name)),
             )
     return out
 
@@ -68,6 +80,20 @@ class BackendSync:
         self.namespaces: set[str] = set()
         #: (namespace, backend) -> when (monotonic seconds) a pass first found no use for it.
         self._unused: dict[tuple[str, str], float] = {}
+        #: (namespace, backend) -> why the API server refused its objects at the last try.
+        self.refused: dict[tuple[str, str], str] = {}
+
+    async def _apply(self, want: render.Backend, index: Mapping[Any, Any]) -> None:
+        """Apply each object of ``want`` that ``index`` lacks or holds otherwise."""
+        for body in backend.manifests(want):
+            name = body["metadata"]["name"]
+            current = index.get((body["kind"], want.namespace, name))
+            # Items of a list carry no apiVersion and kind: compare the rest.
+            compared = {k: v for k, v in body.items() if k not in ("apiVersion", "kind")}
+            why = "missing" if current is None else backend.difference(compared, current)
+            if why is not None:
+                await self.kube.apply(body)
+                log.info("applied %s %s/%s (%s)", body["kind"], want.namespace, name, why)
 
     def due(self) -> float | None:
         """When (monotonic seconds) the next unused backend is to be deleted; None: none."""
@@ -94,13 +120,19 @@ class BackendSync:
         live: Mapping[str, BackendObjects],
         *,
         retained: frozenset[tuple[str, str]] = frozenset(),
+        served: GatewayConfig | None,
     ) -> None:
         """Apply each wanted backend object that is missing or differs from its live
         version; delete the backend objects that no role wants any more and that serve no
         role either (``retained``: (namespace, name) of backends still serving a role
-        during its rollout to another), once they have been unused for ``release_s``: the
-        config this pass writes, which moves their roles elsewhere, reaches the gateway
-        first (a pass after :meth:`due` deletes them).
+        during its rollout to another; and every backend the config the gateway serves,
+        ``served``, still names), once they have been unused for ``release_s``: the config
+        that moved their roles elsewhere reaches the gateway, and their calls in flight
+        finish, first (a pass after :meth:`due` deletes them). ``served`` None: the config
+        Secret could not be read, so nothing is deleted.
+
+        A backend whose objects the API server refuses (4xx: a quota, a bad value) is
+        recorded in :attr:`refused` (its roles say ``ApplyFailed``); the others go on.
 
         Raises:
             ApiException, aiohttp.ClientError, OSError, TimeoutError: API trouble; what was
@@ -112,19 +144,25 @@ class BackendSync:
             for kind, field in _KINDS.items()
             for body in getattr(found, field)
         }
-        keep = set(retained)
+        keep = set(retained) | {
+            (rc.upstream.backend.namespace, rc.upstream.backend.service)
+            for rc in (served.roles if served is not None else ())
+            if rc.upstream.backend is not None
+        }
         for want in wanted:
             keep.add((want.namespace, want.name))
             self.namespaces.add(want.namespace)
-            for body in backend.manifests(want):
-                name = body["metadata"]["name"]
-                current = index.get((body["kind"], want.namespace, name))
-                # Items of a list carry no apiVersion and kind: compare the rest.
-                compared = {k: v for k, v in body.items() if k not in ("apiVersion", "kind")}
-                why = "missing" if current is None else backend.difference(compared, current)
-                if why is not None:
-                    await self.kube.apply(body)
-                    log.info("applied %s %s/%s (%s)", body["kind"], want.namespace, name, why)
+            try:
+                await self._apply(want, index)
+            except ApiException as exc:
+                if not 400 <= (exc.status or 0) < 500 or exc.status in (401, 403, 429):
+                    raise  # the API server's trouble, or ours: retried by the pass
+                self.refused[(want.namespace, want.name)] = describe(exc)
+                log.warning("backend %s/%s refused: %s", want.namespace, want.name, exc.reason)
+            else:
+                self.refused.pop((want.namespace, want.name), None)
+        if served is None:
+            return
         now = time.monotonic()
         # An object being deleted (a claim waits for its pods to go) is gone already.
         index = {k: b for k, b in index.items() if not b["metadata"].get("deletionTimestamp")}

@@ -149,7 +149,8 @@ def parser() -> argparse.ArgumentParser:
         type=_seconds,
         metavar="SECONDS",
         help="keep a backend that no role uses any more this long before deleting it, so "
-        "the gateway has moved its roles' calls elsewhere first (default: %(default)s)",
+        "the calls still in flight on it finish (the gateway drains a rebound role's calls "
+        "for 2 x timeoutSeconds + 15 s) (default: %(default)s)",
     )
     run.add_argument(
         "--kubeconfig",

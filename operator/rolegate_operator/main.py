@@ -48,6 +48,17 @@ USER_AGENT = "rolegate-operator"
 
 #: Seconds one failed API request of kopf's is retried for before kopf gives up on it.
 API_RETRY_BUDGET_S = 120.0
+#: The backends' objects the operator watches (their changes make ``BackendReady``), and the
+#: labels they carry.
+_BACKEND_RESOURCES = (
+    ("apps", "v1", "deployments"),
+    ("", "v1", "pods"),
+    ("", "v1", "persistentvolumeclaims"),
+)
+_BACKEND_LABELS = {
+    "app.kubernetes.io/managed-by": MANAGED_BY,
+    "app.kubernetes.io/component": backend.COMPONENT,
+}
 
 
 @kopf.on.login()
@@ -136,6 +147,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # below): kopf need not list namespaces nor watch CRDs, so the operator needs no
     # cluster-wide permission for either (the chart's least-privilege RBAC).
     settings.scanning.disabled = True
+    # Only the backends' Deployments, pods and claims, filtered by the API server: kopf's
+    # handler labels filter on the client, after every pod of the cluster was sent.
+    for resource in _BACKEND_RESOURCES:
+        settings.watching.label_selectors[resource] = backend.SELECTOR
     kube = Kube(await api_client(ours.kubeconfig, user_agent=USER_AGENT))
     await wait_for_role_api(kube, ours.max_unavailable_delay_s)
     memo.reconciler = Reconciler(ours, kube)
@@ -168,12 +183,6 @@ async def secret_changed(memo: kopf.Memo, type: str | None, body: kopf.Body, **_
     reconciler: Reconciler | None = getattr(memo, "reconciler", None)
     if reconciler is not None:
         reconciler.secret_event(type, body)
-
-
-_BACKEND_LABELS = {
-    "app.kubernetes.io/managed-by": MANAGED_BY,
-    "app.kubernetes.io/component": backend.COMPONENT,
-}
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=_BACKEND_LABELS)

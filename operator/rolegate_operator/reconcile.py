@@ -254,16 +254,23 @@ class Reconciler:
         except API_ERRORS as exc:  # the config and the statuses still go on
             log.warning("cannot read the backends: %s", describe(exc))
             failures.append(exc)
+        serving = any(o.spec.get("serve") is not None for o in objects) or bool(live)
+        served = await self._served(ns, name) if serving else (True, None)
         rendered = render.render(
             objects,
             self.store.secret_data(),
             config_secret=self.settings.config_secret_ref,
-            backends=backends.states(live or {}),
-            previous=await self._served(ns, name) if live else None,
+            backends=backends.states(live, self.backends.refused) if live is not None else None,
+            previous=served[1],
         )
         try:
             if live is not None:
-                await self.backends.write(rendered.backends, live, retained=rendered.retained)
+                await self.backends.write(
+                    rendered.backends,
+                    live,
+                    retained=rendered.retained,
+                    served=(served[1] or GatewayConfig()) if served[0] else None,
+                )
         except API_ERRORS as exc:
             log.warning("cannot apply the backends: %s", describe(exc))
             failures.append(exc)
@@ -277,6 +284,8 @@ class Reconciler:
         now = _now()
         statuses = events = 0
         for outcome in rendered.outcomes:
+            if live is None and outcome.backend:
+                continue  # its BackendReady is not known this pass: its status stays
             if not_written is not None and outcome.config is not None:
                 outcome = dataclasses.replace(outcome, ready=not_written)
             try:
@@ -302,16 +311,19 @@ class Reconciler:
             list_s=list_s,
         )
 
-    async def _served(self, namespace: str, name: str) -> GatewayConfig | None:
-        """The config the gateway serves now (the config Secret's), or None when it cannot
-        be read: a rollout between backends holds on to what it names."""
+    async def _served(self, namespace: str, name: str) -> tuple[bool, GatewayConfig | None]:
+        """(read, the config the gateway serves now: the config Secret's). A rollout between
+        backends holds on to what it names, and no backend it names is deleted. (True, None):
+        there is no such Secret yet; (False, None): it could not be read or parsed."""
         try:
             current = await self.kube.read_secret(namespace, name)
-            data = (current or {}).get("data") or {}
-            return GatewayConfig.from_wire(base64.b64decode(data[CONFIG_KEY]))
+            if current is None:
+                return True, None
+            data = current.get("data") or {}
+            return True, GatewayConfig.from_wire(base64.b64decode(data[CONFIG_KEY]))
         except (*API_ERRORS, KeyError, ValueError, errors.ConfigError) as exc:
-            log.debug("the served config is not readable: %s", type(exc).__name__)
-            return None
+            log.warning("the served config is not readable: %s", describe(exc))
+            return False, None
 
     async def _status(self, outcome: render.Outcome, now: str) -> int | None:
         """Write one role's status if it differs, and an Event per condition that changed.

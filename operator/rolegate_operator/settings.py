@@ -10,7 +10,7 @@ __all__ = ["DEFAULT_BACKEND_RELEASE_S", "DEFAULT_RESYNC_S", "Settings"]
 #: The default of :attr:`Settings.resync_s` and ``--resync-interval``, in seconds.
 DEFAULT_RESYNC_S = 60.0
 #: The default of :attr:`Settings.backend_release_s` and ``--backend-release-delay``, seconds.
-DEFAULT_BACKEND_RELEASE_S = 30.0
+DEFAULT_BACKEND_RELEASE_S = 390.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -46,9 +46,11 @@ class Settings:
     #: reference): deleting it, as ``helm uninstall`` does, has Kubernetes' garbage
     #: collector delete the Secret and the keys in it. None: no owner.
     config_owner: str | None = None
-    #: Seconds a backend no role uses any more is kept before it is deleted (default 30):
-    #: the config that moved its roles elsewhere must reach the gateway first, or calls
-    #: would still go to pods that are being stopped.
+    #: Seconds a backend no role uses any more (nor the config the gateway serves names) is
+    #: kept before it is deleted (default 390): the calls still in flight on it finish
+    #: first. The gateway lets a rebound role's calls run 2 x timeoutSeconds + 15 s (375 s
+    #: at the default 180 s), so a shorter delay can cut a long stream; its GPUs are held
+    #: that long after a rebind.
     backend_release_s: float = DEFAULT_BACKEND_RELEASE_S
 
     @property

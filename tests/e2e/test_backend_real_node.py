@@ -146,7 +146,8 @@ async def test_two_pods_share_the_calls_and_a_deleted_pod_or_a_rebind_fails_none
         items: list[dict[str, Any]] = json.loads(found.stdout)["items"]
         return [p for p in items if not p["metadata"].get("deletionTimestamp")]
 
-    async with running_stack(plane, ns, kubectl, tmp_path) as stack:
+    extra = ["--backend-release-delay", "5"]  # the calls here are short
+    async with running_stack(plane, ns, kubectl, tmp_path, operator_args=extra) as stack:
         await stack.apply(m.role("chat", binding="vllm", model=MODEL, serve=serve))
         await stack.wait_condition("chat", "Ready", ("True", "Served"), timeout_s=240)
         old = (await stack.role("chat"))["status"]["backend"]

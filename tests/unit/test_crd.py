@@ -243,6 +243,7 @@ def test_run_defaults() -> None:
         "config_owner": None,
         "liveness": "127.0.0.1:8081",
         "resync_interval": 60.0,
+        "backend_release_delay": 390.0,
         "log_level": "info",
         "log_format": "text",
     }

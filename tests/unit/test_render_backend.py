@@ -6,6 +6,7 @@ the diff)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 import yaml
 
 from rolegate_gateway.api import Binding, ConditionStatus, ServeSpec
+from rolegate_operator import render
 from rolegate_operator.render import backend, backend_status
 from rolegate_operator.render.backend import Backend, Owner
 
@@ -136,11 +138,19 @@ def test_recreate_when_a_gpu_or_a_single_node_volume_is_held(
 
 
 def test_the_startup_budget_follows_startup_seconds() -> None:
-    for binding in Binding.VLLM, Binding.OLLAMA:
-        spec = backend.deployment(make(binding, startupSeconds=3600))["spec"]
-        probe = spec["template"]["spec"]["containers"][0]["startupProbe"]
-        assert probe["periodSeconds"] * probe["failureThreshold"] == 3600
-        assert spec["progressDeadlineSeconds"] > 3600
+    spec = backend.deployment(make(Binding.VLLM, startupSeconds=3600))["spec"]
+    probe = spec["template"]["spec"]["containers"][0]["startupProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] == 3600
+    assert spec["progressDeadlineSeconds"] > 3600
+    # Ollama's probe is one run of the pull script: its timeout is the whole budget.
+    spec = backend.deployment(make(Binding.OLLAMA, startupSeconds=3600))["spec"]
+    probe = spec["template"]["spec"]["containers"][0]["startupProbe"]
+    assert (probe["failureThreshold"], probe["timeoutSeconds"]) == (1, 3600)
+    assert spec["progressDeadlineSeconds"] > 3600
+
+
+def test_scaling_keeps_the_backend() -> None:
+    assert make(replicas=1).name == make(replicas=3).name == make(replicas=0).name
 
 
 def test_tensor_parallel_size_only_with_several_gpus() -> None:
@@ -161,6 +171,7 @@ def fake_ollama(tmp_path: Path, *, pull_works: bool = True) -> Path:
         "#!/bin/sh\n"
         f'echo "$*" >> "{tmp_path}/calls"\n'
         'case "$1" in\n'
+        "  list) exit 0 ;;\n"
         f'  show) test -f "{tmp_path}/pulled-$2" ;;\n'
         f'  pull) {"touch" if pull_works else "false"} "{tmp_path}/pulled-$2" ;;\n'
         "  *) exit 2 ;;\n"
@@ -183,12 +194,10 @@ def test_the_ollama_startup_probe_pulls_then_proves_the_model(tmp_path: Path) ->
     bin_dir = fake_ollama(tmp_path)
     assert run_probe(tmp_path, bin_dir, "llama3.2:1b") == 0
     calls = (tmp_path / "calls").read_text().splitlines()
-    assert calls == ["show llama3.2:1b", "pull llama3.2:1b", "show llama3.2:1b"]
+    assert calls == ["list", "show llama3.2:1b", "pull llama3.2:1b", "show llama3.2:1b"]
     assert run_probe(tmp_path, bin_dir, "llama3.2:1b") == 0  # present: no second pull
-    assert (tmp_path / "calls").read_text().splitlines()[3:] == [
-        "show llama3.2:1b",
-        "show llama3.2:1b",
-    ]
+    again = (tmp_path / "calls").read_text().splitlines()[4:]
+    assert again == ["list", "show llama3.2:1b", "show llama3.2:1b"]
 
 
 def test_the_ollama_startup_probe_fails_when_the_pull_fails(tmp_path: Path) -> None:
@@ -244,8 +253,7 @@ UNSCHEDULABLE = {
     "status": "False",
     "reason": "Unschedulable",
     "message": (
-        "0/4 nodes are available: 2 Insufficient nvidia.com/gpu, "
-        "2 node(s) had untolerated taint"
+        "0/4 nodes are available: 2 Insufficient nvidia.com/gpu, 2 node(s) had untolerated taint"
     ),
 }
 
@@ -335,6 +343,15 @@ def test_backend_ready_reasons(
     assert says in check.message
 
 
+def test_difference_reads_quantities_by_value_and_empty_as_absent() -> None:
+    desired = {"spec": {"size": "1024Mi", "env": [{"name": "A", "value": ""}], "args": []}}
+    live = {"spec": {"size": "1Gi", "env": [{"name": "A"}]}}
+    assert backend.difference(desired, live) is None
+    assert backend.difference({"size": "1.5Gi"}, {"size": "1536Mi"}) is None
+    assert backend.difference({"size": "2Gi"}, {"size": "1Gi"}) == ".size"
+    assert backend.difference({"image": "a:1"}, {"image": "a:2"}) == ".image"
+
+
 def test_difference_ignores_server_defaults_but_not_changes() -> None:
     desired = backend.deployment(make())
     live = yaml.safe_load(yaml.safe_dump(desired))
@@ -346,3 +363,93 @@ def test_difference_ignores_server_defaults_but_not_changes() -> None:
     assert backend.difference(desired, live) is None
     live["spec"]["replicas"] = 3
     assert backend.difference(desired, live) == ".spec.replicas"
+
+
+# -- serve: roles in the rendered config ----------------------------------------------------
+
+
+def served_role(model: str, **serve: Any) -> render.RoleObject:
+    spec = {"binding": "vllm", "model": model, "serve": {"gpus": 0, **serve}}
+    return render.RoleObject("team", "chat", "uid-chat", 1, "2026-12-01T00:00:00Z", spec, {})
+
+
+AVAILABLE = {
+    "metadata": {"generation": 1},
+    "spec": {"replicas": 1},
+    "status": {"observedGeneration": 1, "availableReplicas": 1},
+}
+STARTING = {**AVAILABLE, "status": {"observedGeneration": 1, "availableReplicas": 0}}
+
+
+def render_with(role: render.RoleObject, states: Any, previous: Any = None) -> render.Rendered:
+    return render.render([role], {}, config_secret="ns/cfg", backends=states, previous=previous)
+
+
+def test_a_rebind_holds_the_served_backend_until_the_new_one_is_available() -> None:
+    first = render_with(served_role("org/a"), {})
+    [old] = first.backends
+    new_role = served_role("org/b")
+    new_name = backend.backend_name(Binding.VLLM, "org/b", ServeSpec(gpus=0))
+    for old_state in (AVAILABLE, STARTING):  # held even while the old one has a bad moment
+        held = render_with(
+            new_role,
+            {("team", old.name): backend_status.BackendState(deployment=old_state)},
+            first.config,
+        )
+        [out] = held.outcomes
+        assert (out.ready.status, out.ready.reason) == ("False", "RollingOut")
+        assert out.config is not None
+        assert out.config.upstream.model == "org/a"
+        assert out.shown_backend == old.name
+        assert held.retained == {("team", old.name)}
+        assert [b.name for b in held.backends] == [new_name]  # the new one is applied
+    moved = render_with(
+        new_role,
+        {
+            ("team", old.name): backend_status.BackendState(deployment=AVAILABLE),
+            ("team", new_name): backend_status.BackendState(deployment=AVAILABLE),
+        },
+        first.config,
+    )
+    [out] = moved.outcomes
+    assert (out.ready.reason, out.shown_backend) == ("Served", new_name)
+    assert out.config is not None
+    assert out.config.upstream.model == "org/b"
+    assert moved.retained == frozenset()
+
+
+def test_backends_not_read_keep_the_served_entry_and_say_unknown() -> None:
+    first = render_with(served_role("org/a"), {})
+    again = render_with(served_role("org/b"), None, first.config)
+    [out] = again.outcomes
+    assert (out.ready.status, out.ready.reason) == ("Unknown", "BackendUnknown")
+    assert again.config == first.config  # nothing moves on a pass that could not see
+
+
+def test_roles_sharing_a_backend_get_the_most_replicas() -> None:
+    a = served_role("org/a", replicas=1)
+    b = dataclasses.replace(served_role("org/a", replicas=3), name="b", uid="uid-b")
+    [shared] = render.render([a, b], {}, config_secret="ns/cfg", backends={}).backends
+    assert shared.serve.replicas == 3
+    assert len(shared.owners) == 2
+
+
+def test_refused_objects_and_a_replica_failure_are_reasons() -> None:
+    refused = backend_status.BackendState(apply_error="HTTP 403 exceeded quota: gpu")
+    assert backend_status.backend_check("b", refused).reason == "ApplyFailed"
+    failing = {
+        **STARTING,
+        "status": {
+            "observedGeneration": 1,
+            "conditions": [
+                {
+                    "type": "ReplicaFailure",
+                    "status": "True",
+                    "reason": "FailedCreate",
+                    "message": 'pods "b-1" is forbidden: violates PodSecurity "restricted"',
+                }
+            ],
+        },
+    }
+    check = backend_status.backend_check("b", backend_status.BackendState(deployment=failing))
+    assert (check.reason, "PodSecurity" in check.message) == ("FailedCreate", True)

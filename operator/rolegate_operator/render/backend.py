@@ -37,6 +37,7 @@ import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Final
 
 from rolegate_gateway.api import API_VERSION, DEFAULT_SERVE_IMAGES, KIND, Binding, ServeSpec
@@ -112,9 +113,14 @@ def backend_name(binding: Binding, model: str, serve: ServeSpec) -> str:
     """A stable DNS-1035 label (<= 63 characters) for the backend of this content:
     ``rolegate-<model slug, <= 40>-<10 hex digits of sha256 of binding, model and serve>``.
     ``serve`` counts with its defaults filled in, so a spec that spells a default out names
-    the same backend as one that leaves it out."""
+    the same backend as one that leaves it out; ``serve.replicas`` does not count (scaling
+    changes the backend in place: its pods, cache and GPUs stay)."""
     content = json.dumps(
-        {"binding": binding.value, "model": model, "serve": serve.model_dump(mode="json")},
+        {
+            "binding": binding.value,
+            "model": model,
+            "serve": serve.model_dump(mode="json", exclude={"replicas"}),
+        },
         sort_keys=True,
         separators=(",", ":"),
     )
@@ -147,11 +153,14 @@ def _metadata(backend: Backend, name: str) -> dict[str, Any]:
 
 
 def ollama_startup_script(model: str) -> str:
-    """The startup probe's one shell script for Ollama: pull ``model`` unless it is there,
-    then prove it is (exit 0 only then). ``model`` is shell-quoted: a tag such as
+    """The startup probe's one shell script for Ollama: wait for the server, pull ``model``
+    unless it is there, then prove it is (exit 0 only then). It runs once (failure
+    threshold 1) under a timeout of ``serve.startupSeconds``: a pull that hangs fails the
+    probe then and the container restarts. ``model`` is shell-quoted: a tag such as
     ``llama3.2:1b`` or a name with a space cannot split the command."""
     quoted = shlex.quote(model)
     return (
+        "until ollama list >/dev/null 2>&1; do sleep 1; done; "
         f"ollama show {quoted} >/dev/null 2>&1 || ollama pull {quoted} "
         f"&& ollama show {quoted} >/dev/null"
     )
@@ -194,8 +203,8 @@ def _engine(backend: Backend) -> dict[str, Any]:
         "startupProbe": {
             "exec": {"command": ["/bin/sh", "-c", ollama_startup_script(model)]},
             "periodSeconds": _STARTUP_PERIOD_S,
-            "failureThreshold": startup_failures,
-            "timeoutSeconds": serve.startup_seconds,  # one probe may be the whole pull
+            "failureThreshold": 1,  # one run is the whole budget: the script waits itself
+            "timeoutSeconds": serve.startup_seconds,
         },
         "readinessProbe": {
             "exec": {"command": ["ollama", "show", model]},
@@ -335,12 +344,48 @@ def _owners(refs: object) -> set[str]:
     return {str(r.get("uid")) for r in refs if isinstance(r, Mapping)}
 
 
+#: Suffixes of a Kubernetes quantity and their factors
+#: (https://kubernetes.io/docs/reference/kubernetes-api/common-definitions/quantity/).
+_SUFFIXES: Final = {
+    **{s: Decimal(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+    **{s: Decimal(1000) ** (i + 1) for i, s in enumerate(("k", "M", "G", "T", "P", "E"))},
+    "": Decimal(1),
+    "m": Decimal("0.001"),
+    "u": Decimal("0.000001"),
+    "n": Decimal("0.000000001"),
+}
+_QUANTITY: Final = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))([eE][+-]?\d+|[KMGTPE]i|[numkMGTPE]?)$")
+
+
+def _quantity(text: str) -> Decimal | None:
+    """The value of a quantity such as ``1Gi``, ``500m`` or ``1e3``; None if not one."""
+    found = _QUANTITY.match(text)
+    if found is None:
+        return None
+    number, suffix = found.groups()
+    if suffix[:1] in ("e", "E"):
+        return Decimal(number) * Decimal(10) ** int(suffix[1:])
+    return Decimal(number) * _SUFFIXES[suffix]
+
+
+def _same_quantity(desired: str, live: str) -> bool:
+    """Two strings that are one Kubernetes quantity (the API server stores ``1024Mi`` as
+    ``1Gi``)."""
+    value = _quantity(desired)
+    return value is not None and value == _quantity(live)
+
+
 def difference(desired: Any, live: Any, *, path: str = "") -> str | None:
     """The path of the first field of ``desired`` that ``live`` (an object as the API
     server returns it) lacks or holds otherwise, e.g. ``.spec.replicas``; None when it has
     them all. Fields only ``live`` has (the server's defaults, status, metadata) do not
-    count; lists compare item by item, same length; owner references compare as a set of
-    uids (their order is not meaningful)."""
+    count, nor empty ones only ``desired`` has (``""``, ``[]``, ``{}``: the server leaves
+    them out); quantities compare by value; lists compare item by item, same length; owner
+    references compare as a set of uids (their order is not meaningful)."""
+    if live is None and desired in ("", [], {}):
+        return None
+    if isinstance(desired, str) and isinstance(live, str) and desired != live:
+        return None if _same_quantity(desired, live) else path
     if path == ".metadata.ownerReferences":
         return path if _owners(desired) != _owners(live) else None
     if isinstance(desired, Mapping):

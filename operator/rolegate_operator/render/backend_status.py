@@ -3,6 +3,8 @@
 Pure. Reads the backend's Deployment, its pods and its cache claim as the API returns them
 (camelCase dicts) and says, with Kubernetes' own words where it has them:
 
+- ``ApplyFailed``: the API server refused the backend's objects (its message: a quota, a
+  PodSecurity level, a value it cannot take);
 - ``Available`` (True): at least one pod is available (ready for ``minReadySeconds``);
 - ``ScaledToZero``: ``serve.replicas`` is 0;
 - ``ImagePullFailed``: a container waits in ``ErrImagePull``/``ImagePullBackOff``/
@@ -12,6 +14,8 @@ Pure. Reads the backend's Deployment, its pods and its cache claim as the API re
   message (``0/4 nodes are available: 2 Insufficient nvidia.com/gpu, ...``);
 - ``CachePending``: the cache claim is not bound (a missing StorageClass stalls everything:
   KubeAI #286);
+- ``FailedCreate``: the ReplicaSet cannot create pods (the Deployment's ``ReplicaFailure``
+  condition: a ResourceQuota, a PodSecurity level that refuses root);
 - ``ProgressDeadlineExceeded``: the Deployment gave up (past ``startupSeconds`` + 300 s);
 - ``Progressing``: pods are starting (pulling the image, loading the model), with counts.
 
@@ -40,6 +44,8 @@ class BackendState:
     deployment: Mapping[str, Any] | None = None
     pods: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
     claim: Mapping[str, Any] | None = None
+    #: Why the operator's last apply of the backend's objects was refused, if it was.
+    apply_error: str | None = None
 
 
 def _false(reason: str, message: str) -> Check:
@@ -105,6 +111,16 @@ def _claim_pending(claim: Mapping[str, Any] | None) -> Check | None:
     )
 
 
+def _replica_failure(deployment: Mapping[str, Any]) -> Check | None:
+    failure = _deployment_condition(deployment, "ReplicaFailure")
+    if failure.get("status") != "True":
+        return None
+    return _false(
+        "FailedCreate",
+        f"pods cannot be created: {failure.get('message') or failure.get('reason', '')}",
+    )
+
+
 def _deployment_condition(deployment: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
     for condition in (deployment.get("status") or {}).get("conditions") or ():
         if condition.get("type") == kind:
@@ -115,6 +131,8 @@ def _deployment_condition(deployment: Mapping[str, Any], kind: str) -> Mapping[s
 def backend_check(name: str, state: BackendState) -> Check:
     """``BackendReady`` of a role served by backend ``name`` (see the module's reasons)."""
     deployment = state.deployment
+    if state.apply_error is not None:
+        return _false("ApplyFailed", f"backend {name}: {state.apply_error}")
     if deployment is None:
         return Check(
             ConditionStatus.UNKNOWN, "Progressing", f"backend {name}: Deployment being created"
@@ -135,7 +153,10 @@ def backend_check(name: str, state: BackendState) -> Check:
             f"backend {name}: {available}/{desired} pods available",
         )
     problem = (
-        _container_problem(state.pods) or _unschedulable(state.pods) or _claim_pending(state.claim)
+        _container_problem(state.pods)
+        or _unschedulable(state.pods)
+        or _claim_pending(state.claim)
+        or _replica_failure(deployment)
     )
     if problem is not None:
         return problem

@@ -138,7 +138,7 @@ def _credentials(
 def _outcome(
     obj: RoleObject,
     secrets: Mapping[SecretKey, Mapping[str, str]],
-    states: Mapping[tuple[str, str], backend_status.BackendState],
+    states: Mapping[tuple[str, str], backend_status.BackendState] | None,
     previous: Mapping[str, RoleConfig],
     *,
     config_secret: str,
@@ -174,6 +174,11 @@ def _outcome(
     message = f"served through the gateway config in Secret {config_secret}"
     if not name:
         return Outcome(obj, creds_check, Check(ConditionStatus.TRUE, "Served", message), config)
+    if states is None:  # the backends could not be read: the role stays as it is served
+        before = previous.get(obj.name)
+        kept = before if before is not None and before.upstream.backend is not None else None
+        unknown = Check(ConditionStatus.UNKNOWN, "BackendUnknown", "the backends could not be read")
+        return Outcome(obj, creds_check, unknown, kept, backend=name)
     check = backend_status.backend_check(
         name, states.get((obj.namespace, name), backend_status.BackendState())
     )
@@ -205,19 +210,25 @@ def _rollout(
     before: RoleConfig | None,
     config: RoleConfig,
 ) -> tuple[str, RoleConfig] | None:
-    """While a role's new backend ``name`` is not available but the backend the gateway
-    serves it from (``before``, its role in the live config) is: that backend and the role
-    as served from it (its upstream as before, the new limits), so a rebind never leaves the
-    role without a model server. None when there is nothing to hold on to."""
+    """While a role's new backend ``name`` is not available and the backend the gateway
+    serves it from (``before``, its role in the live config) still exists: that backend and
+    the role as served from it (its upstream as before, the new limits), so a rebind never
+    leaves the role without a model server (nor switches it to one that cannot serve yet
+    because the old one had a bad moment). None when there is nothing to hold on to."""
     old = before.upstream.backend if before is not None else None
     if before is None or old is None or old.service == name or old.namespace != obj.namespace:
         return None
-    state = states.get((obj.namespace, old.service), backend_status.BackendState())
-    if backend_status.backend_check(old.service, state).status is not ConditionStatus.TRUE:
+    state = states.get((obj.namespace, old.service))
+    if state is None or state.deployment is None:
         return None
     return old.service, RoleConfig(
         name=config.name, namespace=config.namespace, upstream=before.upstream, limits=config.limits
     )
+
+
+def _replicas(role: RoleObject) -> int:
+    serve = LLMRoleSpec.model_validate(role.spec).serve
+    return serve.replicas if serve is not None else 0
 
 
 def _backends(outcomes: Sequence[Outcome]) -> tuple[backend.Backend, ...]:
@@ -241,7 +252,9 @@ def _backends(outcomes: Sequence[Outcome]) -> tuple[backend.Backend, ...]:
                 serve=spec.serve,
             )
         owner = backend.Owner(role.name, role.uid)
-        wanted[key] = dataclasses.replace(held, owners=(*held.owners, owner))
+        replicas = max(held.serve.replicas, _replicas(role))  # not part of the name
+        serve = held.serve.model_copy(update={"replicas": replicas})
+        wanted[key] = dataclasses.replace(held, serve=serve, owners=(*held.owners, owner))
     return tuple(wanted[k] for k in sorted(wanted))
 
 
@@ -257,21 +270,26 @@ def render(
 
     ``secrets`` maps (namespace, name) to a Secret's decoded keys (only those in
     ``rolegate_gateway.roles.SECRET_KEYS`` are needed). ``config_secret`` names the config
-    Secret in messages. ``backends`` maps (namespace, backend name) to what the API holds of
-    that backend (for ``BackendReady``; absent: not created yet). A ``serve:`` role is in the
-    config as soon as it is valid (the gateway answers 503 while no pod is ready) but is
-    ``Ready`` only with ``BackendReady``. ``previous`` is the config the gateway serves now:
-    a role moving to a new backend keeps its previous one there until the new one is
-    available (``RollingOut``). Role names are unique in a gateway: of two roles
-    with one name (in two namespaces) the older one owns the name, served or not, and the
-    other reports ``DuplicateRole``; so a broken role's clients never reach another team's upstream.
+    Secret in messages. ``previous`` is the config the gateway serves now.
+
+    ``backends`` maps (namespace, backend name) to what the API holds of that backend (for
+    ``BackendReady``; absent: not created yet). A ``serve:`` role is in the config as soon
+    as it is valid (the gateway answers 503 while no pod is ready) but ``Ready`` only with
+    ``BackendReady``; a role moving to a new backend keeps its previous one (as ``previous``
+    has it) until the new one is available (``RollingOut``). ``backends`` None: they could
+    not be read, so each ``serve:`` role keeps its entry of ``previous`` (``BackendUnknown``).
+    Roles sharing a backend may ask for different ``serve.replicas``: the most wins.
+
+    Role names are unique in a gateway: of two roles with one name (in two namespaces) the
+    older one owns the name, served or not, and the other reports ``DuplicateRole``; so a
+    broken role's clients never reach another team's upstream.
     """
     ordered = sorted(objects, key=lambda o: (o.created, o.namespace, o.name))
     served = {r.name: r for r in previous.roles} if previous is not None else {}
     outcomes: list[Outcome] = []
     owners: dict[str, RoleObject] = {}
     for obj in ordered:
-        outcome = _outcome(obj, secrets, backends or {}, served, config_secret=config_secret)
+        outcome = _outcome(obj, secrets, backends, served, config_secret=config_secret)
         owner = owners.setdefault(obj.name, obj)
         if owner is not obj:
             message = (
