@@ -76,20 +76,13 @@ def installed(
         reg.wait_serving()
         started = time.monotonic()
         try:
-            try:
-                release = install_on_node(
-                    plane,
-                    namespace=ns,
-                    archive=image_archive,
-                    registry_host=reg.host,
-                    install_crds=False,
-                )
-            except Exception:
-                print(plane.kubectl(["get", "pods", "-A", "-o", "wide"]).stdout)
-                print(plane.kubectl(["describe", "pods"], namespace=ns).stdout[-6000:])
-                for pod in plane.kubectl(["get", "pods", "-o", "name"], namespace=ns).stdout.split():
-                    print(pod, plane.kubectl(["logs", pod, "--all-containers"], namespace=ns, check=False).stdout[-3000:])
-                raise
+            release = install_on_node(
+                plane,
+                namespace=ns,
+                archive=image_archive,
+                registry_host=reg.host,
+                install_crds=False,
+            )
             manifest = m.write(
                 work / "roles.yaml",
                 m.secret("llama-creds", namespace=ns, apiKey=API_KEY),

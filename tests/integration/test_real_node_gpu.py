@@ -22,7 +22,7 @@ from devstack.k8s.controlplane import ControlPlane
 from devstack.k8s.realnode import RealNode
 from devstack.process import alive
 from tests.fixtures.gpu_node import GPUS, backend_deployment
-from tests.fixtures.real_node import HostState, host_state, leftovers
+from tests.fixtures.real_node import HostState, host_state, leftovers, restart_real_node
 
 pytestmark = pytest.mark.cluster
 
@@ -193,7 +193,10 @@ def test_the_gpu_node_leaves_nothing_behind(
     pid = plugin.pid
     assert pid is not None
     assert alive(pid)
-    gpu_node.stop()  # the fixture starts a plain node again after this module
-    assert gpu_node.stop_problems == []
-    assert not alive(pid)
-    assert leftovers(real_node_baseline, host_state()) == []
+    try:
+        gpu_node.stop()
+        assert gpu_node.stop_problems == []
+        assert not alive(pid)
+        assert leftovers(real_node_baseline, host_state()) == []
+    finally:  # the session's node again, for the tests after this one
+        restart_real_node(real_node_plane)
