@@ -48,6 +48,7 @@ from aiohttp import web
 
 from rolegate_gateway import errors, upstream
 from rolegate_gateway.backends import Backends, Pick
+from rolegate_gateway.config import Backend
 from rolegate_gateway.intake import Payload
 from rolegate_gateway.runtime import Call, Role, RoleWrapper
 from rolegate_gateway.translators import Endpoint, Translator, upstream_errors
@@ -124,9 +125,25 @@ async def forward(
     wrapper.enter(call)
     code = 500  # an outcome nobody recorded is a bug, never a success
     try:
-        response = await _call(
-            request, wrapper, call, endpoint, payload, session, started, backends=backends
-        )
+        translator = wrapper.translator()
+        request_up = translator.request(endpoint, payload)
+        backend = wrapper.config.upstream.backend
+        if backend is None or backends is None:  # the hot path: one attribute check
+            response = await _exchange(
+                request, wrapper, call, translator, request_up, session, started
+            )
+        else:
+            response = await _via_backend(
+                request,
+                wrapper,
+                call,
+                translator,
+                request_up,
+                session,
+                started,
+                backends=backends,
+                backend=backend,
+            )
         code = response.status
         queue.completed_total += 1
         return response
@@ -192,28 +209,24 @@ def _error_kind(exc: errors.GatewayError) -> str:
             return "unavailable"
 
 
-async def _call(
+async def _via_backend(
     request: web.Request,
     wrapper: RoleWrapper,
     call: Call,
-    endpoint: Endpoint,
-    payload: Payload,
+    translator: Translator,
+    request_up: UpstreamRequest,
     session: aiohttp.ClientSession,
     started: float,
     *,
-    backends: Backends | None,
+    backends: Backends,
+    backend: Backend,
 ) -> web.StreamResponse:
-    """One upstream call through a fresh translator, sent to a pod of the role's backend
-    when there is a picture of it (held until the call ends); its answer.
+    """The call of a ``serve:`` role, sent to a pod of its backend when there is a picture
+    of it (held until the call ends); its answer.
 
     Raises:
         errors.BackendNotReady: the backend lists no ready pod (nothing was sent).
     """
-    translator = wrapper.translator()
-    request_up = translator.request(endpoint, payload)
-    backend = wrapper.config.upstream.backend
-    if backend is None or backends is None:  # the hot path: one attribute check
-        return await _exchange(request, wrapper, call, translator, request_up, session, started)
     pick = backends.pick(backend, role=wrapper.config.name)
     if pick is None:  # a watch that just started: its first list is moments away
         pick = await backends.first_pick(backend, role=wrapper.config.name)
