@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+import yaml
+
 from rolegate_gateway import load_manifests
+from rolegate_gateway.api import LLMRole
+from rolegate_gateway.errors import ConfigError
+from rolegate_operator import render
+from rolegate_operator.render import backend
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -52,3 +59,26 @@ def test_provider_roles_load_with_their_defaults() -> None:
     assert extract.base_url == "https://bedrock-runtime.us-east-1.amazonaws.com"
     assert extract.credentials.values() == []
     assert roles["embed"].upstream.model == "amazon.titan-embed-text-v2:0"
+
+
+def test_gpu_roles_share_backends_as_their_comments_say() -> None:
+    """examples/gpu/: three roles on one vLLM backend, the vision model on two GPUs of its
+    own, the embedding model on Ollama without a GPU (rendered as the operator would)."""
+    documents = list(yaml.safe_load_all((EXAMPLES / "gpu" / "roles.yaml").read_text()))
+    objects = [
+        render.RoleObject("team", d["metadata"]["name"], f"uid-{i}", 1, f"t{i}", d["spec"], {})
+        for i, d in enumerate(documents)
+    ]
+    for document in documents:
+        LLMRole.model_validate({**document, "metadata": {**document["metadata"]}})
+    rendered = render.render(objects, {}, config_secret="ns/cfg", backends={})
+    owners = {b.name: sorted(o.name for o in b.owners) for b in rendered.backends}
+    assert sorted(owners.values()) == [["embed"], ["extract", "keyword", "query"], ["vlm"]]
+    by_role = {o.role.name: o.backend for o in rendered.outcomes}
+    vlm = next(b for b in rendered.backends if b.name == by_role["vlm"])
+    args = backend.deployment(vlm)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[-2:] == ["--tensor-parallel-size", "2"]
+    embed = next(b for b in rendered.backends if b.name == by_role["embed"])
+    assert "resources" not in backend.deployment(embed)["spec"]["template"]["spec"]["containers"][0]
+    with pytest.raises(ConfigError, match="run only by the operator"):
+        load_manifests(EXAMPLES / "gpu")
