@@ -32,6 +32,7 @@ NS = "rolegate"
 STATUS = {
     "observedGeneration": 1,
     "endpoint": "http://127.0.0.1:9/v1",
+    "backend": "",  # the CRD's default: a role without serve: has none
     "configHash": "abc123",
     "conditions": [
         {

@@ -84,7 +84,9 @@ def test_nested_defaults_of_serve_azure_and_a_partial_queue(kubectl: Kubectl) ->
         "gpus": 1,
         "gpuResource": "nvidia.com/gpu",
         "runtimeClassName": "",
-        "cache": {"size": "50Gi", "storageClassName": ""},
+        "cache": {"size": "50Gi", "storageClassName": "", "accessMode": "ReadWriteOnce"},
+        "shmSize": "8Gi",
+        "startupSeconds": 1800,
     }
     assert _get(kubectl, "azure")["spec"]["azure"] == {
         "deployment": "gpt4o",
@@ -124,6 +126,19 @@ def test_the_examples_apply_as_the_readme_says(kubectl: Kubectl) -> None:
 
 
 @pytest.mark.usefixtures("llmrole_crd")
+def test_the_gpu_examples_are_accepted_by_the_api_server(kubectl: Kubectl) -> None:
+    kubectl("apply", "-f", str(EXAMPLES / "gpu"))
+    rows = [line.split()[:3] for line in kubectl("get", "llmr", "--no-headers").stdout.splitlines()]
+    assert rows == [
+        ["embed", "ollama", "nomic-embed-text"],
+        ["extract", "vllm", "Qwen/Qwen2.5-7B-Instruct"],
+        ["keyword", "vllm", "Qwen/Qwen2.5-7B-Instruct"],
+        ["query", "vllm", "Qwen/Qwen2.5-7B-Instruct"],
+        ["vlm", "vllm", "Qwen/Qwen2.5-VL-7B-Instruct"],
+    ]
+
+
+@pytest.mark.usefixtures("llmrole_crd")
 def test_get_shows_the_columns_the_short_name_and_the_category(kubectl: Kubectl) -> None:
     _apply(kubectl, manifest("extract", {"binding": "openai", "model": "gpt-4o-mini"}))
     _patch_status(kubectl, "extract", {"conditions": [READY]})
@@ -131,7 +146,16 @@ def test_get_shows_the_columns_the_short_name_and_the_category(kubectl: Kubectl)
     assert header.split() == ["NAME", "BINDING", "MODEL", "MAXASYNC", "READY", "AGE"]
     assert row.split()[:5] == ["extract", "openai", "gpt-4o-mini", "4", "False"]
     header, row = kubectl("get", "llmr", "-o", "wide").stdout.splitlines()
-    assert header.split() == ["NAME", "BINDING", "MODEL", "MAXASYNC", "READY", "REASON", "AGE"]
+    assert header.split() == [
+        "NAME",
+        "BINDING",
+        "MODEL",
+        "MAXASYNC",
+        "READY",
+        "REASON",
+        "BACKEND",
+        "AGE",
+    ]
     assert row.split()[4:6] == ["False", "SecretNotFound"]
     assert kubectl("get", "rolegate", "-o", "name").stdout.split() == [
         "llmrole.rolegate.dev/extract"
@@ -159,7 +183,8 @@ def test_status_is_written_through_the_subresource_only(kubectl: Kubectl) -> Non
     _patch_status(kubectl, "extract", {**status, "conditions": [READY]})
     stored = _get(kubectl, "extract")["status"]
     condition = {**READY, "observedGeneration": 0}
-    assert stored == {**status, "configHash": "", "conditions": [condition]}
+    # configHash and backend: the CRD's defaults, filled in by the API server
+    assert stored == {**status, "configHash": "", "backend": "", "conditions": [condition]}
 
     _apply(kubectl, {**doc, "spec": {**doc["spec"], "maxAsync": 2}, "status": {"endpoint": "x"}})
     role = _get(kubectl, "extract")

@@ -239,6 +239,6 @@ def test_the_two_example_sets_together_name_both_files() -> None:
         load_manifests(examples)
     message = str(err.value)
     assert message.startswith("duplicate role 'embed': ")
+    assert f"{examples / 'gpu' / 'roles.yaml'} (document 5, LLMRole default/embed)" in message
     assert f"{examples / 'lightrag' / 'roles.yaml'} (document 1, LLMRole default/embed)" in message
-    assert f"{examples / 'local' / 'roles.yaml'} (document 1, LLMRole default/embed)" in message
     assert "also duplicated: 'extract'" in message
