@@ -43,7 +43,8 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from devstack import apt, registry
 from devstack.cache import BuildFailed, build_log, cache_root, locked, run_with_progress, stamped
-from devstack.image import base, oci
+from devstack.image import base
+from devstack.image import build as image_build
 from devstack.image.recipe import pip_target_options, rfc3339, write_tar
 from devstack.llama import build as llama_build
 from devstack.llama import model as llama_model
@@ -214,10 +215,7 @@ def ensure(out: TextIO | None = None) -> Path:
         print(f"{_PREFIX}backend layer: {app_bytes / 1e6:.1f} MB", file=out, flush=True)
         layout = work / "oci"
         _assemble(layout, [rootfs, app_tar], epoch=epoch, step=step)
-        partial = entry / "archive.partial"
-        write_tar(partial, [(p.name, p) for p in sorted(layout.iterdir())], mtime_s=epoch)
-        partial.rename(archive_path())
-        image = oci.read_archive(archive_path())
+        image = image_build.write_archive(layout, archive_path(), epoch=epoch)
         record: dict[str, Any] = {
             "archive": str(archive_path()),
             "archive_bytes": archive_path().stat().st_size,
@@ -228,9 +226,7 @@ def ensure(out: TextIO | None = None) -> Path:
             "site_packages": _site_packages(site),
             "build_s": round(time.monotonic() - started, 1),
         }
-        (entry / "image.json").write_text(json.dumps(record, indent=2) + "\n")
-        shutil.rmtree(work, ignore_errors=True)
-        (entry / "stamp").write_text(_stamp_text())
+        image_build.finish_entry(entry, work, record, _stamp_text())
         print(
             f"{_PREFIX}{archive_path()} ({record['archive_bytes'] / 1e6:.0f} MB, tag "
             f"{image.ref_name}) in {record['build_s']:.0f} s",

@@ -38,6 +38,7 @@ import sys
 import time
 import tomllib
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, TextIO
 
@@ -61,12 +62,14 @@ __all__ = [
     "archive_path",
     "cache_dir",
     "ensure",
+    "finish_entry",
     "info",
     "inputs_digest",
     "is_built",
     "revision",
     "source_date_epoch",
     "version",
+    "write_archive",
 ]
 
 ROOT: Final = Path(__file__).resolve().parents[2]
@@ -250,10 +253,7 @@ def ensure(out: TextIO | None = None) -> Path:
         print(f"{_PREFIX}application layer: {app_bytes / 1e6:.1f} MB", file=out, flush=True)
         layout = work / "oci"
         _assemble(layout, [rootfs, app_tar], epoch=epoch, env=env, out=out, log=log)
-        partial = entry / "archive.partial"
-        write_tar(partial, [(p.name, p) for p in sorted(layout.iterdir())], mtime_s=epoch)
-        partial.rename(archive_path())
-        image = oci.read_archive(archive_path())
+        image = write_archive(layout, archive_path(), epoch=epoch)
         sizes = [rootfs.stat().st_size, app_bytes]
         record = {
             "archive": str(archive_path()),
@@ -275,9 +275,7 @@ def ensure(out: TextIO | None = None) -> Path:
             "build_s": round(time.monotonic() - started, 1),
             "site_packages": packages,
         }
-        (entry / "image.json").write_text(json.dumps(record, indent=2) + "\n")
-        shutil.rmtree(work, ignore_errors=True)
-        (entry / "stamp").write_text(_stamp_text())
+        finish_entry(entry, work, record, _stamp_text())
         print(
             f"{_PREFIX}{archive_path()} ({record['archive_bytes'] / 1e6:.1f} MB, "
             f"{image.digest[:19]}) in {record['build_s']:.0f} s",
@@ -285,6 +283,23 @@ def ensure(out: TextIO | None = None) -> Path:
             flush=True,
         )
         return archive_path()
+
+
+def write_archive(layout: Path, archive: Path, *, epoch: int) -> oci.Image:
+    """The OCI layout ``layout`` as the tar ``archive`` (written beside it first, then
+    renamed: an interrupted build leaves no half archive); the image it holds."""
+    partial = archive.with_name("archive.partial")
+    write_tar(partial, [(p.name, p) for p in sorted(layout.iterdir())], mtime_s=epoch)
+    partial.rename(archive)
+    return oci.read_archive(archive)
+
+
+def finish_entry(entry: Path, work: Path, record: Mapping[str, Any], stamp: str) -> None:
+    """Complete a cache entry: ``image.json`` (what was built), the work directory gone,
+    the stamp written last (so an interrupted build never looks complete)."""
+    (entry / "image.json").write_text(json.dumps(record, indent=2) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+    (entry / "stamp").write_text(stamp)
 
 
 def _pip_progress(line: str) -> str | None:

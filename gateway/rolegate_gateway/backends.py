@@ -30,7 +30,7 @@ import random
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from yarl import URL
 
@@ -345,23 +345,18 @@ class Backends:
         Raises:
             ApiException: an HTTP error; see ``kube.API_ERRORS`` for the rest.
         """
-        from kubernetes_asyncio.client.exceptions import ApiException
+        from rolegate_gateway import kube
 
         b = pool.backend
         api = await self._discovery()
-        response = cast(
-            Any,
-            await api.list_namespaced_endpoint_slice(
+        body = await kube.answer_json(
+            api.list_namespaced_endpoint_slice(
                 b.namespace,
                 label_selector=f"{SERVICE_LABEL}={b.service}",
                 _preload_content=False,
                 _request_timeout=30,
-            ),
+            )
         )
-        async with response:
-            body: dict[str, Any] = await response.json()
-            if response.status >= 400:
-                raise ApiException(status=response.status, reason=body.get("message"))
         self.lists += 1
         pool.replace(body.get("items") or [])
         return str(body["metadata"]["resourceVersion"])

@@ -23,6 +23,7 @@ import binascii
 import logging
 import os
 import random
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, cast
 
@@ -39,6 +40,7 @@ __all__ = [
     "CONFIG_KEY",
     "HASH_ANNOTATION",
     "ConfigSecretSource",
+    "answer_json",
     "api_client",
     "describe",
     "load_configuration",
@@ -127,31 +129,49 @@ def log_failure(logger: logging.Logger, exc: BaseException, message: str, *args:
     )
 
 
+async def answer_json(call: Awaitable[Any]) -> dict[str, Any]:
+    """The decoded JSON body of a ``_preload_content=False`` API call (read so, without
+    the client's model classes, which would also log the body at debug level).
+
+    With that option the client raises no error for an HTTP error status, so this does,
+    with the Status's ``message`` as its reason (e.g. which permission is missing).
+
+    Raises:
+        ApiException: an HTTP error status.
+    """
+    response = cast(Any, await call)
+    async with response:
+        try:
+            body: dict[str, Any] = await response.json()
+        except (ValueError, aiohttp.ContentTypeError):
+            body = {}
+        if response.status >= 400:
+            raise ApiException(
+                status=response.status, reason=body.get("message") or response.reason
+            )
+        return body
+
+
 async def read_secret(
     core: client.CoreV1Api, namespace: str, name: str, *, timeout_s: float = 30
 ) -> dict[str, Any] | None:
     """The Secret as a raw dict (``data`` still base64), or None when it does not exist.
 
-    Read without the client's model classes (``_preload_content=False``), which would
-    also log the body at debug level. With that, the client raises no error for an HTTP
-    error status, so this does.
+    Read with :func:`answer_json`.
 
     Raises:
         ApiException: any other HTTP error; see :data:`API_ERRORS` for the rest.
     """
-    response = cast(
-        Any,
-        await core.read_namespaced_secret(
-            name, namespace, _preload_content=False, _request_timeout=timeout_s
-        ),
-    )
-    async with response:
-        if response.status == 404:
+    try:
+        return await answer_json(
+            core.read_namespaced_secret(
+                name, namespace, _preload_content=False, _request_timeout=timeout_s
+            )
+        )
+    except ApiException as exc:
+        if exc.status == 404:
             return None
-        body: dict[str, Any] = await response.json()
-        if response.status >= 400:
-            raise ApiException(status=response.status, reason=body.get("message"))
-        return body
+        raise
 
 
 class ConfigSecretSource:
@@ -247,19 +267,14 @@ class ConfigSecretSource:
             ApiException: an HTTP error; see :data:`API_ERRORS` for the rest.
         """
         core = await self._core()
-        response = cast(
-            Any,
-            await core.list_namespaced_secret(
+        body = await answer_json(
+            core.list_namespaced_secret(
                 self.namespace,
                 field_selector=f"metadata.name={self.name}",
                 _preload_content=False,
                 _request_timeout=30,
-            ),
+            )
         )
-        async with response:
-            body: dict[str, Any] = await response.json()
-            if response.status >= 400:
-                raise ApiException(status=response.status, reason=body.get("message"))
         self.reads += 1
         self._resource_version = str(body["metadata"]["resourceVersion"])
         items = body.get("items") or []

@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -259,24 +258,16 @@ class Kube:
             "PersistentVolumeClaim": self.core.patch_namespaced_persistent_volume_claim,
         }
         patch = calls[body["kind"]]
-        response = cast(
-            Any,
-            await patch(
+        await kube.answer_json(  # a refusal's message says why (no secret in a backend)
+            patch(
                 name,
                 namespace,
                 _raw(body),
                 _preload_content=False,
                 _request_timeout=_TIMEOUT_S,
                 **_APPLY,
-            ),
+            )
         )
-        async with response:
-            if response.status >= 400:  # the Status's message says why (no secret in it)
-                try:
-                    message = str((await response.json()).get("message") or response.reason)
-                except (ValueError, aiohttp.ContentTypeError):
-                    message = str(response.reason)
-                raise ApiException(status=response.status, reason=message)
         self.writes["backend"] += 1
 
     async def delete_backend_object(self, kind: str, namespace: str, name: str) -> None:

@@ -21,6 +21,7 @@ from devstack.k8s import nodegpu
 from devstack.k8s.controlplane import ControlPlane
 from devstack.k8s.realnode import RealNode
 from devstack.process import alive
+from rolegate_operator.render.backend import BACKEND_LABEL
 from tests.fixtures.gpu_node import GPUS, backend_deployment
 from tests.fixtures.real_node import HostState, host_state, leftovers, restart_real_node
 
@@ -34,8 +35,8 @@ def apply(plane: ControlPlane, namespace: str, *objects: dict[str, Any]) -> None
     plane.kubectl(["apply", "-f", "-"], namespace=namespace, input=body)
 
 
-def pods(plane: ControlPlane, namespace: str, app: str) -> list[dict[str, Any]]:
-    answer = plane.kubectl(["get", "pods", "-l", f"app={app}", "-o", "json"], namespace=namespace)
+def pods(plane: ControlPlane, namespace: str, selector: str) -> list[dict[str, Any]]:
+    answer = plane.kubectl(["get", "pods", "-l", selector, "-o", "json"], namespace=namespace)
     items: list[dict[str, Any]] = json.loads(answer.stdout)["items"]
     return items
 
@@ -47,16 +48,22 @@ def condition(pod: dict[str, Any], kind: str) -> dict[str, Any]:
     return {}
 
 
-def ready_pod(plane: ControlPlane, namespace: str, app: str, timeout_s: float) -> dict[str, Any]:
-    """Wait until Deployment ``app``'s one pod is Ready (its probes passed); returns it."""
+def backend_pods(plane: ControlPlane, namespace: str, name: str) -> list[dict[str, Any]]:
+    """The pods of :func:`backend_deployment` ``name`` (label ``rolegate.dev/backend``)."""
+    return pods(plane, namespace, f"{BACKEND_LABEL}={name}")
+
+
+def ready_pod(plane: ControlPlane, namespace: str, name: str, timeout_s: float) -> dict[str, Any]:
+    """Wait until backend ``name``'s one pod is Ready (its probes passed); returns it."""
     plane.wait_for(
-        f"pod of {app} Ready",
+        f"pod of {name} Ready",
         lambda: any(
-            condition(p, "Ready").get("status") == "True" for p in pods(plane, namespace, app)
+            condition(p, "Ready").get("status") == "True"
+            for p in backend_pods(plane, namespace, name)
         ),
         timeout_s=timeout_s,
     )
-    (pod,) = pods(plane, namespace, app)
+    (pod,) = backend_pods(plane, namespace, name)
     return pod
 
 
@@ -122,12 +129,12 @@ def test_a_pod_asking_more_gpus_than_the_node_has_stays_pending(
     apply(plane, ns, backend_deployment("greedy", image=vllm_image, model=MODEL, gpus=GPUS + 1))
 
     def unschedulable() -> bool:
-        found = pods(plane, ns, "greedy")
+        found = backend_pods(plane, ns, "greedy")
         scheduled = condition(found[0], "PodScheduled") if found else {}
         return scheduled.get("reason") == "Unschedulable"
 
     plane.wait_for("greedy pod Unschedulable", unschedulable, timeout_s=60)
-    (pod,) = pods(plane, ns, "greedy")
+    (pod,) = backend_pods(plane, ns, "greedy")
     assert pod["status"]["phase"] == "Pending"
     assert "Insufficient nvidia.com/gpu" in condition(pod, "PodScheduled")["message"]
     assert "nodeName" not in pod["spec"]
@@ -178,7 +185,7 @@ def test_the_plugin_registers_again_after_a_kubelet_restart(
     apply(plane, ns, pod)
     plane.wait_for(
         "after-restart Succeeded",
-        lambda: pods(plane, ns, "after-restart")[0]["status"].get("phase") == "Succeeded",
+        lambda: pods(plane, ns, "app=after-restart")[0]["status"].get("phase") == "Succeeded",
         timeout_s=90,
     )
     logs = plane.kubectl(["logs", "after-restart"], namespace=ns).stdout.strip()
