@@ -75,6 +75,9 @@ FIELD_MANAGER: Final = "rolegate-operator"
 PORT_NAME: Final = "http"
 #: Where each engine keeps its models (the cache volume's mount point).
 _MODEL_DIRS: Final = {Binding.VLLM: "/root/.cache/huggingface", Binding.OLLAMA: "/root/.ollama"}
+#: Seconds a deleted pod keeps serving before its engine is stopped (its preStop hook):
+#: longer than an EndpointSlice change takes to reach the gateways.
+_PRE_STOP_S: Final = 10
 #: Seconds between startup probes; the startup budget is this times the failure threshold.
 _STARTUP_PERIOD_S: Final = 10
 
@@ -254,12 +257,18 @@ def deployment(backend: Backend) -> dict[str, Any]:
         "ports": [{"name": PORT_NAME, "containerPort": BACKEND_PORT, "protocol": "TCP"}],
         "volumeMounts": mounts,
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        # A deleted pod keeps serving while the gateways learn from its EndpointSlice that it
+        # is terminating; only then does the engine get SIGTERM (calls sent meanwhile and
+        # calls in flight are answered, not refused or cut).
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(_PRE_STOP_S)]}}},
     }
     if serve.gpus > 0:
         container["resources"] = {"limits": {serve.gpu_resource: str(serve.gpus)}}
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
+        # The preStop wait, then the engine's own shutdown (its calls in flight finish).
+        "terminationGracePeriodSeconds": _PRE_STOP_S + 30,
         "containers": [container],
         "volumes": volumes,
     }
