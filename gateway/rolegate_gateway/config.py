@@ -24,7 +24,12 @@ from rolegate_gateway import errors
 from rolegate_gateway.api import Binding
 
 __all__ = [
+    "API_KEY_DATA_KEY",
+    "API_KEY_LABEL",
     "CONFIG_VERSION",
+    "MIN_API_KEY_CHARS",
+    "ROLES_ANNOTATION",
+    "ApiKey",
     "Backend",
     "Credentials",
     "GatewayConfig",
@@ -32,6 +37,7 @@ __all__ = [
     "RefusedRole",
     "RoleConfig",
     "Upstream",
+    "key_digest",
 ]
 
 #: The version of the wire format; a gateway refuses a config of another version and keeps
@@ -135,6 +141,46 @@ def _canonical(data: dict[str, Any]) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
 
+#: The label that makes a Secret a client API key (value ``"true"``).
+API_KEY_LABEL = "rolegate.dev/api-key"
+#: The key of such a Secret that holds the API key.
+API_KEY_DATA_KEY = "apiKey"
+#: The annotation of such a Secret naming the roles it may call with ``--auth keys``
+#: (``extract,query`` or ``*``); with ``--auth kubernetes`` RBAC decides instead.
+ROLES_ANNOTATION = "rolegate.dev/roles"
+#: Shorter API keys are left out of the config (a short key can be guessed from its hash).
+MIN_API_KEY_CHARS = 16
+
+
+def key_digest(key: str) -> str:
+    """sha256 of an API key (UTF-8), 64 hex digits: what the config holds instead of it.
+
+    A plain hash is enough because keys are long random strings (at least
+    :data:`MIN_API_KEY_CHARS`; ``openssl rand -hex 32`` is the documented way to make one).
+    """
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class ApiKey(_Frozen):
+    """A client API key: a Secret labelled :data:`API_KEY_LABEL`, of which the config holds
+    only the hash. Its identity is the Kubernetes user :attr:`user` (RBAC decides what it
+    may call), or, with ``--auth keys``, :attr:`roles` does."""
+
+    namespace: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="key_digest() of the key.")
+    roles: tuple[str, ...] | None = Field(
+        default=None,
+        description="The roles of the Secret's rolegate.dev/roles annotation ('*': every "
+        "role); None: no annotation. Used by --auth keys only.",
+    )
+
+    @property
+    def user(self) -> str:
+        """The Kubernetes user name of this key: ``rolegate:apikey:<namespace>:<name>``."""
+        return f"rolegate:apikey:{self.namespace}:{self.name}"
+
+
 class RefusedRole(_Frozen):
     """A role of the config this gateway cannot serve: its binding is one it does not know
     (a config written by a newer operator). It is left out; the other roles are served."""
@@ -170,6 +216,9 @@ class GatewayConfig(_Frozen):
         default=(),
         description="Roles left out on reading: their binding is unknown to this gateway.",
     )
+    api_keys: tuple[ApiKey, ...] = Field(
+        default=(), description="Client API keys (hashes only), sorted by namespace/name."
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> GatewayConfig:
@@ -192,7 +241,12 @@ class GatewayConfig(_Frozen):
     def to_wire(self) -> bytes:
         """The config as canonical JSON bytes, secrets included (for the config Secret only);
         refused roles are not part of it."""
-        data = {"version": self.version, "roles": [role.wire() for role in self.roles]}
+        data: dict[str, Any] = {
+            "version": self.version,
+            "roles": [role.wire() for role in self.roles],
+        }
+        if self.api_keys:  # absent when none, so configs without keys hash as before
+            data["api_keys"] = [k.model_dump(mode="json", exclude_none=True) for k in self.api_keys]
         return _canonical(data)
 
     @classmethod
