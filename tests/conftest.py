@@ -13,6 +13,7 @@ from aiohttp import web
 
 from devstack.poll import eventually
 from rolegate_gateway import ManifestsSource, Runtime, create_app, start
+from rolegate_gateway.auth.access import Access
 from rolegate_gateway.settings import ServerSettings
 from tests.fakes.openai_upstream import FakeOpenAI
 
@@ -70,7 +71,8 @@ async def upstream(start_upstream: Callable[..., Awaitable[Upstream]]) -> Upstre
 
 @pytest.fixture
 async def start_gateway() -> AsyncIterator[Callable[..., Awaitable[Gateway]]]:
-    """Factory: ``await start_gateway(manifests_path)`` -> a gateway serving those files."""
+    """Factory: ``await start_gateway(manifests_path)`` -> a gateway serving those files
+    (``access``: makes its client access from its runtime; default open)."""
     runners: list[web.AppRunner] = []
 
     async def factory(
@@ -79,10 +81,12 @@ async def start_gateway() -> AsyncIterator[Callable[..., Awaitable[Gateway]]]:
         env_secrets: bool = False,
         drain_grace_s: float = 15.0,
         settings: ServerSettings | None = None,
+        access: Callable[[Runtime], Access] | None = None,
     ) -> Gateway:
         runtime = Runtime(drain_grace_s=drain_grace_s)
         source = ManifestsSource(manifests, runtime, interval_s=0.05, env_secrets=env_secrets)
-        app = create_app(runtime, source=source, settings=settings)
+        gate = access(runtime) if access is not None else None
+        app = create_app(runtime, source=source, settings=settings, access=gate)
         runner, port = await start(app, host="127.0.0.1", port=0, shutdown_timeout_s=2)
         runners.append(runner)
         return Gateway(f"http://127.0.0.1:{port}", runtime, source, port, app)

@@ -6,8 +6,8 @@ shutdown timeout). Endpoints:
 
 - ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``: ``model`` names
   the role; header ``X-Priority`` (integer, lower first, default 10).
-- ``GET /v1/models``, ``/v1/models/{role}``: one entry per role, binding and model in
-  ``metadata``.
+- ``GET /v1/models``, ``/v1/models/{role}``: one entry per role the caller may use,
+  binding and model in ``metadata``.
 - ``GET /healthz`` (alive), ``/readyz`` (a config is served and not shutting down),
   ``/status`` (JSON, no credentials; a ``serve:`` role's ``backend`` with its ready
   endpoints and their calls in flight), ``/metrics`` (Prometheus text format).
@@ -15,6 +15,10 @@ shutdown timeout). Endpoints:
 The app keeps the :class:`~rolegate_gateway.backends.Backends` it is given (:data:`BACKENDS`)
 in step with every config the runtime applies; it watches backends' EndpointSlices only if
 it was made with ``watch=True`` (the config comes from Kubernetes).
+
+Client access (``rolegate_gateway.auth.access``, ``--auth``): with access on, every
+``/v1`` request is authenticated before its body is read (401) and authorised once its role
+is known (403), before it is queued; the probes, ``/status`` and ``/metrics`` stay open.
 
 Every error is OpenAI's error body with a 4xx/5xx status, malformed HTTP included
 (``rolegate_gateway.server``); request bodies are read and parsed by
@@ -33,12 +37,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, ProcessCollector, generate_latest
 
 from rolegate_gateway import errors, proxy
+from rolegate_gateway.auth.access import Access, Identity
 from rolegate_gateway.backends import Backends
 from rolegate_gateway.intake import Intake
-from rolegate_gateway.keys import GUARD, INTAKE, RUNTIME, SESSION, SOURCE, ConfigSource
+from rolegate_gateway.keys import ACCESS, GUARD, INTAKE, RUNTIME, SESSION, SOURCE, ConfigSource
 from rolegate_gateway.metrics import BackendCollector
 from rolegate_gateway.proxy import forward
-from rolegate_gateway.runtime import Runtime
+from rolegate_gateway.runtime import Role, Runtime
 from rolegate_gateway.server import ConnectionGuard, GuardedRunner
 from rolegate_gateway.settings import ServerSettings
 from rolegate_gateway.translators import Endpoint
@@ -129,14 +134,52 @@ def _priority(request: web.Request) -> int:
         ) from None
 
 
+async def _role(request: web.Request, name: str, identity: Identity | None) -> Role:
+    """The live role ``name``; for an unknown one, the 404 lists only the roles the caller
+    may use (all when access is open).
+
+    Raises:
+        errors.RoleNotFound, errors.RoleNotServed: as ``Runtime.role``.
+        errors.AuthUnavailable: the roles the caller may use could not be reviewed.
+    """
+    runtime = request.app[RUNTIME]
+    try:
+        return runtime.role(name)
+    except errors.RoleNotServed:
+        raise
+    except errors.RoleNotFound:
+        if identity is None:
+            raise
+        roles = (role.config for role in runtime.roles.values())
+        visible = await request.app[ACCESS].visible(identity, roles)
+        raise errors.RoleNotFound(name, visible) from None
+
+
+async def _authorize(request: web.Request, identity: Identity, role: Role) -> None:
+    """Let ``identity`` call ``role``, or raise its 403/503 counted under the role."""
+    try:
+        await request.app[ACCESS].authorize(identity, role.config)
+    except errors.GatewayError as exc:
+        role.wrapper.metrics.request(exc.status, 0.0)
+        role.wrapper.metrics.metrics.client(identity.user, role.config, exc.status, None)
+        raise _Routed(exc) from exc
+    if role.wrapper.metrics.metrics.client_requests is not None:
+        request[proxy.CLIENT_KEY] = identity.user
+
+
 def _proxy(endpoint: Endpoint) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
+        access = request.app[ACCESS]
+        # Before the body is read: an unknown client costs no body budget or parsing.
+        identity = await access.identify(request.headers) if access.enabled else None
         intake = request.app[INTAKE]
         raw, reserved = await intake.read(request)
         try:
             payload = await intake.parse(raw)
             del raw  # the payload holds what is needed; a large body is not kept twice
-            role = request.app[RUNTIME].role(payload.model)
+            role = await _role(request, payload.model, identity)
+            if identity is not None:
+                await _authorize(request, identity, role)
             priority = _priority(request)
             try:
                 response = await forward(
@@ -194,13 +237,23 @@ def _model_entry(runtime: Runtime, name: str) -> dict[str, Any]:
 
 
 async def _models(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME]
-    data = [_model_entry(runtime, name) for name in sorted(runtime.roles)]
+    runtime, access = request.app[RUNTIME], request.app[ACCESS]
+    if access.enabled:
+        identity = await access.identify(request.headers)
+        names = await access.visible(identity, (r.config for r in runtime.roles.values()))
+    else:
+        names = sorted(runtime.roles)
+    data = [_model_entry(runtime, name) for name in names]
     return web.json_response({"object": "list", "data": data})
 
 
 async def _model(request: web.Request) -> web.Response:
-    return web.json_response(_model_entry(request.app[RUNTIME], request.match_info["role"]))
+    runtime, access = request.app[RUNTIME], request.app[ACCESS]
+    name = request.match_info["role"]
+    if access.enabled:
+        identity = await access.identify(request.headers)
+        await access.authorize(identity, (await _role(request, name, identity)).config)
+    return web.json_response(_model_entry(runtime, name))
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -227,6 +280,7 @@ async def _readyz(request: web.Request) -> web.Response:
 async def _status(request: web.Request) -> web.Response:
     runtime, backends = request.app[RUNTIME], request.app[BACKENDS]
     document = runtime.status()
+    document["access"] = request.app[ACCESS].status()
     for name, entry in document["roles"].items():
         role = runtime.roles.get(name)
         backend = role.config.upstream.backend if role is not None else None
@@ -316,6 +370,12 @@ async def _supervise(source: ConfigSource, runtime: Runtime) -> None:
         runtime.source_restarted()
 
 
+async def _access_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Client access: its API client (if any) is closed at cleanup."""
+    yield
+    await app[ACCESS].close()
+
+
 async def _intake_ctx(app: web.Application) -> AsyncIterator[None]:
     """The body reader; its worker processes (if any were started) stop at cleanup."""
     yield
@@ -332,9 +392,11 @@ def create_app(
     source: ConfigSource | None = None,
     settings: ServerSettings | None = None,
     backends: Backends | None = None,
+    access: Access | None = None,
 ) -> web.Application:
     """The gateway app serving ``runtime``, fed by ``source`` (none: apply configs yourself),
-    with the client limits of ``settings`` (default: :class:`ServerSettings`' defaults).
+    with the client limits of ``settings`` (default: :class:`ServerSettings`' defaults)
+    and the client ``access`` (default: open to every client).
 
     ``backends``: where ``serve:`` roles' calls go; pass ``Backends(watch=True, ...)`` when
     the config comes from Kubernetes (default: nothing watched, calls go to each role's
@@ -348,11 +410,16 @@ def create_app(
     app[BACKENDS] = backends = backends or Backends()
     if source is not None:
         app[SOURCE] = source
+    app[ACCESS] = access = access or Access()
+    runtime.listeners.append(access.sync)  # before the source: its first config has keys
+    if runtime.config is not None:
+        access.sync(runtime.config)
     ProcessCollector(namespace="rolegate", registry=runtime.registry)
     runtime.registry.register(BackendCollector(backends.ready_counts))
     app.cleanup_ctx.append(_session_ctx)
     app.cleanup_ctx.append(_backends_ctx)
     app.cleanup_ctx.append(_source_ctx)
+    app.cleanup_ctx.append(_access_ctx)
     app.cleanup_ctx.append(_intake_ctx)
     app.on_shutdown.append(_stop_admitting)
     app.router.add_post("/v1/chat/completions", _proxy(Endpoint.CHAT_COMPLETIONS))

@@ -8,6 +8,11 @@ OpenAI's error body ``{"error": {"message", "type", "param", "code"}}``
     ├── InvalidRequest            400 invalid_request_error
     │   ├── RequestTimeout        408 code request_timeout (the body did not arrive in time)
     │   └── RequestTooLarge       413 code request_too_large
+    ├── Unauthenticated           401 invalid_request_error, code invalid_api_key (no token,
+    │                                 or one that is neither a valid Kubernetes token nor a key)
+    ├── PermissionDenied          403 invalid_request_error, code permission_denied (RBAC)
+    ├── AuthUnavailable           503 service_unavailable, code auth_unavailable (no review
+    │                                 could be had: fail closed)
     ├── RoleNotFound              404 invalid_request_error, code model_not_found
     │   └── RoleNotServed         404 the same, for a role whose binding this gateway lacks
     ├── QueueFull                 429 rate_limit_exceeded (queue full or wait exceeded)
@@ -40,17 +45,20 @@ import aiohttp
 from pydantic import ValidationError
 
 __all__ = [
+    "AuthUnavailable",
     "BackendNotReady",
     "ConfigError",
     "Draining",
     "GatewayError",
     "InternalError",
     "InvalidRequest",
+    "PermissionDenied",
     "QueueFull",
     "RequestTimeout",
     "RequestTooLarge",
     "RoleNotFound",
     "RoleNotServed",
+    "Unauthenticated",
     "UpstreamError",
     "UpstreamStatusError",
     "UpstreamTimeout",
@@ -112,6 +120,45 @@ class RequestTooLarge(InvalidRequest):
 
     status = 413
     code = "request_too_large"
+
+
+class Unauthenticated(GatewayError):
+    """The client sent no bearer token, or one the gateway does not accept (OpenAI's own
+    answer to a bad key: 401 ``invalid_api_key``)."""
+
+    status = 401
+    type_ = "invalid_request_error"
+    code = "invalid_api_key"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="rolegate"'}
+
+
+class PermissionDenied(GatewayError):
+    """The client's identity may not call the role (RBAC verb ``use`` on its LLMRole, or
+    an API key's ``rolegate.dev/roles``); the message names both, never the token."""
+
+    status = 403
+    type_ = "invalid_request_error"
+    code = "permission_denied"
+
+
+class AuthUnavailable(GatewayError):
+    """The client's access could not be checked (the Kubernetes API is unreachable) and no
+    unexpired decision is held: refused, never let through."""
+
+    status = 503
+    type_ = "service_unavailable"
+    code = "auth_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 class RoleNotFound(GatewayError):

@@ -7,11 +7,12 @@ from typing import Protocol
 import aiohttp
 from aiohttp import web
 
+from rolegate_gateway.auth.access import Access
 from rolegate_gateway.intake import Intake
 from rolegate_gateway.runtime import Runtime
 from rolegate_gateway.server import ConnectionGuard
 
-__all__ = ["GUARD", "INTAKE", "RUNTIME", "SESSION", "SOURCE", "ConfigSource"]
+__all__ = ["ACCESS", "GUARD", "INTAKE", "RUNTIME", "SESSION", "SOURCE", "ConfigSource"]
 
 
 class ConfigSource(Protocol):
@@ -35,3 +36,4 @@ SESSION = web.AppKey("session", aiohttp.ClientSession)
 SOURCE = web.AppKey("source", ConfigSource)
 INTAKE = web.AppKey("intake", Intake)
 GUARD = web.AppKey("guard", ConnectionGuard)
+ACCESS = web.AppKey("access", Access)

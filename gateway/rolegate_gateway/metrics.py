@@ -1,9 +1,10 @@
 """Prometheus metrics, all prefixed ``rolegate_``, in a registry of the gateway's own.
 
 Owns the metric families and the per-role label sets. Labels are role, namespace,
-binding and model — never a credential or a prompt. Gauges of queue depth and calls in
-flight are read from the role queues at scrape time, so the request path pays nothing
-for them.
+binding and model — never a credential or a prompt. A client's identity is a label only
+with ``--metrics-client-label`` (:meth:`Metrics.count_clients`), in families of its own.
+Gauges of queue depth and calls in flight are read from the role queues at scrape time, so
+the request path pays nothing for them.
 """
 
 from __future__ import annotations
@@ -209,8 +210,52 @@ class Metrics:
             ["hash", "roles"],
             registry=registry,
         )
+        self.auth = Counter(
+            "rolegate_auth",
+            "Client access decisions: allowed, denied (403), unauthenticated (401), "
+            "unavailable (503: the Kubernetes API could not review the client).",
+            ["result"],
+            registry=registry,
+        )
+        #: Per-client families, made by :meth:`count_clients` (opt-in).
+        self.client_requests: Counter | None = None
+        self.client_tokens: Counter | None = None
         registry.register(_QueueCollector(roles))
         self._used: dict[tuple[str, ...], set[tuple[str, str]]] = {}
+
+    def auth_result(self, result: str) -> None:
+        """Count one client access decision (``rolegate_auth_total{result}``)."""
+        self.auth.labels(result).inc()
+
+    def count_clients(self) -> None:
+        """Add the per-client families (``--metrics-client-label``), for cost attribution:
+        ``rolegate_client_requests_total{client,role,namespace,code}`` and
+        ``rolegate_client_tokens_total{client,role,namespace,type}``. ``client`` is the
+        caller's Kubernetes user name (a ServiceAccount's, or ``rolegate:apikey:NS:NAME``):
+        one series per client and role, so keep it off where clients are many."""
+        self.client_requests = Counter(
+            "rolegate_client_requests",
+            "Requests answered per client identity and role, by HTTP status code.",
+            ["client", "role", "namespace", "code"],
+            registry=self.registry,
+        )
+        self.client_tokens = Counter(
+            "rolegate_client_tokens",
+            "Tokens per client identity and role, by type: prompt, completion, cached.",
+            ["client", "role", "namespace", "type"],
+            registry=self.registry,
+        )
+
+    def client(self, client: str, role: RoleConfig, code: int, usage: Usage | None) -> None:
+        """Count one answered request of ``client`` on ``role`` (with its tokens), when
+        :meth:`count_clients` was called."""
+        if self.client_requests is None or self.client_tokens is None:
+            return
+        self.client_requests.labels(client, role.name, role.namespace, str(code)).inc()
+        if usage is not None:
+            for kind, count in zip(("prompt", "completion", "cached"), usage, strict=True):
+                if count:
+                    self.client_tokens.labels(client, role.name, role.namespace, kind).inc(count)
 
     def for_role(self, role: RoleConfig) -> RoleMetrics:
         """Metrics bound to one role's labels."""

@@ -54,13 +54,17 @@ from rolegate_gateway.runtime import Call, Role, RoleWrapper
 from rolegate_gateway.translators import Endpoint, Translator, upstream_errors
 from rolegate_gateway.translators.base import UpstreamRequest
 
-__all__ = ["WRITE_TIMEOUT_S", "forward"]
+__all__ = ["CLIENT_KEY", "WRITE_TIMEOUT_S", "forward"]
 
 log = logging.getLogger(__name__)
 
 #: Seconds one write to a streaming client may block (the client not reading) before the
 #: client counts as gone. Read at each call, so tests may lower it.
 WRITE_TIMEOUT_S = 30.0
+
+#: The request's key holding its client's identity (a user name) when the gateway counts
+#: per client (``--metrics-client-label``); absent otherwise.
+CLIENT_KEY = web.RequestKey("client", str)
 
 _CLIENT_CLOSED = 499  # nginx's code for a request the client abandoned, for metrics only
 
@@ -178,6 +182,9 @@ async def forward(
         now = loop.time()
         queue.release(now - admitted)
         wrapper.metrics.request(code, now - started)
+        client = request.get(CLIENT_KEY)
+        if client is not None:
+            wrapper.metrics.metrics.client(client, wrapper.config, code, call.usage)
 
 
 def _record_failure(wrapper: RoleWrapper, exc: errors.GatewayError) -> None:
@@ -312,6 +319,7 @@ async def _exchange(
                         await send(response.write_eof())
                         if translator.usage is not None:
                             wrapper.metrics.tokens(translator.usage)
+                            call.usage = translator.usage
                         if translator.failure is not None:
                             raise _StreamBroken(translator.failure, response)
                         return response
@@ -327,6 +335,7 @@ async def _exchange(
                         answer = await _whole(role, translator, up)
                 if translator.usage is not None:
                     wrapper.metrics.tokens(translator.usage)
+                    call.usage = translator.usage
                 return web.Response(
                     status=head.status,
                     body=answer,

@@ -41,6 +41,7 @@ from rolegate_gateway.config import GatewayConfig, RefusedRole, RoleConfig
 from rolegate_gateway.metrics import Metrics, RoleMetrics, role_labels
 from rolegate_gateway.queue import RoleQueue
 from rolegate_gateway.scrub import Scrubber
+from rolegate_gateway.translators.base import Usage
 
 __all__ = ["Call", "ReloadReport", "Role", "RoleWrapper", "Runtime", "public_origin"]
 
@@ -63,11 +64,13 @@ def public_url(url: str) -> str:
 
 @dataclass(slots=True, eq=False)
 class Call:
-    """One upstream call in flight: its timeout handle and drain deadline (loop time)."""
+    """One upstream call in flight: its timeout handle and drain deadline (loop time), and
+    the answer's tokens once known."""
 
     timeout: asyncio.Timeout | None = None
     cap: float = math.inf
     drained: bool = False
+    usage: Usage | None = None
 
     def limit(self, when: float) -> None:
         """Reschedule the call's timeout to ``when``, never past its drain deadline."""
