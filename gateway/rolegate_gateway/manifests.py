@@ -4,6 +4,12 @@ Owns reading a file or directory of (multi-document) YAML — exactly what one w
 ``kubectl apply`` — into a :class:`GatewayConfig`, and :class:`ManifestsSource`, which
 polls the files and feeds ``Runtime.apply`` on change. Every error names the file, the
 document's kind and namespace/name, and the field.
+
+A Secret labelled ``rolegate.dev/api-key: "true"`` is a client API key (see
+:mod:`rolegate_gateway.apikeys`): only its hash goes into the config, and its ``apiKey`` is
+no role's credential. One whose key is missing, not base64 UTF-8 or too short is left out
+with a WARNING naming the file and document (never the key), so one bad key does not stop
+a config from loading.
 """
 
 from __future__ import annotations
@@ -24,9 +30,9 @@ import yaml
 import yaml.reader
 from pydantic import ValidationError
 
-from rolegate_gateway import errors, roles
+from rolegate_gateway import apikeys, errors, roles
 from rolegate_gateway.api import API_VERSION, KIND, LLMRole
-from rolegate_gateway.config import Credentials, GatewayConfig
+from rolegate_gateway.config import API_KEY_DATA_KEY, ApiKey, Credentials, GatewayConfig
 
 __all__ = ["ConfigSink", "ManifestsSource", "env_var_name", "load_manifests"]
 
@@ -180,13 +186,16 @@ def _reader(exc: yaml.reader.ReaderError, text: str) -> str:
     return f"unacceptable character #x{exc.character:04x}{where}: {exc.reason}"
 
 
-def _secret_data(doc: _Doc) -> dict[str, str]:
-    """A Secret's keys, ``data`` base64-decoded and ``stringData`` winning, as the API does."""
+def _secret_data(doc: _Doc, *, skip: str | None = None) -> dict[str, str]:
+    """A Secret's keys, ``data`` base64-decoded and ``stringData`` winning, as the API does;
+    without the key ``skip`` (the ``apiKey`` of a client API-key Secret: read apart)."""
     out: dict[str, str] = {}
     data = doc.body.get("data") or {}
     string_data = doc.body.get("stringData") or {}
     if not isinstance(data, dict) or not isinstance(string_data, dict):
         raise errors.ConfigError(f"{doc.where()}: data and stringData must be mappings")
+    data = {k: v for k, v in data.items() if k != skip}
+    string_data = {k: v for k, v in string_data.items() if k != skip}
     for key, value in data.items():
         try:
             out[str(key)] = base64.b64decode(str(value), validate=True).decode()
@@ -207,6 +216,12 @@ def load_manifests(
     the environment variable :func:`env_var_name` when that is set (and wins over the
     manifest), so local runs need no key on disk.
 
+    A Secret labelled ``rolegate.dev/api-key: "true"`` becomes a client API key of
+    :attr:`GatewayConfig.api_keys` (its hash, roles from ``rolegate.dev/roles``; with
+    ``env_secrets`` the variable for (its name, ``apiKey``) wins here too). One whose key
+    is missing, undecodable, empty or shorter than ``MIN_API_KEY_CHARS`` is left out and
+    logged (WARNING: file, document, reason; never the key).
+
     Raises:
         errors.ConfigError: an unreadable or non-UTF-8 file, invalid YAML (file, line and
             column, never the line's text), an invalid LLMRole, a missing Secret or key,
@@ -216,13 +231,19 @@ def load_manifests(
     env = os.environ if environ is None else environ
     docs = _documents(_files(path))
     secrets: dict[tuple[str, str], tuple[_Doc, dict[str, str]]] = {}
+    api_keys: dict[tuple[str, str], ApiKey | None] = {}
     llmroles: list[tuple[_Doc, LLMRole]] = []
     for doc in docs:
         kind, api_version = doc.body.get("kind"), doc.body.get("apiVersion")
         if kind == "Secret" and api_version == "v1":
             meta = doc.body.get("metadata") or {}
             key = (str(meta.get("namespace", "default")), str(meta.get("name", "")))
-            secrets[key] = (doc, _secret_data(doc))
+            client_key = apikeys.is_api_key(meta.get("labels") if isinstance(meta, dict) else None)
+            secrets[key] = (doc, _secret_data(doc, skip=API_KEY_DATA_KEY if client_key else None))
+            if client_key:
+                api_keys[key] = _api_key(doc, key, env if env_secrets else None)
+            else:
+                api_keys.pop(key, None)  # a later document of the same Secret wins
         elif kind == KIND:
             if api_version != API_VERSION:
                 raise errors.ConfigError(
@@ -241,10 +262,33 @@ def load_manifests(
             configs.append(roles.role_config(role, creds))
         except ValueError as exc:
             raise errors.ConfigError(f"{doc.where()}: {exc}") from exc
+    keys = tuple(v for _, v in sorted(api_keys.items()) if v is not None)
     try:
-        return GatewayConfig(roles=tuple(configs))
+        return GatewayConfig(roles=tuple(configs), api_keys=keys)
     except ValidationError as exc:
         raise errors.ConfigError(errors.describe_validation(exc, str(path))) from exc
+
+
+def _api_key(doc: _Doc, key: tuple[str, str], env: Mapping[str, str] | None) -> ApiKey | None:
+    """The client API key of a labelled Secret document ``key`` (namespace, name), or None
+    (logged) when it is none. With ``env``, its variable for ``apiKey`` wins."""
+    meta = doc.body.get("metadata")
+    string_data = doc.body.get("stringData")
+    if env is not None:
+        value = env.get(env_var_name(key[1], API_KEY_DATA_KEY))
+        if value:
+            given = string_data if isinstance(string_data, dict) else {}
+            string_data = {**given, API_KEY_DATA_KEY: value}
+    found = apikeys.api_key_from(
+        *key,
+        annotations=meta.get("annotations") if isinstance(meta, dict) else None,
+        data=doc.body.get("data"),
+        string_data=string_data,
+    )
+    if isinstance(found, str):
+        log.warning("%s: API key left out of the config: %s", doc.where(), found)
+        return None
+    return found
 
 
 def _check_unique(llmroles: Iterable[tuple[_Doc, LLMRole]]) -> None:

@@ -1,11 +1,12 @@
 """The kopf handlers: the only module with ``@kopf`` decorators, each handler thin.
 
-The operator's view of every LLMRole and every Secret's role-related keys is the
-reconciler's :class:`~rolegate_operator.store.Store`: the event handlers record each watch
-event in it and wake the :class:`~rolegate_operator.reconcile.Reconciler`, which writes the
-config Secret, statuses and Events, and which also replaces the store from fresh lists of
-the API (its first pass, every resync, and after a watch listed anew), because kopf's
-relisting after a watch gap never reports what was deleted meanwhile. No kopf index is
+The operator's view of every LLMRole, every Secret's role-related keys and every client API
+key (its hash) is the reconciler's :class:`~rolegate_operator.store.Store`: the event
+handlers record each watch event in it and wake the
+:class:`~rolegate_operator.reconcile.Reconciler`, which writes the config Secret, statuses
+and Events, and which also replaces the store from fresh lists of the API (its first pass,
+every resync, and after a watch listed anew), because kopf's relisting after a watch gap
+never reports what was deleted meanwhile. No kopf index is
 used: an index has the same blind spot, and kopf would hold every handler until its first
 listing, which with no object at all is never "done" for an empty install.
 
@@ -178,8 +179,9 @@ async def role_changed(memo: kopf.Memo, type: str | None, body: kopf.Body, **_: 
 
 @kopf.on.event("", "v1", "secrets")
 async def secret_changed(memo: kopf.Memo, type: str | None, body: kopf.Body, **_: Any) -> None:
-    """A Secret was listed, appeared, changed or went: record its role-related keys, and
-    reconcile when some role references it or it is the config Secret."""
+    """A Secret was listed, appeared, changed or went: record its role-related keys and, if
+    it is labelled as a client API key, the key's hash; reconcile when some role references
+    it, it is or was an API key, or it is the config Secret."""
     reconciler: Reconciler | None = getattr(memo, "reconciler", None)
     if reconciler is not None:
         reconciler.secret_event(type, body)

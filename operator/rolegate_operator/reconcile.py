@@ -1,8 +1,9 @@
 """The one idempotent reconcile: every LLMRole -> the gateway's config Secret and statuses.
 
-The gateway's config is one Secret holding all its roles, so every change (a role created,
-edited, deleted or resumed after a restart; a referenced Secret changed) asks for the same
-thing: render the whole config from what the operator sees, then write only what differs:
+The gateway's config is one Secret holding all its roles and client API keys, so every
+change (a role created, edited, deleted or resumed after a restart; a referenced Secret
+changed; an API-key Secret created, rotated, unlabelled or deleted) asks for the same thing:
+render the whole config from what the operator sees, then write only what differs:
 
 1. the config Secret, when its content differs from the rendered config;
 2. each role's status, when it differs from the rendered one (``lastTransitionTime``
@@ -51,17 +52,17 @@ from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from rolegate_gateway import errors
+from rolegate_gateway import apikeys, errors
 from rolegate_gateway.api import ConditionStatus
-from rolegate_gateway.config import GatewayConfig
+from rolegate_gateway.config import API_KEY_DATA_KEY, ApiKey, GatewayConfig
 from rolegate_gateway.kube import API_ERRORS, CONFIG_KEY, describe, log_failure, unavailable
 from rolegate_gateway.roles import SECRET_KEYS
 from rolegate_operator import backends, render
 from rolegate_operator.apply import Kube
 from rolegate_operator.settings import Settings
-from rolegate_operator.store import Store, key_of, resource_version, version_of
+from rolegate_operator.store import ApiKeyEntry, Key, Store, key_of, resource_version, version_of
 
-__all__ = ["Pass", "Reconciler", "role_object", "secret_keys"]
+__all__ = ["Pass", "Reconciler", "api_key_entry", "role_object", "secret_keys"]
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +86,32 @@ def secret_keys(body: Mapping[str, Any]) -> dict[str, str]:
     """The role-related keys of a raw Secret, decoded (``data`` is base64, per the API).
 
     Keys that are not valid base64 UTF-8 are left out (the role then reports KeyMissing).
+    So is the ``apiKey`` of a client API-key Secret (:func:`api_key_entry`): the operator
+    keeps no client key, and a client's key is never sent upstream as a role's.
     """
     out = {}
+    client_key = apikeys.is_api_key((body.get("metadata") or {}).get("labels"))
     for key, value in (body.get("data") or {}).items():
-        if key in SECRET_KEYS:
+        if key in SECRET_KEYS and not (client_key and key == API_KEY_DATA_KEY):
             try:
                 out[key] = base64.b64decode(value, validate=True).decode()
             except (binascii.Error, UnicodeDecodeError, TypeError):
                 continue
     return out
+
+
+def api_key_entry(body: Mapping[str, Any]) -> ApiKeyEntry:
+    """A raw Secret as a client API key: its :class:`ApiKey` (the hash of the key) when it
+    is labelled ``rolegate.dev/api-key: "true"`` and its ``apiKey`` is valid, the reason it
+    is none when labelled but not valid (see :func:`rolegate_gateway.apikeys.api_key_from`),
+    None when not labelled."""
+    meta = body.get("metadata") or {}
+    if not apikeys.is_api_key(meta.get("labels")):
+        return None
+    namespace, name = key_of(body)
+    return apikeys.api_key_from(
+        namespace, name, annotations=meta.get("annotations"), data=body.get("data")
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +137,16 @@ class _Written:
     behind: frozenset[str]
     version: str
     status: dict[str, Any]
+
+
+def _left_out(key: Key, reason: ApiKeyEntry) -> None:
+    """Say that the labelled Secret ``key`` is no API key, and why (never its value)."""
+    log.warning(
+        "API key Secret %s/%s is left out of the gateway config: %s",
+        *key,
+        reason,
+        extra={"secret": f"{key[0]}/{key[1]}"},
+    )
 
 
 def _not_written(exc: BaseException, namespace: str, name: str) -> render.Check:
@@ -181,20 +209,51 @@ class Reconciler:
         self.wake()
 
     def secret_event(self, kind: str | None, body: Mapping[str, Any]) -> None:
-        """Record a watch event of a Secret (only its role-related keys are kept) and wake
-        when some role references it, when it is the config Secret (edited or deleted by
-        hand: put it right), or when it was listed anew (``kind`` None: as
-        :meth:`role_event`)."""
+        """Record a watch event of a Secret (only its role-related keys, and the hash of a
+        client API key, are kept) and wake when some role references it, when it is the
+        config Secret (edited or deleted by hand: put it right), when it is or was a client
+        API key (new, rotated, unlabelled, deleted), or when it was listed anew (``kind``
+        None: as :meth:`role_event`). A labelled Secret that is no valid key is logged
+        (WARNING, without its value) once per change."""
         key, version = key_of(body), version_of(body)
+        held = self.store.api_keys.get(key)
         if kind == "DELETED":
             self.store.secrets.delete(key, version)
+            self.store.api_keys.delete(key, version)
+            entry: ApiKeyEntry = None
         else:
             self.store.secrets.put(key, version, secret_keys(body))
+            entry = api_key_entry(body)
+            new = self._new_refusal(key, version, entry)
+            if self.store.api_keys.put(key, version, entry) and new:
+                _left_out(key, entry)
         if kind is None:
             self.store.stale = True
             self.wake()
-        elif key == self.settings.config_secret or self.references(*key):
+        elif (
+            key == self.settings.config_secret
+            or isinstance(held, ApiKey)
+            or isinstance(entry, ApiKey)
+            or self.references(*key)
+        ):
             self.wake()
+
+    def _new_refusal(self, key: Key, version: int, entry: ApiKeyEntry) -> bool:
+        """True when ``entry`` is a reason the Secret ``key`` is no API key that the store
+        does not hold yet at ``version`` (an event and then a fresh list of the same
+        Secret version: said once)."""
+        return isinstance(entry, str) and self.store.api_keys.entries.get(key) != (version, entry)
+
+    def _api_keys_listed(self, secrets: list[dict[str, Any]]) -> list[tuple[Key, int, ApiKeyEntry]]:
+        """The listed Secrets as client API keys (for :meth:`Section.replace`); logs the
+        reasons not said before."""
+        out = []
+        for body in secrets:
+            key, version, entry = key_of(body), version_of(body), api_key_entry(body)
+            if self._new_refusal(key, version, entry):
+                _left_out(key, entry)
+            out.append((key, version, entry))
+        return out
 
     def backend_event(self, namespace: str) -> None:
         """A backend's Deployment, pod or claim in ``namespace`` changed: reconcile (its
@@ -223,6 +282,11 @@ class Reconciler:
                 )
                 self.store.secrets.replace(
                     ((key_of(b), version_of(b), secret_keys(b)) for b in secrets),
+                    resource_version(secrets_version),
+                    namespace=namespace,
+                )
+                self.store.api_keys.replace(
+                    self._api_keys_listed(secrets),
                     resource_version(secrets_version),
                     namespace=namespace,
                 )
@@ -260,6 +324,7 @@ class Reconciler:
             objects,
             self.store.secret_data(),
             config_secret=self.settings.config_secret_ref,
+            api_keys=self.store.api_key_list(),
             backends=backends.states(live, self.backends.refused) if live is not None else None,
             previous=served[1],
         )
@@ -400,10 +465,11 @@ class Reconciler:
             return False
         await self.kube.write_secret(body, current=current)
         log.info(
-            "wrote gateway config %s/%s: %d roles, hash %s",
+            "wrote gateway config %s/%s: %d roles, %d API keys, hash %s",
             ns,
             name,
             len(rendered.config.roles),
+            len(rendered.config.api_keys),
             rendered.config.hash,
             extra={"config_hash": rendered.config.hash},
         )

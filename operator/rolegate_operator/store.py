@@ -1,5 +1,6 @@
-"""What the operator sees: every LLMRole and every Secret's role-related keys, kept current by
-watch events and made true again by fresh lists from the API.
+"""What the operator sees: every LLMRole, every Secret's role-related keys and every client
+API key (its hash only), kept current by watch events and made true again by fresh lists from
+the API.
 
 kopf's watch keeps this view current between lists, but a watch can have gaps: after an API
 server restart, or when the resourceVersion it resumes from fell out of the server's window
@@ -23,11 +24,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-__all__ = ["Key", "Section", "Store", "resource_version"]
+from rolegate_gateway.config import ApiKey
+
+__all__ = ["ApiKeyEntry", "Key", "Section", "Store", "resource_version"]
 
 #: (namespace, name) of an object.
 Key = tuple[str, str]
 _V = TypeVar("_V")
+#: What the store holds of one Secret as a client API key: its :class:`ApiKey` (the hash,
+#: never the key), the reason a labelled Secret is no key (for a log line once per change),
+#: or None: not labelled as one.
+ApiKeyEntry = ApiKey | str | None
 
 
 def resource_version(value: object) -> int:
@@ -126,7 +133,9 @@ class Section(Generic[_V]):
 
 @dataclass(slots=True)
 class Store:
-    """The operator's view: raw LLMRoles, and each Secret's decoded role-related keys.
+    """The operator's view: raw LLMRoles, each Secret's decoded role-related keys (but not
+    the ``apiKey`` of a client API-key Secret), and each Secret as a client API key
+    (:data:`ApiKeyEntry`; both sections are fed by the same events and lists).
 
     ``stale`` is True until a fresh list has been applied, and again whenever a watch lists
     anew (kopf's listing events), which is the sign of a gap in the watch.
@@ -134,6 +143,7 @@ class Store:
 
     roles: Section[dict[str, Any]] = field(default_factory=Section)
     secrets: Section[dict[str, str]] = field(default_factory=Section)
+    api_keys: Section[ApiKeyEntry] = field(default_factory=Section)
     stale: bool = True
 
     def role_bodies(self) -> list[dict[str, Any]]:
@@ -143,3 +153,8 @@ class Store:
     def secret_data(self) -> dict[Key, dict[str, str]]:
         """(namespace, name) -> decoded role-related keys, of every Secret held."""
         return {key: value for key, (_, value) in self.secrets.entries.items()}
+
+    def api_key_list(self) -> tuple[ApiKey, ...]:
+        """Every client API key held, sorted by (namespace, name)."""
+        keys = [v for v in self.api_keys.values() if isinstance(v, ApiKey)]
+        return tuple(sorted(keys, key=lambda k: (k.namespace, k.name)))

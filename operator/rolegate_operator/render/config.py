@@ -3,7 +3,8 @@
 Pure: typed values in, typed values out; no I/O, no kopf, no clock. Each role gets an
 :class:`Outcome` (the checks behind its conditions, and its :class:`RoleConfig` when it can
 be served). A role with a problem is left out of the config; the other roles are not
-affected by it.
+affected by it. The client API keys (hashes, read from their Secrets by the caller) go into
+the config beside the roles, and change no role's hash.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from rolegate_gateway.api import (
     LLMRole,
     LLMRoleSpec,
 )
-from rolegate_gateway.config import Backend, Credentials, GatewayConfig, RoleConfig
+from rolegate_gateway.config import ApiKey, Backend, Credentials, GatewayConfig, RoleConfig
 from rolegate_gateway.translators import SUPPORTED_BINDINGS
 from rolegate_operator.render import backend, backend_status
 from rolegate_operator.render.check import Check
@@ -265,6 +266,7 @@ def render(
     config_secret: str,
     backends: Mapping[tuple[str, str], backend_status.BackendState] | None = None,
     previous: GatewayConfig | None = None,
+    api_keys: Iterable[ApiKey] = (),
 ) -> Rendered:
     """The gateway config for ``objects``, the outcome of each role and the backends wanted.
 
@@ -279,6 +281,9 @@ def render(
     has it) until the new one is available (``RollingOut``). ``backends`` None: they could
     not be read, so each ``serve:`` role keeps its entry of ``previous`` (``BackendUnknown``).
     Roles sharing a backend may ask for different ``serve.replicas``: the most wins.
+
+    ``api_keys`` are the client API keys (hashes only; see ``rolegate_gateway.apikeys``):
+    the config's :attr:`GatewayConfig.api_keys`, sorted by (namespace, name).
 
     Role names are unique in a gateway: of two roles with one name (in two namespaces) the
     older one owns the name, served or not, and the other reports ``DuplicateRole``; so a
@@ -299,4 +304,6 @@ def render(
             outcome = Outcome(obj, outcome.credentials, _false("DuplicateRole", message))
         outcomes.append(outcome)
     configs = sorted((o.config for o in outcomes if o.config), key=lambda c: c.name)
-    return Rendered(GatewayConfig(roles=tuple(configs)), tuple(outcomes), _backends(outcomes))
+    keys = tuple(sorted(api_keys, key=lambda k: (k.namespace, k.name)))
+    config = GatewayConfig(roles=tuple(configs), api_keys=keys)
+    return Rendered(config, tuple(outcomes), _backends(outcomes))
