@@ -142,11 +142,12 @@ def start_rolegate(
     reload_interval_s: float = 1.0,
     timeout_s: float = 60,
     src: Path | None = None,
+    extra: Sequence[str] = (),
 ) -> Process:
-    """``rolegate-gateway --manifests FILE --host 127.0.0.1 --port 0``; ready when /readyz
-    answers 200. With ``src`` (another rolegate checkout, e.g. a ``git worktree`` of an
-    older commit): that checkout's gateway, ``python -m rolegate_gateway`` with
-    ``PYTHONPATH=src/gateway``, in this virtualenv.
+    """``rolegate-gateway --manifests FILE --host 127.0.0.1 --port 0`` (and ``extra``
+    flags); ready when /readyz answers 200. With ``src`` (another rolegate checkout, e.g.
+    a ``git worktree`` of an older commit): that checkout's gateway,
+    ``python -m rolegate_gateway`` with ``PYTHONPATH=src/gateway``, in this virtualenv.
 
     Raises:
         devstack.process.ProcessDied, devstack.process.NotReady: it did not start (the
@@ -163,6 +164,7 @@ def start_rolegate(
         "0",
         "--reload-interval",
         str(reload_interval_s),
+        *extra,
     ]
     return spawn(
         "rolegate",

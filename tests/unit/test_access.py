@@ -228,3 +228,11 @@ async def test_caches_are_bounded() -> None:
         with pytest.raises(errors.Unauthenticated):
             await access.identify(headers(f"garbage-{n}"))
     assert len(access.tokens) <= 10
+
+
+def test_the_benchmark_measures_both_cached_paths() -> None:
+    from bench.access import cached_path_us
+
+    cost = cached_path_us(EXTRACT, calls=20)
+    assert set(cost) == {"keys", "kubernetes"}
+    assert all(0 < us < 10_000 for us in cost.values())
