@@ -210,6 +210,25 @@ def test_render_puts_the_hashes_beside_the_roles_and_no_role_hash_moves() -> Non
     assert b"api_keys" not in without.config.to_wire()
 
 
+def test_a_role_whose_secret_is_a_client_key_says_why_it_has_no_key() -> None:
+    role = render.RoleObject(
+        "team",
+        "extract",
+        "uid-x",
+        1,
+        "2026-11-21T10:00:00Z",
+        {"binding": "openai", "model": "m", "credentials": {"secretRef": {"name": "app"}}},
+        {},
+    )
+    keys = [ApiKey(namespace="team", name="app", sha256=key_digest(CLIENT_KEY))]
+    rendered = render.render([role], {("team", "app"): {}}, config_secret="rg/cfg", api_keys=keys)
+    outcome = rendered.outcomes[0]
+    assert outcome.config is None
+    assert outcome.credentials.reason == "KeyMissing"
+    assert "rolegate.dev/api-key=true" in outcome.credentials.message
+    assert "never sent upstream" in outcome.ready.message
+
+
 # -- the operator: events, lists, passes ---------------------------------------------------
 
 

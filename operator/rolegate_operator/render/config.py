@@ -108,8 +108,17 @@ def _false(reason: str, message: str) -> Check:
     return Check(ConditionStatus.FALSE, reason, message)
 
 
+#: Said of a role whose Secret is a client API key's: its ``apiKey`` is not the role's.
+_CLIENT_KEY_SECRET = (
+    "; this Secret is labelled rolegate.dev/api-key=true: its apiKey is a client's key, "
+    "which is never sent upstream (put the role's key in a Secret of its own)"
+)
+
+
 def _credentials(
-    role: LLMRole, secrets: Mapping[SecretKey, Mapping[str, str]]
+    role: LLMRole,
+    secrets: Mapping[SecretKey, Mapping[str, str]],
+    client_keys: frozenset[SecretKey] = frozenset(),
 ) -> tuple[Check, Credentials | None]:
     ref = role.spec.credentials.secret_ref
     binding = role.spec.binding
@@ -131,7 +140,8 @@ def _credentials(
     try:
         found = roles.credentials_from(binding, data, secret=where)
     except roles.MissingKey as exc:
-        return _false("KeyMissing", str(exc)), None
+        hint = _CLIENT_KEY_SECRET if (role.metadata.namespace, ref.name) in client_keys else ""
+        return _false("KeyMissing", f"{exc}{hint}"), None
     message = f"Secret {where}: {', '.join(k for k in required)} found"
     return Check(ConditionStatus.TRUE, "SecretResolved", message), found
 
@@ -143,6 +153,7 @@ def _outcome(
     previous: Mapping[str, RoleConfig],
     *,
     config_secret: str,
+    client_keys: frozenset[SecretKey] = frozenset(),
 ) -> Outcome:
     manifest = {
         "apiVersion": API_VERSION,
@@ -163,7 +174,7 @@ def _outcome(
         return Outcome(obj, check, _false("BindingNotSupported", message))
     serve = role.spec.serve
     name = backend.backend_name(role.spec.binding, role.spec.model, serve) if serve else ""
-    creds_check, credentials = _credentials(role, secrets)
+    creds_check, credentials = _credentials(role, secrets, client_keys)
     if credentials is None:  # its backend (if any) keeps running: a Secret may come back
         message = f"left out of the gateway config: {creds_check.message}"
         return Outcome(obj, creds_check, _false("CredentialsNotResolved", message), backend=name)
@@ -289,12 +300,16 @@ def render(
     older one owns the name, served or not, and the other reports ``DuplicateRole``; so a
     broken role's clients never reach another team's upstream.
     """
+    keys = tuple(sorted(api_keys, key=lambda k: (k.namespace, k.name)))
+    client_keys = frozenset((k.namespace, k.name) for k in keys)
     ordered = sorted(objects, key=lambda o: (o.created, o.namespace, o.name))
     served = {r.name: r for r in previous.roles} if previous is not None else {}
     outcomes: list[Outcome] = []
     owners: dict[str, RoleObject] = {}
     for obj in ordered:
-        outcome = _outcome(obj, secrets, backends, served, config_secret=config_secret)
+        outcome = _outcome(
+            obj, secrets, backends, served, config_secret=config_secret, client_keys=client_keys
+        )
         owner = owners.setdefault(obj.name, obj)
         if owner is not obj:
             message = (
@@ -304,6 +319,5 @@ def render(
             outcome = Outcome(obj, outcome.credentials, _false("DuplicateRole", message))
         outcomes.append(outcome)
     configs = sorted((o.config for o in outcomes if o.config), key=lambda c: c.name)
-    keys = tuple(sorted(api_keys, key=lambda k: (k.namespace, k.name)))
     config = GatewayConfig(roles=tuple(configs), api_keys=keys)
     return Rendered(config, tuple(outcomes), _backends(outcomes))
