@@ -345,9 +345,20 @@ def _credentials(
             f"spec.credentials.secretRef: Secret {role.metadata.namespace}/{ref.name} "
             f"not found in the manifests{hint}"
         )
-    return roles.credentials_from(
-        role.spec.binding, data, secret=f"{role.metadata.namespace}/{ref.name}"
-    )
+    try:
+        return roles.credentials_from(
+            role.spec.binding, data, secret=f"{role.metadata.namespace}/{ref.name}"
+        )
+    except roles.MissingKey as exc:
+        meta = found[0].body.get("metadata") if found else None
+        if isinstance(meta, dict) and apikeys.is_api_key(meta.get("labels")):
+            raise roles.MissingKey(
+                exc.key,
+                f"{exc}; this Secret is labelled rolegate.dev/api-key=true: its apiKey is a "
+                "client's key, which is never sent upstream (put the role's key in a Secret "
+                "of its own)",
+            ) from None
+        raise
 
 
 class ConfigSink(Protocol):

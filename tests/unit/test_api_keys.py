@@ -447,5 +447,7 @@ def test_a_client_key_is_no_role_credential_in_manifests(tmp_path: Path) -> None
         m.role("extract", binding="openai", credentials={"secretRef": {"name": "app"}}),
         labelled("app", apiKey=CLIENT_KEY),
     )
-    with pytest.raises(ConfigError, match="apiKey"):
+    with pytest.raises(ConfigError, match="apiKey") as refused:
         load_manifests(tmp_path)
+    assert "rolegate.dev/api-key=true" in str(refused.value)
+    assert CLIENT_KEY not in str(refused.value)
