@@ -11,9 +11,12 @@ rolegate, in one of two ways, and it says which:
   built too (cached), a full control plane with a real kubelet + containerd + runc node
   starts, the image is pushed to a local registry and ``helm install --wait`` installs the
   chart (CRD, operator, gateway, RBAC) with ``helm/rolegate/ci/node-values.yaml``; the pods
-  pull the image and run on that node;
+  pull the image and run on that node. The chart's gateway checks its clients (Kubernetes
+  tokens and RBAC), so the demo's client is ServiceAccount ``demo-client``, bound to the
+  chart's ClusterRole ``rolegate-user`` in the roles' namespace, with a token of the
+  gateway's audience from the TokenRequest API (``kubectl create token``);
 - else (or with ``--processes``), etcd + kube-apiserver, the CRD, and the operator and the
-  gateway as local processes.
+  gateway as local processes (the gateway on 127.0.0.1 checks no client: ``--auth none``).
 
 It
 ``kubectl apply``s examples/local/ (LightRAG's roles bound to that server), prints
@@ -71,6 +74,11 @@ CHAT_ROLES: Final = tuple(role for role in ROLES if role != EMBEDDING_ROLE)
 API_KEY: Final = "sk-local-demo"  # examples/local/llama-creds.yaml
 EXAMPLE_HOST: Final = "http://127.0.0.1:8001/v1"  # examples/local/roles.yaml
 REBOUND_ROLE: Final = "query"
+#: The demo's client identity on the Helm way: a ServiceAccount in the roles' namespace,
+#: bound to the chart's user ClusterRole, with a token for the gateway's audience.
+CLIENT_ACCOUNT: Final = "demo-client"
+USER_CLUSTER_ROLE: Final = "rolegate-user"  # helm/rolegate: gateway.auth.userClusterRole.name
+TOKEN_AUDIENCE: Final = "rolegate"  # helm/rolegate: gateway.auth.tokenAudience
 _TMP_PREFIX: Final = "rolegate-demo-"
 
 
@@ -81,12 +89,14 @@ class DemoFailed(RuntimeError):
 @dataclass(frozen=True)
 class Running:
     """What :func:`_start` started: the control plane, the work directory (models, logs)
-    and the gateway, and the model server's port."""
+    and the gateway, the model server's port, and the clients' credential (a Kubernetes
+    token where the gateway checks clients, else :data:`demo.traffic.NO_KEY`)."""
 
     plane: ControlPlane
     workdir: Path
     gateway: GatewayProcess | PodGateway
     model_port: int
+    api_key: str = traffic.NO_KEY
 
     @property
     def base_url(self) -> str:
@@ -141,6 +151,28 @@ def _kubectl(plane: ControlPlane, *args: str) -> str:
     print(f"$ kubectl {shlex.join(args)} -n {NAMESPACE}", flush=True)
     done = plane.kubectl(list(args), namespace=NAMESPACE)
     return done.stdout.rstrip()
+
+
+def _client_token(plane: ControlPlane) -> str:
+    """Make ServiceAccount :data:`CLIENT_ACCOUNT` a client of the roles (a RoleBinding to
+    the chart's user ClusterRole in their namespace) and return a token of it for the
+    gateway's audience, valid one hour, from the TokenRequest API: what a pod's projected
+    ``serviceAccountToken`` volume would hold. The commands are echoed, the token is not.
+
+    Raises:
+        devstack.k8s.controlplane.CommandError: kubectl failed.
+    """
+    print(_kubectl(plane, "create", "serviceaccount", CLIENT_ACCOUNT), flush=True)
+    binding = [
+        "create",
+        "rolebinding",
+        f"{CLIENT_ACCOUNT}-rolegate",
+        f"--clusterrole={USER_CLUSTER_ROLE}",
+        f"--serviceaccount={NAMESPACE}:{CLIENT_ACCOUNT}",
+    ]
+    print(_kubectl(plane, *binding), flush=True)
+    token = ["create", "token", CLIENT_ACCOUNT, "--audience", TOKEN_AUDIENCE, "--duration", "1h"]
+    return _kubectl(plane, *token)
 
 
 def _manifests(workdir: Path, model_port: int) -> Path:
@@ -313,9 +345,14 @@ def _start_on_node(
     gateway = installed.gateway
     base_url = f"{gateway.url}/v1"
     say(f"gateway pod on {base_url} (hostNetwork), watching Secret {CONFIG_SECRET}")
+    token = _client_token(plane)
+    say(
+        f"the gateway checks clients: the openai SDK's api_key is a token of ServiceAccount "
+        f"{CLIENT_ACCOUNT} (audience {TOKEN_AUDIENCE}, bound to ClusterRole {USER_CLUSTER_ROLE})"
+    )
     print(f"  kubeconfig: {plane.kubeconfig}", flush=True)
     print(f"  gateway:    {base_url}", flush=True)
-    return Running(plane, workdir, gateway, server.port)
+    return Running(plane, workdir, gateway, server.port, api_key=token)
 
 
 def _exercise(args: argparse.Namespace, say: Say, running: Running) -> None:
@@ -326,7 +363,7 @@ def _exercise(args: argparse.Namespace, say: Say, running: Running) -> None:
         devstack.k8s.controlplane.CommandError: kubectl failed.
         TimeoutError: a role did not become Ready or served, or the new model never answered.
     """
-    plane, base_url = running.plane, running.base_url
+    plane, base_url, key = running.plane, running.base_url, running.api_key
     manifests = _manifests(running.workdir, running.model_port)
     print(_kubectl(plane, "apply", "-f", str(manifests)), flush=True)
     _kubectl(plane, "wait", "--for=condition=Ready", "llmrole", "--all", "--timeout=60s")
@@ -339,11 +376,11 @@ def _exercise(args: argparse.Namespace, say: Say, running: Running) -> None:
     print(_kubectl(plane, "get", "llmroles"), flush=True)
 
     say(f"chat through the gateway (openai SDK, base_url={base_url}):")
-    asyncio.run(traffic.ask_each(base_url, CHAT_ROLES))
+    asyncio.run(traffic.ask_each(base_url, CHAT_ROLES, api_key=key))
     say("embeddings:")
-    asyncio.run(traffic.embed(base_url, EMBEDDING_ROLE))
+    asyncio.run(traffic.embed(base_url, EMBEDDING_ROLE, api_key=key))
     say("streamed:")
-    asyncio.run(traffic.stream_one(base_url, REBOUND_ROLE))
+    asyncio.run(traffic.stream_one(base_url, REBOUND_ROLE, api_key=key))
 
     old, new = "tiny-a", "tiny-b"
     say(f"rebinding role {REBOUND_ROLE} from {old} to {new} while 4 clients send requests:")
@@ -354,7 +391,7 @@ def _exercise(args: argparse.Namespace, say: Say, running: Running) -> None:
         print(await asyncio.to_thread(_kubectl, plane, *patch), flush=True)
 
     result = asyncio.run(
-        traffic.rebind_under_load(base_url, REBOUND_ROLE, new_model=new, rebind=rebind)
+        traffic.rebind_under_load(base_url, REBOUND_ROLE, new_model=new, rebind=rebind, api_key=key)
     )
     traffic.say_result(result, old, new)
     print(_kubectl(plane, "get", "llmroles"), flush=True)
@@ -365,8 +402,13 @@ def _exercise(args: argparse.Namespace, say: Say, running: Running) -> None:
         print(f"  kubectl get llmroles -n {NAMESPACE} -o wide", flush=True)
         print(f"  kubectl describe llmrole query -n {NAMESPACE}", flush=True)
         print(f"  curl -s {base_url.removesuffix('/v1')}/status", flush=True)
+        auth = ""
+        if key != traffic.NO_KEY:  # the gateway checks clients: a fresh token of the client
+            mint = f"create token {CLIENT_ACCOUNT} -n {NAMESPACE} --audience {TOKEN_AUDIENCE}"
+            print(f"  export TOKEN=$(kubectl {mint})", flush=True)
+            auth = ' -H "Authorization: Bearer $TOKEN"'
         print(
-            f"  curl -s {base_url}/chat/completions -H 'Content-Type: application/json'"
+            f"  curl -s {base_url}/chat/completions -H 'Content-Type: application/json'{auth}"
             ' -d \'{"model":"extract","messages":[{"role":"user","content":"hi"}]}\'',
             flush=True,
         )

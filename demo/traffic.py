@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import openai
 
 __all__ = [
+    "NO_KEY",
     "RebindResult",
     "ask_each",
     "client",
@@ -44,15 +45,21 @@ def printable(text: str) -> str:
     return "".join(ch if ch.isprintable() else "?" for ch in text)
 
 
-def client(base_url: str) -> openai.AsyncOpenAI:
-    """An SDK client for the gateway: no key of its own (the role's Secret holds it), no
-    retries (a failure must show)."""
-    return openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=30)
+#: What the SDK sends to a gateway that checks no client (``--auth none``): the upstream key
+#: is the role's Secret's, never the client's.
+NO_KEY = "unused"
 
 
-async def ask_each(base_url: str, roles: Sequence[str]) -> None:
+def client(base_url: str, *, api_key: str = NO_KEY) -> openai.AsyncOpenAI:
+    """An SDK client for the gateway, no retries (a failure must show). ``api_key`` is the
+    client's own credential, sent as ``Authorization: Bearer``: a Kubernetes token when the
+    gateway checks clients (``--auth kubernetes``, the chart's default)."""
+    return openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=30)
+
+
+async def ask_each(base_url: str, roles: Sequence[str], *, api_key: str = NO_KEY) -> None:
     """One chat completion per role, printed with the answering model and its usage."""
-    async with client(base_url) as sdk:
+    async with client(base_url, api_key=api_key) as sdk:
         for role in roles:
             prompt = PROMPTS.get(role, "Hello!")
             answer = await sdk.chat.completions.create(
@@ -68,7 +75,7 @@ async def ask_each(base_url: str, roles: Sequence[str]) -> None:
             print(f"  {role:<8} -> {answer.model}: {text!r}  ({counted})", flush=True)
 
 
-async def embed(base_url: str, role: str) -> list[int]:
+async def embed(base_url: str, role: str, *, api_key: str = NO_KEY) -> list[int]:
     """Embed :data:`CHUNKS` through ``role``; prints the model, each vector's width and the
     usage, and returns the widths.
 
@@ -76,7 +83,7 @@ async def embed(base_url: str, role: str) -> list[int]:
         openai.OpenAIError: the request failed.
         ValueError: the answer does not hold one vector per chunk.
     """
-    async with client(base_url) as sdk:
+    async with client(base_url, api_key=api_key) as sdk:
         answer = await sdk.embeddings.create(model=role, input=list(CHUNKS))
     widths = [len(item.embedding) for item in answer.data]
     if len(widths) != len(CHUNKS):
@@ -89,10 +96,10 @@ async def embed(base_url: str, role: str) -> list[int]:
     return widths
 
 
-async def stream_one(base_url: str, role: str) -> int:
+async def stream_one(base_url: str, role: str, *, api_key: str = NO_KEY) -> int:
     """One streamed chat completion, each chunk printed as it arrives; returns the count."""
     chunks = 0
-    async with client(base_url) as sdk:
+    async with client(base_url, api_key=api_key) as sdk:
         stream = await sdk.chat.completions.create(
             model=role,
             messages=[{"role": "user", "content": PROMPTS.get(role, "Hello!")}],
@@ -151,6 +158,7 @@ async def rebind_under_load(
     *,
     new_model: str,
     rebind: Callable[[], Awaitable[None]],
+    api_key: str = NO_KEY,
     clients: int = 4,
     warmup_s: float = 1.0,
     settle_s: float = 2.0,
@@ -158,6 +166,7 @@ async def rebind_under_load(
 ) -> RebindResult:
     """Send requests to ``role`` from ``clients`` concurrent loops, call ``rebind`` after
     ``warmup_s`` seconds, and stop ``settle_s`` seconds after ``new_model`` first answers.
+    ``api_key``: the clients' credential (see :func:`client`).
 
     Raises:
         TimeoutError: ``new_model`` did not answer within ``timeout_s`` seconds of the rebind.
@@ -180,7 +189,7 @@ async def rebind_under_load(
             if model == new_model and result.switched_after_s is None and rebound_at:
                 result.switched_after_s = time.monotonic() - rebound_at
 
-    async with client(base_url) as sdk:
+    async with client(base_url, api_key=api_key) as sdk:
         loops = [asyncio.create_task(loop(i, sdk)) for i in range(clients)]
         try:
             await asyncio.sleep(warmup_s)

@@ -179,6 +179,14 @@ def test_the_demo_runs_from_apply_to_rebind_and_stops(
         assert re.search(r"chart installed and its pods Ready in [\d.]+ s", out), out
         pods = out[out.index("$ kubectl get pods -o wide") :].splitlines()[2:4]
         assert all(" Running " in pod and " localhost " in pod for pod in pods), pods
+        # The chart's gateway checks clients: the demo's is a bound ServiceAccount's token
+        # (never printed), which every request below carried.
+        assert "$ kubectl create token demo-client --audience rolegate --duration 1h" in out
+        assert (
+            "the gateway checks clients: the openai SDK's api_key is a token of "
+            "ServiceAccount demo-client (audience rolegate, bound to ClusterRole rolegate-user)"
+        ) in out
+        assert "eyJ" not in out  # no JWT in the output
     else:
         assert f"rolegate: running the operator and gateway as local processes ({built})" in out
     assert "5/5 roles Ready and served by the gateway" in out

@@ -3,8 +3,12 @@ pushed to a local registry, ``helm install --wait`` of helm/rolegate with
 ``ci/node-values.yaml`` on the real kubelet + containerd + runc node, which pulls it. Then
 the user's journey: the pods run from that image with the chart's ServiceAccounts and say so
 in ``kubectl logs``; LLMRoles bound to the llama.cpp server on 127.0.0.1 go Ready; the
-official openai SDK on this machine gets answers through the gateway pod, streamed and not;
-a rebind under load loses nothing; ``helm test`` passes.
+official openai SDK on this machine, with a token of a ServiceAccount bound to the chart's
+``rolegate-user`` ClusterRole (the chart's default ``gateway.auth.mode: kubernetes``), gets
+answers through the gateway pod, streamed and not, while no token gets 401 and a token of an
+unbound ServiceAccount 403 (the gateway's TokenReviews and SubjectAccessReviews, through the
+chart's ``system:auth-delegator`` binding); a rebind under load loses nothing; ``helm test``
+passes (its pod sends a projected token).
 
 The pods run in the node's network namespace (hostNetwork: the harness's API server
 advertises loopback, see ci/node-values.yaml), so the gateway pod listens on 127.0.0.1 too.
@@ -19,6 +23,8 @@ import json
 import re
 import secrets
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +45,18 @@ from tests.fixtures.llama import API_KEY
 pytestmark = pytest.mark.cluster
 
 ROLES = ("extract", "query")
+#: The client: bound to the chart's user ClusterRole in the roles' namespace. The stranger:
+#: a ServiceAccount of the same namespace with no binding.
+CLIENT, STRANGER = "app", "stranger"
+
+
+def token(plane: ControlPlane, ns: str, account: str) -> str:
+    """A token of ServiceAccount ``account`` for the gateway's audience (``kubectl create
+    token --audience rolegate``), as a pod's projected token would be."""
+    done = plane.kubectl(
+        ["create", "token", account, "--audience", "rolegate", "--duration", "1h"], namespace=ns
+    )
+    return done.stdout.strip()
 
 
 def pods(plane: ControlPlane, ns: str, component: str) -> list[dict[str, Any]]:
@@ -133,7 +151,7 @@ def test_the_pods_run_the_pushed_image_with_the_chart_service_accounts(
         assert pod["spec"]["nodeName"] == "localhost"
         assert pod["spec"]["serviceAccountName"] == account
         (status,) = pod["status"]["containerStatuses"]
-        assert status["ready"] is True
+        assert status["ready"] is True, (component, status, release.gateway.logs(component))
         assert status["image"] == release.image_ref
         assert status["restartCount"] == 0, release.gateway.logs(component)
     # what a user reads in `kubectl logs`
@@ -141,14 +159,80 @@ def test_the_pods_run_the_pushed_image_with_the_chart_service_accounts(
     assert re.search(r"serving \d+ roles? on http://0\.0\.0\.0", release.gateway.logs(lines=200))
 
 
+@pytest.fixture(scope="module")
+def client_token(installed: tuple[Installed, float], real_node_plane: ControlPlane) -> str:
+    """A token of ServiceAccount :data:`CLIENT`, which a RoleBinding to the chart's
+    ``rolegate-user`` ClusterRole lets use the roles of the release's namespace."""
+    release, _ = installed
+    plane, ns = real_node_plane, release.namespace
+    plane.kubectl(["create", "serviceaccount", CLIENT], namespace=ns)
+    plane.kubectl(
+        [
+            "create",
+            "rolebinding",
+            f"{CLIENT}-rolegate",
+            "--clusterrole=rolegate-user",
+            f"--serviceaccount={ns}:{CLIENT}",
+        ],
+        namespace=ns,
+    )
+    return token(plane, ns, CLIENT)
+
+
+def test_the_gateway_pod_refuses_no_token_and_an_unbound_account(
+    installed: tuple[Installed, float], real_node_plane: ControlPlane, client_token: str
+) -> None:
+    release, _ = installed
+    plane, ns = real_node_plane, release.namespace
+    base_url = f"{release.gateway.url}/v1"
+    plane.kubectl(["create", "serviceaccount", STRANGER], namespace=ns)
+    stranger = token(plane, ns, STRANGER)
+
+    async def call(api_key: str) -> None:
+        async with openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0) as sdk:
+            await sdk.chat.completions.create(
+                model="extract", messages=[{"role": "user", "content": "Hi"}], max_tokens=8
+            )
+
+    # No Authorization header at all (the SDK insists on sending a key).
+    request = urllib.request.Request(
+        f"{base_url}/chat/completions",
+        data=json.dumps(
+            {"model": "extract", "messages": [{"role": "user", "content": "Hi"}]}
+        ).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as unauthenticated:
+        urllib.request.urlopen(request, timeout=10)
+    assert unauthenticated.value.code == 401
+    assert json.load(unauthenticated.value)["error"]["code"] == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError) as garbage:
+        asyncio.run(call("not-a-token"))
+    assert garbage.value.code == "invalid_api_key"
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        asyncio.run(call(stranger))
+    assert denied.value.status_code == 403
+    assert denied.value.code == "permission_denied"
+    assert f"system:serviceaccount:{ns}:{STRANGER}" in denied.value.message
+    assert "extract" in denied.value.message
+
+    async def models(api_key: str) -> list[str]:
+        async with openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0) as sdk:
+            return sorted([model.id async for model in sdk.models.list()])
+
+    assert asyncio.run(models(client_token)) == sorted(ROLES)
+
+
 def test_the_openai_sdk_gets_answers_through_the_gateway_pod(
-    installed: tuple[Installed, float],
+    installed: tuple[Installed, float], client_token: str
 ) -> None:
     release, _ = installed
     base_url = f"{release.gateway.url}/v1"
 
     async def ask() -> tuple[str, str]:
-        async with openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0) as sdk:
+        async with openai.AsyncOpenAI(
+            base_url=base_url, api_key=client_token, max_retries=0
+        ) as sdk:
             whole = await sdk.chat.completions.create(
                 model="extract", messages=[{"role": "user", "content": "Hi"}], max_tokens=8
             )
@@ -172,7 +256,7 @@ def test_the_openai_sdk_gets_answers_through_the_gateway_pod(
 
 
 def test_a_rebind_under_load_through_the_gateway_pod_loses_nothing(
-    installed: tuple[Installed, float], real_node_plane: ControlPlane
+    installed: tuple[Installed, float], real_node_plane: ControlPlane, client_token: str
 ) -> None:
     release, _ = installed
     patch = ["patch", "llmrole", "query", "--type=merge", "-p", '{"spec":{"model":"tiny-b"}}']
@@ -182,7 +266,11 @@ def test_a_rebind_under_load_through_the_gateway_pod_loses_nothing(
 
     result = asyncio.run(
         traffic.rebind_under_load(
-            f"{release.gateway.url}/v1", "query", new_model="tiny-b", rebind=rebind
+            f"{release.gateway.url}/v1",
+            "query",
+            new_model="tiny-b",
+            rebind=rebind,
+            api_key=client_token,
         )
     )
     print(

@@ -30,6 +30,7 @@ from tests.fixtures.chart import (
     RELEASE,
     ChartProcesses,
     can_i,
+    client_token,
     container,
     documented_can_i,
     objects,
@@ -109,6 +110,13 @@ def test_each_ci_values_file_is_accepted_by_the_api_server(
     if values == "node-values.yaml":  # its API server port is a placeholder
         args += ["--set", f"apiServer.port={plane.server.rsplit(':', 1)[1]}"]
     rendered = plane.helm(args, namespace=ns).stdout
+    # The test hook's pod runs as the chart's test ServiceAccount, which admission wants to
+    # exist, and a dry run creates nothing: create it (helm creates it before `helm test`).
+    tester = f"{RELEASE}-test"
+    if any(
+        d["kind"] == "ServiceAccount" and d["metadata"]["name"] == tester for d in objects(rendered)
+    ):
+        plane.kubectl(["create", "serviceaccount", tester], namespace=ns)
     applied = plane.kubectl(
         ["apply", "--server-side", "--dry-run=server", "--field-manager=helm", "-f", "-"],
         input=rendered,
@@ -171,7 +179,9 @@ def serve_a_role(
 ) -> ChartProcesses:
     """Run the chart's operator and gateway locally as its ServiceAccounts, apply a Secret
     and a role in ``role_ns``, and wait until the role is Ready and listed in /v1/models.
-    Returns the running processes (the caller stops them)."""
+    The gateway checks tokens (the chart's default ``--auth kubernetes``): /v1/models is
+    asked with the token of the chart's test ServiceAccount, which may use the roles of the
+    watched namespaces. Returns the running processes (the caller stops them)."""
     procs = ChartProcesses.from_chart(
         docs,
         operator_kubeconfig=token_kubeconfig(
@@ -199,10 +209,12 @@ def serve_a_role(
         )
         plane.kubectl(["apply", "-f", str(manifest)])
 
+        token = client_token(plane, namespace=release_ns, account=f"{RELEASE}-test")
+
         def served() -> bool:
             procs.operator.check_running()
             procs.gateway.check_running()
-            return ready(plane, role_ns, role) == ("True", "Served") and role in procs.models()
+            return ready(plane, role_ns, role) == ("True", "Served") and role in procs.models(token)
 
         wait_until(
             served,
@@ -211,6 +223,8 @@ def serve_a_role(
             poll_s=0.2,
             tolerate=(OSError, ValueError),
         )
+        with pytest.raises(ValueError, match="invalid_api_key"):
+            procs.models()  # no token: 401
         for proc in (procs.operator, procs.gateway):
             assert "Forbidden" not in proc.log_text(), proc.log_tail()
     except BaseException:
@@ -227,7 +241,7 @@ def test_default_release_namespace(plane: ControlPlane, tmp_path: Path) -> None:
     expect(plane, ns, operator, "operator-default-release")
     expect(plane, ns, gateway, "gateway-release")
     expect(plane, elsewhere, operator, None)
-    expect(plane, elsewhere, gateway, None)
+    expect(plane, elsewhere, gateway, "gateway-elsewhere")
     cannot(plane, ns, gateway, "get", "secret/other")
     cannot(plane, ns, operator, "update", "secret/other")
     cannot(plane, elsewhere, operator, "list", "llmroles.rolegate.dev")
@@ -236,10 +250,14 @@ def test_default_release_namespace(plane: ControlPlane, tmp_path: Path) -> None:
     procs = serve_a_role(plane, docs, ns, ns, tmp_path)
     try:
         # The chart's helm test hook, run here with the variables the kubelet would inject
-        # for the gateway's Service: it finds the gateway and sees the role.
+        # for the gateway's Service and the token it would project: it finds the gateway
+        # and sees the role.
         hook = objects(plane.helm(["get", "hooks", RELEASE], namespace=ns).stdout)
         [pod] = [d for d in hook if d["kind"] == "Pod"]
         env = {e["name"]: e["value"] for e in container(pod)["env"]}
+        projected = tmp_path / "hook-token"
+        projected.write_text(client_token(plane, namespace=ns, account=f"{RELEASE}-test"))
+        env["TOKEN_FILE"] = str(projected)
         host, port = procs.url.removeprefix("http://").split(":")
         done = subprocess.run(
             [sys.executable, "-c", container(pod)["command"][2]],
@@ -275,7 +293,7 @@ def test_watch_namespaces_list(plane: ControlPlane, tmp_path: Path) -> None:
     expect(plane, ns, gateway, "gateway-list-release")
     expect(plane, team_a, gateway, "gateway-watched")
     expect(plane, team_b, gateway, "gateway-watched")
-    expect(plane, elsewhere, gateway, None)
+    expect(plane, elsewhere, gateway, "gateway-elsewhere")
 
     procs = serve_a_role(plane, docs, ns, team_b, tmp_path)
     procs.stop()

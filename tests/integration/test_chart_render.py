@@ -6,23 +6,22 @@ No control plane: tests/integration/test_chart.py applies and installs the chart
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from devstack.process import free_ports
 from tests.fixtures.chart import (
     CHART,
     CI_VALUES,
+    by_kind,
     container,
     deployment_command,
     helm_env,
-    objects,
+    named,
     render,
+    renderer,
 )
 
 # Needs the pinned helm that `python -m devstack build k8s` builds.
@@ -47,21 +46,7 @@ def helm_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def chart(k8s_bin_dir: Path, helm_home: Path) -> Any:
     """``chart(*sets, values=[...])`` -> the rendered objects (namespace "llm")."""
-
-    def rendered(*sets: str, values: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-        done = render(k8s_bin_dir, helm_home, values=values, sets=sets, namespace=NS)
-        return objects(done.stdout)
-
-    return rendered
-
-
-def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [d for d in docs if d["kind"] == kind]
-
-
-def named(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
-    [found] = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
-    return found
+    return renderer(k8s_bin_dir, helm_home, NS)
 
 
 def pods(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -139,6 +124,8 @@ def test_every_object_has_the_recommended_labels_and_selectors_use_three(chart: 
     docs = chart(values=("pdb-servicemonitor-values.yaml",))
     kinds = sorted({d["kind"] for d in docs})
     assert kinds == [
+        "ClusterRole",
+        "ClusterRoleBinding",
         "CustomResourceDefinition",
         "Deployment",
         "Pod",
@@ -154,7 +141,7 @@ def test_every_object_has_the_recommended_labels_and_selectors_use_three(chart: 
         component = labels.get("app.kubernetes.io/component")
         assert component in {"operator", "gateway", "crd", "test"}, doc["metadata"]["name"]
         assert {k: v for k, v in labels.items() if k in LABELS} == LABELS, doc["metadata"]["name"]
-        if doc["kind"] != "CustomResourceDefinition":
+        if doc["kind"] not in ("CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"):
             assert doc["metadata"]["namespace"] == NS
     selector = {
         "app.kubernetes.io/name": "rolegate",
@@ -208,15 +195,16 @@ def test_every_pod_runs_restricted(chart: Any) -> None:
 def test_tokens_are_mounted_only_where_the_api_is_used(chart: Any) -> None:
     docs = chart()
     accounts = {d["metadata"]["name"]: d for d in by_kind(docs, "ServiceAccount")}
-    assert sorted(accounts) == ["rolegate-gateway", "rolegate-operator"]
+    assert sorted(accounts) == ["rolegate-gateway", "rolegate-operator", "rolegate-test"]
     assert all(a["automountServiceAccountToken"] is False for a in accounts.values())
     specs = pods(docs)
     assert specs["operator"]["serviceAccountName"] == "rolegate-operator"
     assert specs["gateway"]["serviceAccountName"] == "rolegate-gateway"
     assert specs["operator"]["automountServiceAccountToken"] is True
     assert specs["gateway"]["automountServiceAccountToken"] is True
+    # The test pod: only a projected token of the gateway's audience (test_chart_access.py).
     assert specs["test"]["automountServiceAccountToken"] is False
-    assert "serviceAccountName" not in specs["test"]
+    assert specs["test"]["serviceAccountName"] == "rolegate-test"
 
 
 @pytest.mark.parametrize(
@@ -273,16 +261,21 @@ def test_rbac_per_watch_mode(chart: Any) -> None:
             if d["kind"] in kinds
         )
 
+    # Access control (gateway.auth.mode kubernetes, the default; test_chart_access.py): the
+    # gateway's reviews, the ClusterRole users bind, and the test pod's binding to it.
     common = [
         ("Role", NS, "rolegate-gateway"),
         ("Role", NS, "rolegate-operator-config"),
         ("RoleBinding", NS, "rolegate-gateway"),
         ("RoleBinding", NS, "rolegate-operator-config"),
+        ("ClusterRole", "", "rolegate-user"),
+        ("ClusterRoleBinding", "", f"rolegate-gateway-auth-delegator-{NS}"),
     ]
     assert roles(chart()) == sorted(
         [
             *common,
             *[(kind, NS, name) for kind in ("Role", "RoleBinding") for name in WATCHED],
+            ("RoleBinding", NS, "rolegate-test"),
         ]
     )
     assert roles(chart("watchNamespaces={team-a,team-b}")) == sorted(
@@ -294,6 +287,8 @@ def test_rbac_per_watch_mode(chart: Any) -> None:
                 for ns in ("team-a", "team-b")
                 for name in WATCHED
             ],
+            ("RoleBinding", "team-a", "rolegate-test"),
+            ("RoleBinding", "team-b", "rolegate-test"),
         ]
     )
     everywhere = chart("watchNamespaces={*}")
@@ -305,6 +300,7 @@ def test_rbac_per_watch_mode(chart: Any) -> None:
                 for kind in ("ClusterRole", "ClusterRoleBinding")
                 for account in ("gateway", "operator")
             ],
+            ("ClusterRoleBinding", "", f"rolegate-test-{NS}"),
         ]
     )
     cluster_role = named(everywhere, "ClusterRole", f"rolegate-operator-{NS}")
@@ -384,6 +380,16 @@ def test_gateway_command_probes_and_grace(chart: Any) -> None:
         "50",
         "--drain-grace",
         "15",
+        "--auth",
+        "kubernetes",
+        "--token-audience",
+        "rolegate",
+        "--auth-token-ttl",
+        "60",
+        "--auth-allowed-ttl",
+        "30",
+        "--auth-denied-ttl",
+        "5",
         "--log-level",
         "info",
         "--log-format",
@@ -465,41 +471,3 @@ def test_node_values_reach_the_api_server_on_loopback(chart: Any) -> None:
         "env:ROLEGATE_GATEWAY",
         f"http://rolegate-gateway.{NS}.svc:80",
     ]  # the Service only: a broken one must fail the test
-
-
-def test_test_hook_is_a_test_pod_of_the_same_image(chart: Any) -> None:
-    [hook] = by_kind(chart(), "Pod")
-    assert hook["metadata"]["annotations"] == {
-        "helm.sh/hook": "test",
-        "helm.sh/hook-delete-policy": "before-hook-creation,hook-succeeded",
-    }
-    assert hook["spec"]["restartPolicy"] == "Never"
-    box = container(hook)
-    assert box["command"][:2] == ["python3", "-c"]
-    env = {e["name"]: e["value"] for e in box["env"]}
-    assert env["GATEWAY_URLS"].split() == [
-        "env:ROLEGATE_GATEWAY",
-        f"http://rolegate-gateway.{NS}.svc:80",
-    ]
-
-
-def test_test_hook_fails_when_no_gateway_answers(chart: Any, tmp_path: Path) -> None:
-    [hook] = by_kind(chart(), "Pod")
-    (port,) = free_ports(1)
-    env = {
-        **os.environ,
-        "GATEWAY_URLS": "env:ROLEGATE_GATEWAY",
-        "ROLEGATE_GATEWAY_SERVICE_HOST": "127.0.0.1",
-        "ROLEGATE_GATEWAY_SERVICE_PORT": str(port),
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", container(hook)["command"][2]],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=60,
-    )
-    assert done.returncode == 1
-    assert f"skip http://127.0.0.1:{port}" in done.stdout
-    assert "FAIL: no gateway answered at env:ROLEGATE_GATEWAY" in done.stderr

@@ -109,10 +109,30 @@ def test_enums_and_bounds_a_user_would_hit() -> None:
     ]
 
 
+def test_access_control_is_on_by_default() -> None:
+    """gateway.auth: Kubernetes tokens and RBAC unless a user says none; the flags' own
+    defaults; a ClusterRole `rolegate-user` to bind; no per-client metric series."""
+    assert VALUES["gateway"]["auth"] == {
+        "mode": "kubernetes",
+        "tokenAudience": "rolegate",
+        "tokenTTL": 60,
+        "allowedTTL": 30,
+        "deniedTTL": 5,
+        "userClusterRole": {"create": True, "name": "rolegate-user"},
+    }
+    assert VALUES["gateway"]["metrics"] == {"clientLabel": False}
+    auth = SCHEMA["properties"]["gateway"]["properties"]["auth"]["properties"]
+    # keys (a standalone gateway's annotation-scoped API keys) is not for the chart: in a
+    # cluster RBAC decides, API key Secrets included.
+    assert sorted(auth["mode"]["enum"]) == ["kubernetes", "none"]
+    assert all(auth[ttl]["minimum"] == 0 for ttl in ("tokenTTL", "allowedTTL", "deniedTTL"))
+
+
 def test_readme_documents_each_can_i_case() -> None:
     blocks = documented_can_i(README.read_text())
     assert sorted(blocks) == [
         "everyone",
+        "gateway-elsewhere",
         "gateway-list-release",
         "gateway-release",
         "gateway-watched",
@@ -121,13 +141,19 @@ def test_readme_documents_each_can_i_case() -> None:
         "operator-list-release",
         "operator-watched",
     ]
-    # The gateway may read one Secret, by name, and list and watch EndpointSlices where the
-    # roles are (their backends' pods), nothing else.
+    # The gateway may read one Secret, by name, list and watch EndpointSlices where the
+    # roles are (their backends' pods), and, everywhere (system:auth-delegator), ask who a
+    # token is and whether it may use a role; nothing else.
     config = ("secrets", "[]", "[rolegate-gateway-config]", ("get", "list", "watch"))
     slices = ("endpointslices.discovery.k8s.io", "[]", "[]", ("list", "watch"))
-    assert blocks["gateway-list-release"] == [config]
-    assert blocks["gateway-watched"] == [slices]
-    assert blocks["gateway-release"] == [slices, config]
+    reviews = [
+        ("subjectaccessreviews.authorization.k8s.io", "[]", "[]", ("create",)),
+        ("tokenreviews.authentication.k8s.io", "[]", "[]", ("create",)),
+    ]
+    assert blocks["gateway-elsewhere"] == reviews
+    assert blocks["gateway-list-release"] == sorted([config, *reviews])
+    assert blocks["gateway-watched"] == sorted([slices, *reviews])
+    assert blocks["gateway-release"] == sorted([slices, config, *reviews])
     # Nobody gets namespaces or CRDs.
     for rows in blocks.values():
         assert not [r for r in rows if r[0].startswith(("namespaces", "customresourcedefinitions"))]

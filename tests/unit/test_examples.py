@@ -82,3 +82,44 @@ def test_gpu_roles_share_backends_as_their_comments_say() -> None:
     assert "resources" not in backend.deployment(embed)["spec"]["template"]["spec"]["containers"][0]
     with pytest.raises(ConfigError, match="run only by the operator"):
         load_manifests(EXAMPLES / "gpu")
+
+
+def test_access_examples_grant_what_their_comments_say() -> None:
+    """examples/access/: a RoleBinding to the chart's user ClusterRole, a Role that grants
+    `use` on one role by name, and an API key Secret whose RoleBinding names the key's user
+    (``rolegate:apikey:<namespace>:<name>``); the key is a placeholder of a valid length."""
+    docs = {
+        (d["kind"], d["metadata"]["name"]): d
+        for path in sorted((EXAMPLES / "access").glob("*.yaml"))
+        for d in yaml.safe_load_all(path.read_text())
+    }
+    user_role = {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "rolegate-user",
+    }
+    assert docs["RoleBinding", "app-a-rolegate"]["roleRef"] == user_role
+    assert docs["Role", "rolegate-use-extract"]["rules"] == [
+        {
+            "apiGroups": ["rolegate.dev"],
+            "resources": ["llmroles"],
+            "resourceNames": ["extract"],
+            "verbs": ["use"],
+        }
+    ]
+    assert docs["RoleBinding", "app-b-extract"]["roleRef"]["name"] == "rolegate-use-extract"
+    secret = docs["Secret", "ci-pipeline"]
+    assert secret["metadata"]["labels"] == {"rolegate.dev/api-key": "true"}
+    assert secret["metadata"]["annotations"] == {"rolegate.dev/roles": "extract,query"}
+    assert secret["stringData"]["apiKey"].startswith("REPLACE-ME")
+    assert len(secret["stringData"]["apiKey"]) >= 16
+    binding = docs["RoleBinding", "ci-pipeline-rolegate"]
+    assert binding["metadata"]["namespace"] == secret["metadata"]["namespace"]
+    assert binding["roleRef"] == user_role
+    assert binding["subjects"] == [
+        {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "User",
+            "name": f"rolegate:apikey:{secret['metadata']['namespace']}:ci-pipeline",
+        }
+    ]

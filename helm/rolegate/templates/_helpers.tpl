@@ -57,6 +57,10 @@ helm.sh/chart: {{ include "rolegate.chart" .ctx }}
 {{- define "rolegate.gatewayName" -}}
 {{- printf "%s-gateway" (include "rolegate.fullname" .) }}
 {{- end }}
+{{/* The ServiceAccount of the `helm test` pod (gateway.auth.mode kubernetes). */}}
+{{- define "rolegate.testName" -}}
+{{- printf "%s-test" (include "rolegate.fullname" .) }}
+{{- end }}
 {{/* The Secret the operator writes the gateway's config to (credentials included). */}}
 {{- define "rolegate.configSecret" -}}
 {{- printf "%s-gateway-config" (include "rolegate.fullname" .) }}
