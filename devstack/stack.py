@@ -108,7 +108,9 @@ class GatewayProcess(Process):
         drain_grace_s: float = 5,
         port: int = 0,
         log_level: str = "debug",
+        extra: Sequence[str] = (),
     ) -> None:
+        """``extra``: more flags, after the others (``["--auth", "kubernetes"]``)."""
         argv = [
             sys.executable,
             "-m",
@@ -123,6 +125,7 @@ class GatewayProcess(Process):
             str(drain_grace_s),
             "--log-level",
             log_level,
+            *extra,
         ]
         super().__init__("gateway", argv, log_path=log_path, env=_env())
 

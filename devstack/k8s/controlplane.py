@@ -53,7 +53,8 @@ _LOG_TAIL_LINES: Final = 30
 _AUDIT_POLICY: Final = {
     "apiVersion": "audit.k8s.io/v1",
     "kind": "Policy",
-    # Metadata only: who asked what, never a body (Secrets hold keys).
+    # Metadata only: who asked what, never a body (Secrets hold keys, a TokenReview's
+    # spec holds the token it reviews).
     "omitStages": ["RequestReceived"],
     "rules": [
         {
@@ -61,6 +62,8 @@ _AUDIT_POLICY: Final = {
             "resources": [
                 {"group": "", "resources": ["secrets"]},
                 {"group": "rolegate.dev", "resources": ["llmroles", "llmroles/status"]},
+                {"group": "authentication.k8s.io", "resources": ["tokenreviews"]},
+                {"group": "authorization.k8s.io", "resources": ["subjectaccessreviews"]},
             ],
         },
         {"level": "None"},
@@ -95,8 +98,8 @@ class ControlPlane(faults.Faults):
         bin_dir: where the binaries are; default :func:`build.bin_dir` (not built here).
         startup_timeout_s: seconds allowed for each readiness wait.
         keep_tmp: keep the temporary directory after stop (for debugging).
-        audit: write an audit log of Secret and LLMRole requests (metadata only); read it
-            with :meth:`audit_events`.
+        audit: write an audit log of Secret, LLMRole, TokenReview and SubjectAccessReview
+            requests (metadata only); read it with :meth:`audit_events`.
         apiserver_args: more kube-apiserver flags (e.g. ``--watch-cache=false``, so watches
             are served by etcd and :meth:`compact_etcd` makes old resourceVersions expire).
         real_node: (full only) also a real node ``localhost`` (kubelet, containerd, runc,

@@ -6,8 +6,9 @@ etcd's data kept) or etcd (:meth:`Faults.restart_etcd`, same data and port), com
 that older resourceVersions fall out of the window (:meth:`Faults.compact_etcd`), and give
 one client a path to the API server that can be cut (:meth:`Faults.relay`, a
 :class:`devstack.relay.Relay` with a kubeconfig through it). With ``audit=True`` the API
-server writes an audit log of Secret and LLMRole requests (:meth:`Faults.audit_events`: who
-listed and watched what), which is how a test counts a client's requests over TLS.
+server writes an audit log of Secret, LLMRole, TokenReview and SubjectAccessReview
+requests (:meth:`Faults.audit_events`: who listed and watched what, who asked for which
+review), which is how a test counts a client's requests over TLS.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ TokenReviews and SubjectAccessReviews: tests/integration/test_access.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import openai
 import pytest
 
 from rolegate_gateway import Runtime
-from rolegate_gateway.auth.access import Access
+from rolegate_gateway.auth.access import DOWN_S, Access
 from tests.conftest import Gateway, Upstream
 from tests.fakes import manifests as m
 from tests.fakes.reviewer import APP_A, Reviewer
@@ -165,7 +166,10 @@ async def test_an_unreachable_api_server_is_503_never_an_open_door(
     assert isinstance(error, dict)
     assert error["code"] == "auth_unavailable"
     assert upstream.fake.seen == []
+    assert (await post(gateway, "extract", token="other"))[0] == 503  # no review made
     reviewer.down = False
+    assert (await post(gateway, "extract", token="good"))[0] == 503  # DOWN_S not yet over
+    await asyncio.sleep(DOWN_S)
     assert (await post(gateway, "extract", token="good"))[0] == 200
     async with aiohttp.ClientSession() as session, session.get(f"{gateway.url}/status") as r:
         access = (await r.json())["access"]

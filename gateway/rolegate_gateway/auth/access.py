@@ -15,9 +15,12 @@ Owns :class:`Access`, the gateway's one gate, in one of three modes (``--auth``)
 Caches: a TokenReview's answer by sha256 of the token, until the token's ``exp`` or
 ``token_ttl_s``, whichever comes first (an unauthenticated answer for ``denied_ttl_s``); a
 SubjectAccessReview's by (identity, role) for ``allowed_ttl_s`` or ``denied_ttl_s``.
-Concurrent requests that need the same review share one call. Fail closed: when the API
-server cannot answer, cached decisions hold until they expire, then the client gets 503
-with ``Retry-After``; nothing is allowed that was not reviewed.
+Concurrent requests that need the same review share one call. A JWT past its ``exp`` is
+refused without a review (the API server accepts one for 60 s more, as clock-skew leeway).
+Fail closed: when the API server cannot answer, cached decisions hold until they expire,
+then the client gets 503 with ``Retry-After``; nothing is allowed that was not reviewed.
+After a failed review no other is tried for :data:`DOWN_S` (503 at once), so a hanging
+API server does not hold every new client for a review's whole timeout.
 
 Never logged, counted or sent anywhere but the API server's TokenReview: the token.
 """
@@ -30,8 +33,9 @@ import binascii
 import hashlib
 import json
 import logging
+import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
@@ -61,6 +65,8 @@ API_KEY_GROUP = "rolegate:apikeys"
 RETRY_AFTER_S = 5
 #: Entries each cache holds at most; beyond, expired ones go, then the oldest.
 MAX_ENTRIES = 10_000
+#: Seconds after a failed review during which no other is tried (503 at once).
+DOWN_S = 1.0
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -95,6 +101,10 @@ class Review:
 
     identity: Identity | None
     reason: str = ""
+
+
+class _Down(Exception):
+    """A review not made: the last one failed less than :data:`DOWN_S` ago."""
 
 
 class Reviewer(Protocol):
@@ -153,8 +163,6 @@ class _Cache(Generic[_K, _V]):
         self._max = max_entries
         self._entries: dict[_K, tuple[float, _V]] = {}
         self._pending: dict[_K, asyncio.Task[_V]] = {}
-        #: Fetches made (reviews asked of the API server), for /status and tests.
-        self.fetches = 0
 
     async def get(self, key: _K, fetch: Callable[[], Awaitable[tuple[_V, float]]]) -> _V:
         """The answer for ``key``: held, or fetched (``fetch`` returns it and its expiry).
@@ -174,7 +182,6 @@ class _Cache(Generic[_K, _V]):
 
     async def _fill(self, key: _K, fetch: Callable[[], Awaitable[tuple[_V, float]]]) -> _V:
         try:
-            self.fetches += 1
             value, expires = await fetch()
             if expires > self._clock():
                 self._store(key, value, expires)
@@ -233,6 +240,9 @@ class Access:
         self._clock = clock
         self._wall = wall
         self._keys: dict[str, ApiKey] = {}
+        self._down_until = -math.inf
+        #: Reviews asked of the API server, by kind (for /status and tests).
+        self.reviews = {"tokenReviews": 0, "accessReviews": 0}
         self.tokens: _Cache[str, Review] = _Cache(clock, max_entries)
         self.decisions: _Cache[tuple[Identity, str, str], tuple[bool, str]] = _Cache(
             clock, max_entries
@@ -271,7 +281,17 @@ class Access:
         if self.reviewer is None:  # keys only
             self._unauthenticated("an unknown API key")
             raise errors.Unauthenticated("Invalid API key.")
-        review = await self._decide(self.tokens.get(digest, lambda: self._review(token)))
+        exp = token_expiry(token)
+        if exp is not None and exp <= self._wall():
+            # The API server still accepts a token up to 60 s past its exp (its leeway for
+            # clock skew); the gateway and the API server share a clock here: refused.
+            self._unauthenticated("the token has expired")
+            raise errors.Unauthenticated("Invalid token: it has expired.")
+        try:
+            review = await self._decide(self.tokens.get(digest, lambda: self._review(token)))
+        except errors.AuthUnavailable:
+            self._count("unavailable")
+            raise
         if review.identity is None:
             self._unauthenticated(f"the token was refused: {review.reason}")
             raise errors.Unauthenticated(
@@ -282,7 +302,7 @@ class Access:
 
     async def _review(self, token: str) -> tuple[Review, float]:
         assert self.reviewer is not None
-        review = await self.reviewer.token(token)
+        review = await self._ask("tokenReviews", self.reviewer.token(token))
         now = self._clock()
         if review.identity is None:
             return review, now + self.denied_ttl_s
@@ -321,7 +341,8 @@ class Access:
         self, identity: Identity, namespace: str, name: str
     ) -> tuple[tuple[bool, str], float]:
         assert self.reviewer is not None
-        allowed, reason = await self.reviewer.allowed(identity, namespace, name)
+        call = self.reviewer.allowed(identity, namespace, name)
+        allowed, reason = await self._ask("accessReviews", call)
         ttl = self.allowed_ttl_s if allowed else self.denied_ttl_s
         return (allowed, reason), self._clock() + ttl
 
@@ -372,6 +393,23 @@ class Access:
         answers = await asyncio.gather(*(self.may(identity, r) for r in configs))
         return sorted(r.name for r, (allowed, _) in zip(configs, answers, strict=True) if allowed)
 
+    async def _ask(self, kind: str, call: Coroutine[Any, Any, _V]) -> _V:
+        """One review of the API server (counted in :attr:`reviews` under ``kind``); while
+        the last one failed less than :data:`DOWN_S` ago, none is made (a hanging API
+        server would hold every new client for the review's whole timeout): :class:`_Down`
+        at once."""
+        if self._clock() < self._down_until:
+            call.close()
+            raise _Down()
+        self.reviews[kind] += 1
+        try:
+            return await call
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._down_until = self._clock() + DOWN_S
+            raise
+
     async def _decide(self, pending: Awaitable[_V]) -> _V:
         """Await a cached review; API trouble (``kube.API_ERRORS``) is a 503, logged."""
         try:
@@ -381,7 +419,8 @@ class Access:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._unavailable(exc)
+            if not isinstance(exc, _Down):
+                self._unavailable(exc)
             raise errors.AuthUnavailable(
                 "The gateway cannot check this client's access right now (the Kubernetes "
                 "API is unreachable); try again shortly.",
@@ -404,12 +443,15 @@ class Access:
             )
 
     def status(self) -> dict[str, Any]:
-        """For ``/status``: the mode, the keys known and the caches' sizes and fetches."""
+        """For ``/status``: the mode, the keys known, the caches' sizes and the reviews made."""
         return {
             "mode": self.mode,
             "apiKeys": len(self._keys),
-            "tokenReviews": {"cached": len(self.tokens), "made": self.tokens.fetches},
-            "accessReviews": {"cached": len(self.decisions), "made": self.decisions.fetches},
+            "tokenReviews": {"cached": len(self.tokens), "made": self.reviews["tokenReviews"]},
+            "accessReviews": {
+                "cached": len(self.decisions),
+                "made": self.reviews["accessReviews"],
+            },
         }
 
     async def close(self) -> None:
