@@ -175,3 +175,41 @@ async def test_an_unreachable_api_server_is_503_never_an_open_door(
         access = (await r.json())["access"]
     assert access["mode"] == "kubernetes"
     assert access["tokenReviews"]["made"] == 2  # the failed one is not cached
+
+
+async def test_keys_mode_serves_the_roles_each_manifest_key_names(
+    tmp_path: Path, upstream: Upstream, start_gateway: Callable[..., Awaitable[Gateway]]
+) -> None:
+    """``--auth keys``: API key Secrets among the manifests, each allowed the roles of its
+    rolegate.dev/roles annotation; editing the file rotates a key, no restart."""
+    first, second = "ci-key-" + "1" * 24, "ci-key-" + "2" * 24
+
+    def manifests(key: str) -> None:
+        client = m.secret("ci", "team-a", apiKey=key)
+        client["metadata"]["labels"] = {"rolegate.dev/api-key": "true"}
+        client["metadata"]["annotations"] = {"rolegate.dev/roles": "extract"}
+        m.write(
+            tmp_path / "roles.yaml",
+            m.role("extract", host=upstream.url, namespace="team-a"),
+            m.role("query", host=upstream.url, namespace="team-a"),
+            client,
+        )
+
+    manifests(first)
+    gateway = await start_gateway(
+        tmp_path, access=lambda runtime: Access("keys", count=runtime.metrics.auth_result)
+    )
+    assert (await post(gateway, "extract", token=first))[0] == 200
+    status, _, body = await post(gateway, "query", token=first)
+    assert status == 403
+    assert "rolegate.dev/roles" in str(body)
+    assert (await post(gateway, "extract", token="not-a-key-at-all-000"))[0] == 401
+    previous = gateway.runtime.last_reload
+    manifests(second)
+    await gateway.wait_reload(previous)
+    assert (await post(gateway, "extract", token=first))[0] == 401
+    assert (await post(gateway, "extract", token=second))[0] == 200
+    assert len(upstream.fake.seen) == 2
+    assert gateway.runtime.config is not None  # the manifest holds the key; the config not
+    wire = gateway.runtime.config.to_wire().decode()
+    assert second not in wire
