@@ -5,13 +5,13 @@ Owns the one reading of an API-key Secret that both config sources share: the op
 Secret labelled ``rolegate.dev/api-key: "true"`` (:data:`~rolegate_gateway.config.API_KEY_LABEL`)
 with data key ``apiKey`` becomes an :class:`~rolegate_gateway.config.ApiKey`: its sha256,
 never the key, and the roles of its ``rolegate.dev/roles`` annotation. A labelled Secret
-whose key is missing, not base64 UTF-8, empty or shorter than
+whose key is missing, not base64 UTF-8, empty, not printable ASCII or shorter than
 :data:`~rolegate_gateway.config.MIN_API_KEY_CHARS` is no key: the caller gets the reason
 (which never holds the value), leaves it out of the config and says so.
 
-The key is taken exactly as stored: no whitespace is stripped (``echo`` without ``-n``
-leaves a newline in it, and then clients must send that too, so the length check counts
-it; a client sending the key without it does not match).
+Whitespace around the key is stripped: ``echo`` without ``-n`` leaves a newline in a file
+made for ``kubectl create secret --from-file``, and no HTTP header can carry one (a client
+sends the key without it). What is left must be printable ASCII, as a bearer token is.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def api_key_from(
 
     Returns:
         the ApiKey (``sha256`` = :func:`~rolegate_gateway.config.key_digest` of the key
-        exactly as stored), or a reason such as ``"data key 'apiKey' is shorter than 16
+        without surrounding whitespace), or a reason such as ``"data key 'apiKey' is shorter than 16
         characters"``, for a log line; a reason never contains the key.
     """
     if not namespace or not name:
@@ -104,8 +104,14 @@ def api_key_from(
         key = _decoded(encoded)
         if key is None:
             return f"data key {API_KEY_DATA_KEY!r} is not base64-encoded UTF-8"
+    key = key.strip(" \t\r\n")
     if not key:
         return f"data key {API_KEY_DATA_KEY!r} is empty"
+    if not key.isascii() or not key.isprintable():
+        return (
+            f"data key {API_KEY_DATA_KEY!r} holds characters a bearer token cannot "
+            "(RFC 6750: printable ASCII)"
+        )
     if len(key) < MIN_API_KEY_CHARS:
         return (
             f"data key {API_KEY_DATA_KEY!r} is shorter than {MIN_API_KEY_CHARS} characters "

@@ -252,7 +252,8 @@ async def _model(request: web.Request) -> web.Response:
     name = request.match_info["role"]
     if access.enabled:
         identity = await access.identify(request.headers)
-        await access.authorize(identity, (await _role(request, name, identity)).config)
+        if identity is not None:
+            await _authorize(request, identity, await _role(request, name, identity))
     return web.json_response(_model_entry(runtime, name))
 
 

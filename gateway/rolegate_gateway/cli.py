@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import ipaddress
 import logging
+import math
 import signal
 import sys
 from collections.abc import Callable
@@ -203,8 +204,8 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text!r} is not positive")
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a positive finite number")
         return value
 
     return parse

@@ -59,6 +59,9 @@ class Throttled:
 
     __slots__ = ("_interval_s", "_logger", "_state")
 
+    #: Kinds remembered at most; beyond, those outside their interval are forgotten.
+    MAX_KINDS = 1024
+
     def __init__(self, logger: logging.Logger, *, interval_s: float) -> None:
         self._logger = logger
         self._interval_s = interval_s
@@ -68,6 +71,9 @@ class Throttled:
         """Log ``message % args`` at WARNING unless ``kind`` was logged in the interval;
         ``exc_info``: with the traceback of the exception being handled (a bug of ours)."""
         now = time.monotonic()
+        if len(self._state) >= self.MAX_KINDS:  # kinds named after clients: keep it bounded
+            quiet = {k: v for k, v in self._state.items() if now - v[0] < self._interval_s}
+            self._state = quiet if len(quiet) < self.MAX_KINDS else {}
         last, skipped = self._state.get(kind, (-math.inf, 0))
         if now - last < self._interval_s:
             self._state[kind] = (last, skipped + 1)

@@ -34,7 +34,7 @@ from rolegate_gateway import apikeys, errors, roles
 from rolegate_gateway.api import API_VERSION, KIND, LLMRole
 from rolegate_gateway.config import API_KEY_DATA_KEY, ApiKey, Credentials, GatewayConfig
 
-__all__ = ["ConfigSink", "ManifestsSource", "env_var_name", "load_manifests"]
+__all__ = ["ConfigSink", "ManifestsSource", "client_key_var", "env_var_name", "load_manifests"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,13 @@ def env_var_name(secret: str, key: str) -> str:
     """
     snake = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", key)
     return re.sub(r"[^A-Za-z0-9]+", "_", f"{secret}_{snake}").upper()
+
+
+def client_key_var(secret: str) -> str:
+    """The environment variable ``--env-secrets`` reads for a client API key Secret's key:
+    ``ci-pipeline`` -> ``CI_PIPELINE_CLIENT_API_KEY`` (never a role credential's variable,
+    ``CI_PIPELINE_API_KEY``)."""
+    return env_var_name(secret, "clientApiKey")
 
 
 def _files(path: Path) -> list[Path]:
@@ -218,7 +225,8 @@ def load_manifests(
 
     A Secret labelled ``rolegate.dev/api-key: "true"`` becomes a client API key of
     :attr:`GatewayConfig.api_keys` (its hash, roles from ``rolegate.dev/roles``; with
-    ``env_secrets`` the variable for (its name, ``apiKey``) wins here too). One whose key
+    ``env_secrets`` its variable :func:`client_key_var` wins: not a role's variable, so a
+    client's key never becomes a role's upstream key). One whose key
     is missing, undecodable, empty or shorter than ``MIN_API_KEY_CHARS`` is left out and
     logged (WARNING: file, document, reason; never the key).
 
@@ -271,11 +279,11 @@ def load_manifests(
 
 def _api_key(doc: _Doc, key: tuple[str, str], env: Mapping[str, str] | None) -> ApiKey | None:
     """The client API key of a labelled Secret document ``key`` (namespace, name), or None
-    (logged) when it is none. With ``env``, its variable for ``apiKey`` wins."""
+    (logged) when it is none. With ``env``, its variable :func:`client_key_var` wins."""
     meta = doc.body.get("metadata")
     string_data = doc.body.get("stringData")
     if env is not None:
-        value = env.get(env_var_name(key[1], API_KEY_DATA_KEY))
+        value = env.get(client_key_var(key[1]))
         if value:
             given = string_data if isinstance(string_data, dict) else {}
             string_data = {**given, API_KEY_DATA_KEY: value}

@@ -10,6 +10,7 @@ import json
 import pytest
 
 from rolegate_gateway import errors
+from rolegate_gateway.auth import access as access_module
 from rolegate_gateway.auth.access import Access, bearer_token, token_expiry
 from rolegate_gateway.config import ApiKey, GatewayConfig, key_digest
 from tests.fakes.configs import role_config
@@ -240,14 +241,36 @@ def test_modes_are_checked() -> None:
         Access("kubernetes")
 
 
-async def test_caches_are_bounded() -> None:
+async def test_garbage_tokens_are_bounded_and_evict_no_identity(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(access_module, "MAX_REFUSED", 10)
     reviewer, clock = Reviewer(), Clock()
     access, _ = kube_access(reviewer, clock)
     access.tokens._max = 10
+    assert await access.identify(headers("good")) == APP_A
     for n in range(25):
         with pytest.raises(errors.Unauthenticated):
             await access.identify(headers(f"garbage-{n}"))
-    assert len(access.tokens) <= 10
+    assert len(access._refused) <= 10
+    assert await access.identify(headers("good")) == APP_A
+    assert reviewer.token_calls == 26  # good once, each garbage token once
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "t\u00e9l\u00e9phone",  # not ASCII
+        "x." + base64.urlsafe_b64encode(b'{"exp": 1' + b"0" * 400 + b"}").decode() + ".s",
+        "x." + base64.urlsafe_b64encode(b"[" * 5000).decode() + ".s",
+    ],
+)
+async def test_odd_tokens_are_401_not_errors(token: str) -> None:
+    reviewer, clock = Reviewer(), Clock()
+    access, results = kube_access(reviewer, clock)
+    with pytest.raises(errors.Unauthenticated):
+        await access.identify(headers(token.encode().decode("unicode_escape")))
+    assert results == ["unauthenticated"]
 
 
 def test_the_benchmark_measures_both_cached_paths() -> None:
@@ -256,3 +279,13 @@ def test_the_benchmark_measures_both_cached_paths() -> None:
     cost = cached_path_us(EXTRACT, calls=20)
     assert set(cost) == {"keys", "kubernetes"}
     assert all(0 < us < 10_000 for us in cost.values())
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "inf", "nan", "x"])
+def test_ttl_flags_must_be_positive_and_finite(value: str) -> None:
+    from rolegate_gateway import cli
+
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args(["--manifests", ".", "--auth-allowed-ttl", value])
+    args = cli.parser().parse_args(["--manifests", ".", "--auth", "keys", "--auth-denied-ttl", "2"])
+    assert (args.auth, args.auth_denied_ttl) == ("keys", 2.0)

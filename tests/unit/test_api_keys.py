@@ -13,7 +13,7 @@ import pytest
 from rolegate_gateway import ConfigError, apikeys, load_manifests
 from rolegate_gateway.config import ApiKey, GatewayConfig, key_digest
 from rolegate_gateway.kube import CONFIG_KEY
-from rolegate_gateway.manifests import env_var_name
+from rolegate_gateway.manifests import client_key_var, env_var_name
 from rolegate_operator import render
 from rolegate_operator.reconcile import Reconciler, api_key_entry, secret_keys
 from rolegate_operator.settings import Settings
@@ -112,16 +112,15 @@ def test_a_valid_key_becomes_its_hash_and_roles() -> None:
     assert plain.sha256 == key_digest(CLIENT_KEY)
 
 
-def test_the_key_is_taken_as_stored() -> None:
-    """No whitespace is stripped: a trailing newline (``echo`` without ``-n``) is part of
-    the key, and counts for the length."""
+def test_whitespace_around_the_key_is_no_part_of_it() -> None:
+    """``echo`` without ``-n`` leaves a newline that no bearer header can carry."""
     found = apikeys.api_key_from(
         "t", "a", annotations=None, data={"apiKey": b64(CLIENT_KEY + "\n")}
     )
     assert isinstance(found, ApiKey)
-    assert found.sha256 == key_digest(CLIENT_KEY + "\n")
+    assert found.sha256 == key_digest(CLIENT_KEY)
     padded = apikeys.api_key_from("t", "a", annotations=None, data={"apiKey": b64(" " * 16)})
-    assert isinstance(padded, ApiKey)
+    assert padded == "data key 'apiKey' is empty"
 
 
 @pytest.mark.parametrize(
@@ -411,7 +410,8 @@ def test_manifests_take_a_key_from_the_environment(tmp_path: Path) -> None:
         labelled("app", apiKey=CLIENT_KEY),
         labelled("envonly"),  # no key on disk at all
     )
-    env = {env_var_name("app", "apiKey"): ROTATED, env_var_name("envonly", "apiKey"): "e" * 32}
+    env = {client_key_var("app"): ROTATED, client_key_var("envonly"): "e" * 32}
+    assert client_key_var("app") == "APP_CLIENT_API_KEY"
     config = load_manifests(tmp_path, env_secrets=True, environ=env)
     assert {k.name: k.sha256 for k in config.api_keys} == {
         "app": key_digest(ROTATED),
@@ -451,3 +451,37 @@ def test_a_client_key_is_no_role_credential_in_manifests(tmp_path: Path) -> None
         load_manifests(tmp_path)
     assert "rolegate.dev/api-key=true" in str(refused.value)
     assert CLIENT_KEY not in str(refused.value)
+
+
+def test_a_client_key_from_the_environment_is_no_role_key(tmp_path: Path) -> None:
+    """A role naming a key Secret, and a role of another namespace naming a Secret of the
+    same name, never get the client's key from its variable."""
+    m.write(
+        tmp_path / "a.yaml",
+        m.role("extract", binding="openai", credentials={"secretRef": {"name": "app"}}),
+        m.role(
+            "query",
+            binding="openai",
+            namespace="other",
+            credentials={"secretRef": {"name": "app"}},
+        ),
+        labelled("app"),
+    )
+    env = {client_key_var("app"): CLIENT_KEY}
+    with pytest.raises(ConfigError, match="apiKey"):
+        load_manifests(tmp_path, env_secrets=True, environ=env)
+    roles_own = {**env, env_var_name("app", "apiKey"): "sk-ROLE-KEY-1"}  # the roles' variable
+    config = load_manifests(tmp_path, env_secrets=True, environ=roles_own)
+    for role in config.roles:
+        assert role.upstream.credentials.api_key is not None
+        assert role.upstream.credentials.api_key.get_secret_value() == "sk-ROLE-KEY-1"
+    assert [k.sha256 for k in config.api_keys] == [key_digest(CLIENT_KEY)]
+
+
+@pytest.mark.parametrize(
+    "key", ["caf\u00e9-" + "k" * 16, "k" * 8 + "\n" + "k" * 8, "k" * 8 + "\t" + "k" * 8]
+)
+def test_a_key_a_bearer_header_cannot_carry_is_no_key(key: str) -> None:
+    found = apikeys.api_key_from("t", "a", annotations=None, data={"apiKey": b64(key)})
+    assert isinstance(found, str)
+    assert "printable ASCII" in found

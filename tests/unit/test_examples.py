@@ -9,6 +9,7 @@ import yaml
 
 from rolegate_gateway import load_manifests
 from rolegate_gateway.api import LLMRole
+from rolegate_gateway.config import MIN_API_KEY_CHARS
 from rolegate_gateway.errors import ConfigError
 from rolegate_operator import render
 from rolegate_operator.render import backend
@@ -112,7 +113,8 @@ def test_access_examples_grant_what_their_comments_say() -> None:
     assert secret["metadata"]["labels"] == {"rolegate.dev/api-key": "true"}
     assert secret["metadata"]["annotations"] == {"rolegate.dev/roles": "extract,query"}
     assert secret["stringData"]["apiKey"].startswith("REPLACE-ME")
-    assert len(secret["stringData"]["apiKey"]) >= 16
+    # Applied as it is, the placeholder must not be a working key anyone can read here.
+    assert len(secret["stringData"]["apiKey"]) < MIN_API_KEY_CHARS
     binding = docs["RoleBinding", "ci-pipeline-rolegate"]
     assert binding["metadata"]["namespace"] == secret["metadata"]["namespace"]
     assert binding["roleRef"] == user_role

@@ -67,6 +67,14 @@ RETRY_AFTER_S = 5
 MAX_ENTRIES = 10_000
 #: Seconds after a failed review during which no other is tried (503 at once).
 DOWN_S = 1.0
+#: Reviews in flight at once; more wait (garbage tokens cannot flood the API server).
+MAX_REVIEWS = 16
+#: Refused tokens remembered at most (apart from identities, which they cannot evict).
+MAX_REFUSED = 1_000
+_REFUSED = (
+    "Invalid token: not a valid Kubernetes token for this gateway (expired, revoked, or "
+    "for another audience) and not a known API key."
+)
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -146,12 +154,20 @@ def token_expiry(token: str) -> float | None:
     payload = parts[1] + "=" * (-len(parts[1]) % 4)
     try:
         claims = json.loads(base64.urlsafe_b64decode(payload))
-    except (ValueError, binascii.Error):
+    except (ValueError, binascii.Error, RecursionError):
         return None
     exp = claims.get("exp") if isinstance(claims, dict) else None
     if isinstance(exp, bool) or not isinstance(exp, int | float):
         return None
-    return float(exp)
+    try:
+        return float(exp)
+    except OverflowError:  # an integer beyond float: no real expiry
+        return None
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class _Cache(Generic[_K, _V]):
@@ -178,6 +194,7 @@ class _Cache(Generic[_K, _V]):
         task = self._pending.get(key)
         if task is None:
             task = self._pending[key] = asyncio.create_task(self._fill(key, fetch))
+            task.add_done_callback(_retrieved)  # its error is seen even if nobody waits
         return await asyncio.shield(task)
 
     async def _fill(self, key: _K, fetch: Callable[[], Awaitable[tuple[_V, float]]]) -> _V:
@@ -241,6 +258,9 @@ class Access:
         self._wall = wall
         self._keys: dict[str, ApiKey] = {}
         self._down_until = -math.inf
+        self._slots = asyncio.Semaphore(MAX_REVIEWS)
+        #: sha256 of refused tokens -> (monotonic expiry, why), apart from the identities.
+        self._refused: dict[str, tuple[float, str]] = {}
         #: Reviews asked of the API server, by kind (for /status and tests).
         self.reviews = {"tokenReviews": 0, "accessReviews": 0}
         self.tokens: _Cache[str, Review] = _Cache(clock, max_entries)
@@ -274,6 +294,9 @@ class Access:
                 "No API key or token provided: send 'Authorization: Bearer <token>' with a "
                 "Kubernetes ServiceAccount token or a rolegate API key."
             )
+        if not token.isascii():  # RFC 6750's b64token is ASCII; this is no key or token
+            self._unauthenticated("a token that is not ASCII")
+            raise errors.Unauthenticated("Invalid token.")
         digest = hashlib.sha256(token.encode()).hexdigest()
         key = self._keys.get(digest)
         if key is not None:
@@ -283,10 +306,14 @@ class Access:
             raise errors.Unauthenticated("Invalid API key.")
         exp = token_expiry(token)
         if exp is not None and exp <= self._wall():
-            # The API server still accepts a token up to 60 s past its exp (its leeway for
-            # clock skew); the gateway and the API server share a clock here: refused.
+            # The API server accepts a token up to 60 s past its exp (leeway for skew between
+            # clocks); the gateway's own (NTP-synced) clock refuses it at once.
             self._unauthenticated("the token has expired")
             raise errors.Unauthenticated("Invalid token: it has expired.")
+        refused = self._refused.get(digest)
+        if refused is not None and refused[0] > self._clock():
+            self._unauthenticated(f"the token was refused: {refused[1]}")
+            raise errors.Unauthenticated(_REFUSED)
         try:
             review = await self._decide(self.tokens.get(digest, lambda: self._review(token)))
         except errors.AuthUnavailable:
@@ -294,18 +321,21 @@ class Access:
             raise
         if review.identity is None:
             self._unauthenticated(f"the token was refused: {review.reason}")
-            raise errors.Unauthenticated(
-                "Invalid token: not a valid Kubernetes token for this gateway (expired, "
-                "revoked, or for another audience) and not a known API key."
-            )
+            raise errors.Unauthenticated(_REFUSED)
         return review.identity
 
     async def _review(self, token: str) -> tuple[Review, float]:
         assert self.reviewer is not None
         review = await self._ask("tokenReviews", self.reviewer.token(token))
         now = self._clock()
-        if review.identity is None:
-            return review, now + self.denied_ttl_s
+        if review.identity is None:  # held apart: refusals must not evict identities
+            digest = hashlib.sha256(token.encode()).hexdigest()
+            if len(self._refused) >= MAX_REFUSED:
+                self._refused = {k: v for k, v in self._refused.items() if v[0] > now}
+                while len(self._refused) >= MAX_REFUSED:
+                    del self._refused[next(iter(self._refused))]
+            self._refused[digest] = (now + self.denied_ttl_s, review.reason)
+            return review, now  # not for the identities' cache
         expires = now + self.token_ttl_s
         exp = token_expiry(token)
         if exp is not None:
@@ -390,7 +420,11 @@ class Access:
         configs = list(roles)
         if identity is None:
             return sorted(r.name for r in configs)
-        answers = await asyncio.gather(*(self.may(identity, r) for r in configs))
+        try:
+            answers = await asyncio.gather(*(self.may(identity, r) for r in configs))
+        except errors.AuthUnavailable:
+            self._count("unavailable")
+            raise
         return sorted(r.name for r, (allowed, _) in zip(configs, answers, strict=True) if allowed)
 
     async def _ask(self, kind: str, call: Coroutine[Any, Any, _V]) -> _V:
@@ -401,9 +435,10 @@ class Access:
         if self._clock() < self._down_until:
             call.close()
             raise _Down()
-        self.reviews[kind] += 1
         try:
-            return await call
+            async with self._slots:
+                self.reviews[kind] += 1
+                return await call
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -61,7 +61,7 @@ class KubeReviews:
         status = answer.get("status") or {}
         if not status.get("authenticated"):
             return Review(None, str(status.get("error") or "not authenticated")[:200])
-        if self.audience not in (status.get("audiences") or [self.audience]):
+        if self.audience not in (status.get("audiences") or ()):  # empty: the API server's
             return Review(None, f"the token is not for audience {self.audience!r}")
         user = status.get("user") or {}
         extra = user.get("extra") or {}
