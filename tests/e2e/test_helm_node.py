@@ -40,6 +40,7 @@ from devstack.poll import wait_until
 from devstack.registry import Registry
 from devstack.stack import install_crd
 from tests.fakes import manifests as m
+from tests.fixtures.identities import mint
 from tests.fixtures.llama import API_KEY
 
 pytestmark = pytest.mark.cluster
@@ -48,15 +49,6 @@ ROLES = ("extract", "query")
 #: The client: bound to the chart's user ClusterRole in the roles' namespace. The stranger:
 #: a ServiceAccount of the same namespace with no binding.
 CLIENT, STRANGER = "app", "stranger"
-
-
-def token(plane: ControlPlane, ns: str, account: str) -> str:
-    """A token of ServiceAccount ``account`` for the gateway's audience (``kubectl create
-    token --audience rolegate``), as a pod's projected token would be."""
-    done = plane.kubectl(
-        ["create", "token", account, "--audience", "rolegate", "--duration", "1h"], namespace=ns
-    )
-    return done.stdout.strip()
 
 
 def pods(plane: ControlPlane, ns: str, component: str) -> list[dict[str, Any]]:
@@ -176,7 +168,7 @@ def client_token(installed: tuple[Installed, float], real_node_plane: ControlPla
         ],
         namespace=ns,
     )
-    return token(plane, ns, CLIENT)
+    return mint(plane, namespace=ns, account=CLIENT)
 
 
 def test_the_gateway_pod_refuses_no_token_and_an_unbound_account(
@@ -186,7 +178,7 @@ def test_the_gateway_pod_refuses_no_token_and_an_unbound_account(
     plane, ns = real_node_plane, release.namespace
     base_url = f"{release.gateway.url}/v1"
     plane.kubectl(["create", "serviceaccount", STRANGER], namespace=ns)
-    stranger = token(plane, ns, STRANGER)
+    stranger = mint(plane, namespace=ns, account=STRANGER)
 
     async def call(api_key: str) -> None:
         async with openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0) as sdk:

@@ -21,25 +21,27 @@ import pytest
 
 from devstack.poll import wait_until
 from tests.fixtures.access import (
-    AUDIENCE,
     HI,
     SLACK_S,
     Scene,
     access_plane,
     assert_counted,
     assert_error,
+    poll,
+    sdk,
+    serving,
+    world,
+)
+from tests.fixtures.identities import (
+    AUDIENCE,
     gateway_identity,
     grant,
     mint,
-    poll,
     reviews,
-    sdk,
-    serving,
     sign,
     token_kubeconfig,
     token_review,
     utc_now,
-    world,
 )
 
 __all__ = ["access_plane", "world"]  # the fixtures, for pytest
@@ -115,7 +117,9 @@ async def test_no_garbage_expired_or_foreign_token_passes(world: Scene) -> None:
         "a JWT-shaped forgery": "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlX19f",
         "the expired token": expired,
         "a token expired 20 s ago": lately,
-        "a token for audience other": mint(ns, "app-a", audiences=["other"]),
+        "a token for audience other": mint(
+            ns.plane, namespace=ns.name, account="app-a", audiences=["other"]
+        ),
     }
     async with serving(world) as acc:
         acc.secrets |= {"the self-signed token": fresh, **bad}

@@ -22,15 +22,14 @@ from tests.fixtures.access import (
     SLACK_S,
     Scene,
     access_plane,
-    api_key_secret,
     assert_counted,
     assert_error,
-    grant,
     poll,
     sdk,
     serving,
     world,
 )
+from tests.fixtures.identities import api_key_secret, grant
 from tests.fixtures.stack import CONFIG
 
 __all__ = ["access_plane", "world"]  # the fixtures, for pytest

@@ -30,12 +30,12 @@ from tests.fixtures.chart import (
     RELEASE,
     ChartProcesses,
     can_i,
-    client_token,
     container,
     documented_can_i,
     objects,
     token_kubeconfig,
 )
+from tests.fixtures.identities import mint
 
 pytestmark = pytest.mark.cluster
 
@@ -111,7 +111,8 @@ def test_each_ci_values_file_is_accepted_by_the_api_server(
         args += ["--set", f"apiServer.port={plane.server.rsplit(':', 1)[1]}"]
     rendered = plane.helm(args, namespace=ns).stdout
     # The test hook's pod runs as the chart's test ServiceAccount, which admission wants to
-    # exist, and a dry run creates nothing: create it (helm creates it before `helm test`).
+    # exist, and a dry run creates nothing: create it (`helm test` creates it, a test hook
+    # of a lower weight, before the pod).
     tester = f"{RELEASE}-test"
     if any(
         d["kind"] == "ServiceAccount" and d["metadata"]["name"] == tester for d in objects(rendered)
@@ -174,14 +175,33 @@ def ready(plane: ControlPlane, ns: str, name: str) -> tuple[str, str]:
     return "", ""
 
 
+def create_test_identity(plane: ControlPlane, docs: list[dict[str, Any]], ns: str) -> None:
+    """What ``helm test`` does before its pod: create the test hooks of weight -1, the test
+    ServiceAccount and its bindings to the user ClusterRole. ``helm install`` (``docs``, the
+    release's manifest) created none of them: no standing grant."""
+    tester = f"{RELEASE}-test"
+    assert not [d for d in docs if d["metadata"]["name"].startswith(tester)]
+    found = plane.kubectl(["get", "serviceaccount", tester], namespace=ns, check=False)
+    assert found.returncode != 0, found.stdout
+    hooks = objects(plane.helm(["get", "hooks", RELEASE], namespace=ns).stdout)
+    identity = [d for d in hooks if d["kind"] != "Pod"]
+    assert {d["metadata"]["annotations"]["helm.sh/hook-weight"] for d in identity} == {"-1"}
+    assert {d["kind"] for d in identity} >= {"ServiceAccount"}
+    plane.kubectl(
+        ["apply", "-f", "-"],
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": identity}),
+    )
+
+
 def serve_a_role(
     plane: ControlPlane, docs: list[dict[str, Any]], release_ns: str, role_ns: str, tmp: Path
 ) -> ChartProcesses:
     """Run the chart's operator and gateway locally as its ServiceAccounts, apply a Secret
     and a role in ``role_ns``, and wait until the role is Ready and listed in /v1/models.
     The gateway checks tokens (the chart's default ``--auth kubernetes``): /v1/models is
-    asked with the token of the chart's test ServiceAccount, which may use the roles of the
-    watched namespaces. Returns the running processes (the caller stops them)."""
+    asked with the token of the chart's test ServiceAccount (created here as ``helm test``
+    would), which may use the roles of the watched namespaces. Returns the running
+    processes (the caller stops them)."""
     procs = ChartProcesses.from_chart(
         docs,
         operator_kubeconfig=token_kubeconfig(
@@ -209,7 +229,8 @@ def serve_a_role(
         )
         plane.kubectl(["apply", "-f", str(manifest)])
 
-        token = client_token(plane, namespace=release_ns, account=f"{RELEASE}-test")
+        create_test_identity(plane, docs, release_ns)
+        token = mint(plane, namespace=release_ns, account=f"{RELEASE}-test")
 
         def served() -> bool:
             procs.operator.check_running()
@@ -256,7 +277,7 @@ def test_default_release_namespace(plane: ControlPlane, tmp_path: Path) -> None:
         [pod] = [d for d in hook if d["kind"] == "Pod"]
         env = {e["name"]: e["value"] for e in container(pod)["env"]}
         projected = tmp_path / "hook-token"
-        projected.write_text(client_token(plane, namespace=ns, account=f"{RELEASE}-test"))
+        projected.write_text(mint(plane, namespace=ns, account=f"{RELEASE}-test"))
         env["TOKEN_FILE"] = str(projected)
         host, port = procs.url.removeprefix("http://").split(":")
         done = subprocess.run(
@@ -277,6 +298,16 @@ def test_default_release_namespace(plane: ControlPlane, tmp_path: Path) -> None:
         ), done.stdout
     finally:
         procs.stop()
+    # `helm test` itself, with no kubelet here: its pod is admitted (so its ServiceAccount
+    # came first) and never runs, so the test times out; the pod stays for its logs, and
+    # Helm deletes the hooks that succeeded before it, the grant included.
+    failed = plane.helm(["test", RELEASE, "--timeout", "5s"], namespace=ns, check=False)
+    assert failed.returncode != 0
+    assert "timed out waiting for the condition" in failed.stderr, failed.stderr
+    left = plane.kubectl(["get", "serviceaccount,rolebinding,pod", "-o", "name"], namespace=ns)
+    assert [n for n in left.stdout.split() if n.endswith(f"/{RELEASE}-test")] == [
+        f"pod/{RELEASE}-test"
+    ], left.stdout
     plane.helm(["uninstall", RELEASE], namespace=ns)
 
 

@@ -2,8 +2,9 @@
 helm: the gateway's ``--auth`` flags per mode, the gateway's ``system:auth-delegator``
 binding only where it checks tokens, the ClusterRole users bind (verb ``use`` on LLMRoles),
 and the ``helm test`` pod calling as a client does (its own ServiceAccount bound to that
-ClusterRole, a projected token of the gateway's audience sent as a bearer token), which is
-also run here against a small server that checks the header. No control plane:
+ClusterRole, test hooks that exist only while the test runs; a projected token of the
+gateway's audience sent as a bearer token), which is also run here against a small server
+that checks the header. No control plane:
 tests/integration/test_chart.py installs the chart, tests/e2e/test_helm_node.py runs it.
 """
 
@@ -48,6 +49,12 @@ USER_ROLE_REF = {
     "name": "rolegate-user",
 }
 TEST_SUBJECT = {"kind": "ServiceAccount", "name": "rolegate-test", "namespace": NS}
+#: The test pod's identity: created before the pod (weight -1 < 0), deleted once it passed.
+IDENTITY_HOOK = {
+    "helm.sh/hook": "test",
+    "helm.sh/hook-weight": "-1",
+    "helm.sh/hook-delete-policy": "before-hook-creation,hook-succeeded",
+}
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +100,7 @@ def test_auth_values_reach_the_flags(chart: Any) -> None:
         "gateway.auth.tokenAudience=llm-gateway",
         "gateway.auth.tokenTTL=120",
         "gateway.auth.allowedTTL=10",
-        "gateway.auth.deniedTTL=0",
+        "gateway.auth.deniedTTL=1",
         "gateway.metrics.clientLabel=true",
     )
     assert after_drain_grace(deployment_command(docs, "gateway")) == [
@@ -106,7 +113,7 @@ def test_auth_values_reach_the_flags(chart: Any) -> None:
         "--auth-allowed-ttl",
         "10",
         "--auth-denied-ttl",
-        "0",
+        "1",
         "--metrics-client-label",
     ]
 
@@ -185,6 +192,8 @@ def test_the_test_pod_may_use_the_roles_where_they_are(
     account = named(docs, "ServiceAccount", "rolegate-test")
     assert account["automountServiceAccountToken"] is False
     assert account["metadata"]["labels"]["app.kubernetes.io/component"] == "test"
+    # No standing grant: the account and its bindings are test hooks, not release objects.
+    assert account["metadata"]["annotations"] == IDENTITY_HOOK
     found = [
         key
         for key in of_kind(docs, "RoleBinding", "ClusterRoleBinding")
@@ -199,6 +208,7 @@ def test_the_test_pod_may_use_the_roles_where_they_are(
             == (kind, namespace, name)
         ]
         assert (doc["roleRef"], doc["subjects"]) == (USER_ROLE_REF, [TEST_SUBJECT])
+        assert doc["metadata"]["annotations"] == IDENTITY_HOOK
 
 
 def test_the_test_pod_mounts_a_projected_token_of_the_gateways_audience(chart: Any) -> None:
@@ -236,7 +246,15 @@ def test_the_test_pod_mounts_a_projected_token_of_the_gateways_audience(chart: A
     ("sets", "message"),
     [
         (["gateway.auth.mode=keys"], "at '/gateway/auth/mode': value must be one of"),
-        (["gateway.auth.tokenTTL=-1"], "at '/gateway/auth/tokenTTL': minimum: got -1, want 0"),
+        (
+            ["gateway.auth.tokenTTL=-1"],
+            "at '/gateway/auth/tokenTTL': exclusiveMinimum: got -1, want 0",
+        ),
+        # The gateway refuses 0 (its pod would crash-loop): so does the schema.
+        *[
+            ([f"gateway.auth.{ttl}=0"], f"at '/gateway/auth/{ttl}': exclusiveMinimum: got 0")
+            for ttl in ("tokenTTL", "allowedTTL", "deniedTTL")
+        ],
         (["gateway.auth.tokenAudience="], "at '/gateway/auth/tokenAudience': minLength"),
         (["gateway.auth.userClusterRole.name=Users"], "'Users' does not match pattern"),
         (["gateway.auth.tokenTtl=5"], "additional properties 'tokenTtl' not allowed"),
@@ -255,10 +273,13 @@ def test_bad_auth_values_are_refused(
 # -- the test hook's script, run here ----------------------------------------------------------
 
 
-def _handler(*, require_token: bool) -> type[http.server.BaseHTTPRequestHandler]:
+MODELS = b'{"object": "list", "data": [{"id": "extract"}]}'
+
+
+def _handler(*, require_token: bool, models: bytes) -> type[http.server.BaseHTTPRequestHandler]:
     """A handler answering /readyz, and /v1/models as the gateway does: with
     ``require_token``, 200 only with ``Authorization: Bearer <TOKEN>`` (401 without a token,
-    403 with another); without, 200 only when no token is sent."""
+    403 with another); without, 200 only when no token is sent. Its 200 body: ``models``."""
 
     class Gateway(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -274,7 +295,7 @@ def _handler(*, require_token: bool) -> type[http.server.BaseHTTPRequestHandler]
             elif not require_token and auth is not None:
                 self._answer(400, b'{"error": "a token was sent"}')
             else:
-                self._answer(200, b'{"object": "list", "data": [{"id": "extract"}]}')
+                self._answer(200, models)
 
         def _answer(self, status: int, body: bytes) -> None:
             self.send_response(status)
@@ -291,12 +312,13 @@ def _handler(*, require_token: bool) -> type[http.server.BaseHTTPRequestHandler]
 
 @pytest.fixture
 def fake_gateway() -> Iterator[Callable[..., int]]:
-    """``fake_gateway(require_token=...)`` -> the port of a running :func:`_handler` server."""
+    """``fake_gateway(require_token=..., models=...)`` -> the port of a running
+    :func:`_handler` server."""
     servers: list[http.server.ThreadingHTTPServer] = []
 
-    def start(*, require_token: bool = True) -> int:
+    def start(*, require_token: bool = True, models: bytes = MODELS) -> int:
         server = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", 0), _handler(require_token=require_token)
+            ("127.0.0.1", 0), _handler(require_token=require_token, models=models)
         )
         servers.append(server)
         threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -348,6 +370,27 @@ def test_the_hook_sends_its_token_and_fails_on_a_refusal(
     assert "permission_denied" in refused.stderr
 
 
+def test_the_hook_fails_unless_data_is_a_list(
+    chart: Any, fake_gateway: Callable[..., int], tmp_path: Path
+) -> None:
+    # An empty list passes (a caller with no grant); anything but a list fails, an empty
+    # object included, which would otherwise read as no roles.
+    pod = hook_pod(chart())
+    empty = run_hook(pod, fake_gateway(models=b'{"data": []}'), tmp_path, TOKEN)
+    assert empty.returncode == 0, empty.stdout + empty.stderr
+    assert empty.stdout.endswith("/v1/models []\n")
+    for body, why in (
+        (b'{"data": {}}', "data is not a list: {}"),
+        (b'{"data": null}', "data is not a list: None"),
+        (b"{}", "KeyError('data')"),
+    ):
+        port = fake_gateway(models=body)
+        done = run_hook(pod, port, tmp_path, TOKEN)
+        assert done.returncode == 1, (body, done.stdout)
+        assert f"FAIL http://127.0.0.1:{port}/v1/models: " in done.stderr, (body, done.stderr)
+        assert why in done.stderr, (body, done.stderr)
+
+
 def test_the_hook_sends_no_token_in_mode_none(
     chart: Any, fake_gateway: Callable[..., int], tmp_path: Path
 ) -> None:
@@ -361,6 +404,7 @@ def test_test_hook_is_a_test_pod_of_the_same_image(chart: Any) -> None:
     [hook] = by_kind(chart(), "Pod")
     assert hook["metadata"]["annotations"] == {
         "helm.sh/hook": "test",
+        "helm.sh/hook-weight": "0",  # after its ServiceAccount and bindings (-1)
         "helm.sh/hook-delete-policy": "before-hook-creation,hook-succeeded",
     }
     assert hook["spec"]["restartPolicy"] == "Never"

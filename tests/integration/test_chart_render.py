@@ -141,6 +141,10 @@ def test_every_object_has_the_recommended_labels_and_selectors_use_three(chart: 
         component = labels.get("app.kubernetes.io/component")
         assert component in {"operator", "gateway", "crd", "test"}, doc["metadata"]["name"]
         assert {k: v for k, v in labels.items() if k in LABELS} == LABELS, doc["metadata"]["name"]
+        # The test pod and its identity are `helm test` hooks (created by `helm test` only,
+        # deleted once it passed); everything else is an ordinary object of the release.
+        hook = doc["metadata"].get("annotations", {}).get("helm.sh/hook")
+        assert hook == ("test" if component == "test" else None), doc["metadata"]["name"]
         if doc["kind"] not in ("CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"):
             assert doc["metadata"]["namespace"] == NS
     selector = {
@@ -262,7 +266,8 @@ def test_rbac_per_watch_mode(chart: Any) -> None:
         )
 
     # Access control (gateway.auth.mode kubernetes, the default; test_chart_access.py): the
-    # gateway's reviews, the ClusterRole users bind, and the test pod's binding to it.
+    # gateway's reviews, the ClusterRole users bind, and the test pod's binding to it (a test
+    # hook: it exists only while `helm test` runs; test_chart_access.py).
     common = [
         ("Role", NS, "rolegate-gateway"),
         ("Role", NS, "rolegate-operator-config"),
