@@ -32,7 +32,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.compare import Budget, Case, LoadGen, aggregate, compare
+from bench.compare import Budget, Case, LoadGen, aggregate, compare, ints, markdown_rows
 from bench.procs import Meter
 from bench.targets import Target, role, start_rolegate, start_upstream, write_roles
 from bench.upstream import UpstreamSettings
@@ -207,12 +207,8 @@ def _table(doc: dict[str, Any]) -> str:
         "| case | target | req/s | p50 ms | p99 ms | CPU s/1000 | ok | failed |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for row in doc["results"]:
-        case = f"{'stream' if row['stream'] else 'plain'} c={row['concurrency']}"
-        cells = [row.get(k) for k in ("throughput_rps", "latency_p50_ms", "latency_p99_ms")]
-        cells.append(row.get("cpu_s_per_1000"))
-        shown = " | ".join("-" if v is None else f"{v:.2f}" for v in cells)
-        lines.append(f"| {case} | {row['target']} | {shown} | {row['ok']} | {row['failed']} |")
+    keys = ("throughput_rps", "latency_p50_ms", "latency_p99_ms", "cpu_s_per_1000")
+    lines += markdown_rows(doc["results"], keys, counts=True)
     lines.append("")
     for mode, cases in doc["added_p50_ms"].items():
         said = ", ".join(f"{case}: {ms} ms" for case, ms in cases.items())
@@ -228,15 +224,11 @@ def _table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(",") if x)
-
-
 def main(argv: list[str] | None = None) -> int:
     """The command line; see ``--help``."""
     p = argparse.ArgumentParser(prog="python -m bench.access", description=__doc__)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--concurrency", type=_ints, default=(1, 32), help="e.g. 1,32")
+    p.add_argument("--concurrency", type=ints, default=(1, 32), help="e.g. 1,32")
     p.add_argument("--max-duration-s", type=float, default=3.0)
     p.add_argument("--json", type=Path, help="also write the figures to this file")
     args = p.parse_args(argv)

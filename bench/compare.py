@@ -34,7 +34,9 @@ __all__ = [
     "added_ms",
     "aggregate",
     "compare",
+    "ints",
     "lookup",
+    "markdown_rows",
     "measure",
     "request_body",
 ]
@@ -359,3 +361,24 @@ def aggregate(
                 }
             )
     return results
+
+
+def ints(text: str) -> tuple[int, ...]:
+    """Comma-separated integers (``1,32``), for flags such as ``--concurrency``."""
+    return tuple(int(x) for x in text.split(",") if x)
+
+
+def markdown_rows(
+    results: Sequence[dict[str, Any]], keys: Sequence[str], *, counts: bool = False
+) -> list[str]:
+    """One markdown table row per :func:`aggregate` row: its case (``plain c=8``), its
+    target, then the values of ``keys`` with two decimals ("-" when None); ``counts``:
+    then its ``ok`` and ``failed``."""
+    lines = []
+    for row in results:
+        case = f"{'stream' if row['stream'] else 'plain'} c={row['concurrency']}"
+        cells = [row.get(k) for k in keys]
+        shown = " | ".join("-" if v is None else f"{v:.2f}" for v in cells)
+        tail = f" | {row['ok']} | {row['failed']}" if counts else ""
+        lines.append(f"| {case} | {row['target']} | {shown}{tail} |")
+    return lines

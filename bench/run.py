@@ -31,7 +31,7 @@ from types import FrameType
 from typing import Any
 
 from bench import report, rolegate_only
-from bench.compare import MIN_P99_SAMPLES, Budget, Case, LoadGen, aggregate, compare
+from bench.compare import MIN_P99_SAMPLES, Budget, Case, LoadGen, aggregate, compare, ints
 from bench.procs import Meter
 from bench.targets import (
     MODEL,
@@ -223,10 +223,6 @@ def run(settings: Settings, *, out_dir: Path, name: str, keep: bool = False) -> 
     return doc
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(",") if x)
-
-
 def main(argv: list[str] | None = None) -> int:
     """The command line; see ``--help``."""
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
@@ -234,13 +230,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("bench/results"), help="(bench/results)")
     p.add_argument("--name", default=datetime.now(UTC).strftime("%Y-%m-%d"), help="file stem")
     p.add_argument("--rounds", type=int, default=d.rounds)
-    p.add_argument("--concurrency", type=_ints, default=d.concurrency, help="e.g. 1,32,256")
+    p.add_argument("--concurrency", type=ints, default=d.concurrency, help="e.g. 1,32,256")
     p.add_argument("--max-requests", type=int, default=d.budget.max_requests)
     p.add_argument("--max-duration-s", type=float, default=d.budget.max_duration_s)
     p.add_argument("--delay-s", type=float, default=d.upstream.delay_s)
     p.add_argument("--chunks", type=int, default=d.upstream.chunks)
     p.add_argument("--chunk-interval-s", type=float, default=d.upstream.chunk_interval_s)
-    p.add_argument("--role-counts", type=_ints, default=d.role_counts, help="e.g. 1,100,1000")
+    p.add_argument("--role-counts", type=ints, default=d.role_counts, help="e.g. 1,100,1000")
     p.add_argument("--apply-roles", type=int, default=d.apply_roles)
     p.add_argument("--reloads", type=int, default=d.reloads)
     p.add_argument("--keep", action="store_true", help="keep logs and manifests")

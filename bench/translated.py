@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.compare import Budget, Case, LoadGen, aggregate, compare
+from bench.compare import Budget, Case, LoadGen, aggregate, compare, ints, markdown_rows
 from bench.procs import Meter
 from bench.targets import Target, role, start_rolegate, start_upstream, write_roles
 from bench.upstream import UpstreamSettings
@@ -117,12 +117,8 @@ def _table(doc: dict[str, Any]) -> str:
         "| case | binding | req/s | p50 ms | p99 ms | TTFT p50 ms | TTFT p99 ms | CPU s/1000 |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for row in doc["results"]:
-        case = f"{'stream' if row['stream'] else 'plain'} c={row['concurrency']}"
-        cells = [row.get(k) for k in ("throughput_rps", "latency_p50_ms", "latency_p99_ms")]
-        cells += [row.get(k) for k in ("ttft_p50_ms", "ttft_p99_ms", "cpu_s_per_1000")]
-        shown = " | ".join("-" if v is None else f"{v:.2f}" for v in cells)
-        lines.append(f"| {case} | {row['target']} | {shown} |")
+    keys = ("throughput_rps", "latency_p50_ms", "latency_p99_ms", "ttft_p50_ms", "ttft_p99_ms")
+    lines += markdown_rows(doc["results"], (*keys, "cpu_s_per_1000"))
     lines.append("")
     for binding, cases in doc["added_ttft_ms"].items():
         said = ", ".join(f"{case}: {ms} ms" for case, ms in cases.items())
@@ -130,15 +126,11 @@ def _table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(",") if x)
-
-
 def main(argv: list[str] | None = None) -> int:
     """The command line; see ``--help``."""
     p = argparse.ArgumentParser(prog="python -m bench.translated", description=__doc__)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--concurrency", type=_ints, default=(1, 8), help="e.g. 1,8")
+    p.add_argument("--concurrency", type=ints, default=(1, 8), help="e.g. 1,8")
     p.add_argument("--max-duration-s", type=float, default=3.0)
     p.add_argument("--chunks", type=int, default=8)
     p.add_argument("--chunk-interval-s", type=float, default=0.001)

@@ -144,13 +144,8 @@ class PermissionDenied(GatewayError):
     code = "permission_denied"
 
 
-class AuthUnavailable(GatewayError):
-    """The client's access could not be checked (the Kubernetes API is unreachable) and no
-    unexpired decision is held: refused, never let through."""
-
-    status = 503
-    type_ = "service_unavailable"
-    code = "auth_unavailable"
+class _RetryAfter(GatewayError):
+    """An error the client may retry after ``retry_after_s`` seconds (``Retry-After``)."""
 
     def __init__(self, message: str, *, retry_after_s: int) -> None:
         super().__init__(message)
@@ -159,6 +154,15 @@ class AuthUnavailable(GatewayError):
     @property
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after_s)}
+
+
+class AuthUnavailable(_RetryAfter):
+    """The client's access could not be checked (the Kubernetes API is unreachable) and no
+    unexpired decision is held: refused, never let through."""
+
+    status = 503
+    type_ = "service_unavailable"
+    code = "auth_unavailable"
 
 
 class RoleNotFound(GatewayError):
@@ -181,20 +185,12 @@ class RoleNotServed(RoleNotFound):
         GatewayError.__init__(self, f"The role {role!r} is not served: {reason}.", param="model")
 
 
-class QueueFull(GatewayError):
+class QueueFull(_RetryAfter):
     """The role's queue is full, or the request waited longer than ``queue.maxWaitSeconds``."""
 
     status = 429
     type_ = "rate_limit_exceeded"
     code = "rate_limit_exceeded"
-
-    def __init__(self, message: str, *, retry_after_s: int) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after_s)}
 
 
 class Draining(GatewayError):

@@ -17,6 +17,7 @@ import pytest
 
 from devstack.k8s.controlplane import ControlPlane
 from devstack.stack import LLMROLE_CRD, install_crd
+from tests.fixtures.chart import chart, helm_home
 from tests.fixtures.cluster import (
     cluster,
     control_plane,
@@ -30,10 +31,12 @@ from tests.fixtures.cluster import (
 )
 
 __all__ = [
+    "chart",
     "cluster",
     "control_plane",
     "full_control_plane",
     "helm",
+    "helm_home",
     "install_llmrole_crd",
     "k8s_bin_dir",
     "kubectl",

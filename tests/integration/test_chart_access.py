@@ -22,12 +22,19 @@ from typing import Any
 import pytest
 
 from devstack.process import free_ports
-from tests.fixtures.chart import by_kind, container, deployment_command, named, render, renderer
+from tests.fixtures.chart import (
+    RENDER_NS,
+    by_kind,
+    container,
+    deployment_command,
+    named,
+    render,
+)
 
 # Needs the pinned helm that `python -m devstack build k8s` builds.
 pytestmark = pytest.mark.cluster
 
-NS = "llm"
+NS = RENDER_NS
 TOKEN = "projected.token.of-the-test-pod"
 #: The flags the chart's default (gateway.auth.mode kubernetes) gives the gateway.
 AUTH_FLAGS = [
@@ -55,17 +62,6 @@ IDENTITY_HOOK = {
     "helm.sh/hook-weight": "-1",
     "helm.sh/hook-delete-policy": "before-hook-creation,hook-succeeded",
 }
-
-
-@pytest.fixture(scope="module")
-def helm_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("helm")
-
-
-@pytest.fixture
-def chart(k8s_bin_dir: Path, helm_home: Path) -> Any:
-    """``chart(*sets, values=[...])`` -> the rendered objects (namespace "llm")."""
-    return renderer(k8s_bin_dir, helm_home, NS)
 
 
 def of_kind(docs: list[dict[str, Any]], *kinds: str) -> list[tuple[str, str, str]]:

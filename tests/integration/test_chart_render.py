@@ -15,19 +15,19 @@ import pytest
 from tests.fixtures.chart import (
     CHART,
     CI_VALUES,
+    RENDER_NS,
     by_kind,
     container,
     deployment_command,
     helm_env,
     named,
     render,
-    renderer,
 )
 
 # Needs the pinned helm that `python -m devstack build k8s` builds.
 pytestmark = pytest.mark.cluster
 
-NS = "llm"
+NS = RENDER_NS
 LABELS = {
     "app.kubernetes.io/name": "rolegate",
     "app.kubernetes.io/instance": "rolegate",
@@ -36,17 +36,6 @@ LABELS = {
     "app.kubernetes.io/part-of": "rolegate",
     "helm.sh/chart": "rolegate-0.1.0",
 }
-
-
-@pytest.fixture(scope="module")
-def helm_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("helm")
-
-
-@pytest.fixture
-def chart(k8s_bin_dir: Path, helm_home: Path) -> Any:
-    """``chart(*sets, values=[...])`` -> the rendered objects (namespace "llm")."""
-    return renderer(k8s_bin_dir, helm_home, NS)
 
 
 def pods(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
