@@ -304,12 +304,6 @@ class Access:
         if self.reviewer is None:  # keys only
             self._unauthenticated("an unknown API key")
             raise errors.Unauthenticated("Invalid API key.")
-        exp = token_expiry(token)
-        if exp is not None and exp <= self._wall():
-            # The API server accepts a token up to 60 s past its exp (leeway for skew between
-            # clocks); the gateway's own (NTP-synced) clock refuses it at once.
-            self._unauthenticated("the token has expired")
-            raise errors.Unauthenticated("Invalid token: it has expired.")
         refused = self._refused.get(digest)
         if refused is not None and refused[0] > self._clock():
             self._unauthenticated(f"the token was refused: {refused[1]}")
@@ -326,7 +320,13 @@ class Access:
 
     async def _review(self, token: str) -> tuple[Review, float]:
         assert self.reviewer is not None
-        review = await self._ask("tokenReviews", self.reviewer.token(token))
+        exp = token_expiry(token)  # on a miss only: a cached identity expires with its token
+        if exp is not None and exp <= self._wall():
+            # The API server accepts a token up to 60 s past its exp (leeway for skew between
+            # clocks); the gateway's own (NTP-synced) clock refuses it without asking.
+            review = Review(None, "the token has expired")
+        else:
+            review = await self._ask("tokenReviews", self.reviewer.token(token))
         now = self._clock()
         if review.identity is None:  # held apart: refusals must not evict identities
             digest = hashlib.sha256(token.encode()).hexdigest()
@@ -337,7 +337,6 @@ class Access:
             self._refused[digest] = (now + self.denied_ttl_s, review.reason)
             return review, now  # not for the identities' cache
         expires = now + self.token_ttl_s
-        exp = token_expiry(token)
         if exp is not None:
             expires = min(expires, now + exp - self._wall())
         return review, expires
