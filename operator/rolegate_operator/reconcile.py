@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
 import dataclasses
 import datetime
@@ -52,66 +51,19 @@ from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from rolegate_gateway import apikeys, errors
+from rolegate_gateway import errors
 from rolegate_gateway.api import ConditionStatus
-from rolegate_gateway.config import API_KEY_DATA_KEY, ApiKey, GatewayConfig
+from rolegate_gateway.config import ApiKey, GatewayConfig
 from rolegate_gateway.kube import API_ERRORS, CONFIG_KEY, describe, log_failure, unavailable
-from rolegate_gateway.roles import SECRET_KEYS
-from rolegate_operator import backends, render
+from rolegate_operator import backends, objects, render
 from rolegate_operator.apply import Kube
+from rolegate_operator.objects import api_key_entry, role_object, secret_keys
 from rolegate_operator.settings import Settings
-from rolegate_operator.store import ApiKeyEntry, Key, Store, key_of, resource_version, version_of
+from rolegate_operator.store import ApiKeyEntry, Store, key_of, resource_version, version_of
 
 __all__ = ["Pass", "Reconciler", "api_key_entry", "role_object", "secret_keys"]
 
 log = logging.getLogger(__name__)
-
-
-def role_object(body: Mapping[str, Any]) -> render.RoleObject:
-    """A :class:`render.RoleObject` from a raw LLMRole (as kopf or the API hands it)."""
-    meta = body.get("metadata") or {}
-    return render.RoleObject(
-        namespace=str(meta.get("namespace", "")),
-        name=str(meta.get("name", "")),
-        uid=str(meta.get("uid", "")),
-        generation=int(meta.get("generation") or 0),
-        created=str(meta.get("creationTimestamp", "")),
-        spec=dict(body.get("spec") or {}),
-        status=dict(body.get("status") or {}),
-        resource_version=str(meta.get("resourceVersion") or ""),
-    )
-
-
-def secret_keys(body: Mapping[str, Any]) -> dict[str, str]:
-    """The role-related keys of a raw Secret, decoded (``data`` is base64, per the API).
-
-    Keys that are not valid base64 UTF-8 are left out (the role then reports KeyMissing).
-    So is the ``apiKey`` of a client API-key Secret (:func:`api_key_entry`): the operator
-    keeps no client key, and a client's key is never sent upstream as a role's.
-    """
-    out = {}
-    client_key = apikeys.is_api_key((body.get("metadata") or {}).get("labels"))
-    for key, value in (body.get("data") or {}).items():
-        if key in SECRET_KEYS and not (client_key and key == API_KEY_DATA_KEY):
-            try:
-                out[key] = base64.b64decode(value, validate=True).decode()
-            except (binascii.Error, UnicodeDecodeError, TypeError):
-                continue
-    return out
-
-
-def api_key_entry(body: Mapping[str, Any]) -> ApiKeyEntry:
-    """A raw Secret as a client API key: its :class:`ApiKey` (the hash of the key) when it
-    is labelled ``rolegate.dev/api-key: "true"`` and its ``apiKey`` is valid, the reason it
-    is none when labelled but not valid (see :func:`rolegate_gateway.apikeys.api_key_from`),
-    None when not labelled."""
-    meta = body.get("metadata") or {}
-    if not apikeys.is_api_key(meta.get("labels")):
-        return None
-    namespace, name = key_of(body)
-    return apikeys.api_key_from(
-        namespace, name, annotations=meta.get("annotations"), data=body.get("data")
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,16 +89,6 @@ class _Written:
     behind: frozenset[str]
     version: str
     status: dict[str, Any]
-
-
-def _left_out(key: Key, reason: ApiKeyEntry) -> None:
-    """Say that the labelled Secret ``key`` is no API key, and why (never its value)."""
-    log.warning(
-        "API key Secret %s/%s is left out of the gateway config: %s",
-        *key,
-        reason,
-        extra={"secret": f"{key[0]}/{key[1]}"},
-    )
 
 
 def _not_written(exc: BaseException, namespace: str, name: str) -> render.Check:
@@ -224,9 +166,9 @@ class Reconciler:
         else:
             self.store.secrets.put(key, version, secret_keys(body))
             entry = api_key_entry(body)
-            new = self._new_refusal(key, version, entry)
+            new = objects.new_refusal(self.store, key, version, entry)
             if self.store.api_keys.put(key, version, entry) and new:
-                _left_out(key, entry)
+                objects.left_out(key, entry)
         if kind is None:
             self.store.stale = True
             self.wake()
@@ -237,23 +179,6 @@ class Reconciler:
             or self.references(*key)
         ):
             self.wake()
-
-    def _new_refusal(self, key: Key, version: int, entry: ApiKeyEntry) -> bool:
-        """True when ``entry`` is a reason the Secret ``key`` is no API key that the store
-        does not hold yet at ``version`` (an event and then a fresh list of the same
-        Secret version: said once)."""
-        return isinstance(entry, str) and self.store.api_keys.entries.get(key) != (version, entry)
-
-    def _api_keys_listed(self, secrets: list[dict[str, Any]]) -> list[tuple[Key, int, ApiKeyEntry]]:
-        """The listed Secrets as client API keys (for :meth:`Section.replace`); logs the
-        reasons not said before."""
-        out = []
-        for body in secrets:
-            key, version, entry = key_of(body), version_of(body), api_key_entry(body)
-            if self._new_refusal(key, version, entry):
-                _left_out(key, entry)
-            out.append((key, version, entry))
-        return out
 
     def backend_event(self, namespace: str) -> None:
         """A backend's Deployment, pod or claim in ``namespace`` changed: reconcile (its
@@ -286,7 +211,7 @@ class Reconciler:
                     namespace=namespace,
                 )
                 self.store.api_keys.replace(
-                    self._api_keys_listed(secrets),
+                    objects.api_keys_listed(self.store, secrets),
                     resource_version(secrets_version),
                     namespace=namespace,
                 )
