@@ -50,25 +50,6 @@ TMP_PREFIX: Final = "rolegate-k8s-"
 """The prefix of every control plane's temporary directory (under the system's tmp)."""
 _POLL_S: Final = 0.1
 _LOG_TAIL_LINES: Final = 30
-_AUDIT_POLICY: Final = {
-    "apiVersion": "audit.k8s.io/v1",
-    "kind": "Policy",
-    # Metadata only: who asked what, never a body (Secrets hold keys, a TokenReview's
-    # spec holds the token it reviews).
-    "omitStages": ["RequestReceived"],
-    "rules": [
-        {
-            "level": "Metadata",
-            "resources": [
-                {"group": "", "resources": ["secrets"]},
-                {"group": "rolegate.dev", "resources": ["llmroles", "llmroles/status"]},
-                {"group": "authentication.k8s.io", "resources": ["tokenreviews"]},
-                {"group": "authorization.k8s.io", "resources": ["subjectaccessreviews"]},
-            ],
-        },
-        {"level": "None"},
-    ],
-}
 _live: weakref.WeakSet[ControlPlane] = weakref.WeakSet()
 
 
@@ -408,14 +389,7 @@ class ControlPlane(faults.Faults):
         self._wait_etcd()
         extra = list(self.apiserver_args)
         if self.audit:
-            policy = tmp / "audit-policy.json"
-            policy.write_text(json.dumps(_AUDIT_POLICY))
-            extra += [
-                f"--audit-policy-file={policy}",
-                f"--audit-log-path={tmp / 'logs' / 'audit.log'}",
-                "--audit-log-format=json",
-                "--audit-log-mode=blocking",
-            ]
+            extra += faults.audit_args(tmp)
         self._add(
             "kube-apiserver",
             [

@@ -19,15 +19,51 @@ import logging
 import time
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from devstack.k8s import pki
 from devstack.process import Process
 from devstack.relay import Relay
 
-__all__ = ["ApiRelay", "Faults"]
+__all__ = ["AUDIT_LOG", "ApiRelay", "Faults", "audit_args"]
 
 log = logging.getLogger(__name__)
+
+#: Where the API server writes its audit log, under the control plane's directory.
+AUDIT_LOG: Final = Path("logs") / "audit.log"
+
+_AUDIT_POLICY: Final[dict[str, Any]] = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    # Metadata only: who asked what, never a body (Secrets hold keys, a TokenReview's
+    # spec holds the token it reviews).
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {
+            "level": "Metadata",
+            "resources": [
+                {"group": "", "resources": ["secrets"]},
+                {"group": "rolegate.dev", "resources": ["llmroles", "llmroles/status"]},
+                {"group": "authentication.k8s.io", "resources": ["tokenreviews"]},
+                {"group": "authorization.k8s.io", "resources": ["subjectaccessreviews"]},
+            ],
+        },
+        {"level": "None"},
+    ],
+}
+
+
+def audit_args(tmp: Path) -> list[str]:
+    """kube-apiserver flags for an audit log of :data:`_AUDIT_POLICY` under ``tmp`` (the
+    control plane's directory); writes the policy file there."""
+    policy = tmp / "audit-policy.json"
+    policy.write_text(json.dumps(_AUDIT_POLICY))
+    return [
+        f"--audit-policy-file={policy}",
+        f"--audit-log-path={tmp / AUDIT_LOG}",
+        "--audit-log-format=json",
+        "--audit-log-mode=blocking",
+    ]
 
 
 class ApiRelay(Relay):
@@ -146,8 +182,8 @@ class Faults:
     def audit_events(self) -> list[dict[str, Any]]:
         """The audit log so far: one dict per request stage (``ResponseStarted`` for
         watches, ``ResponseComplete`` for all), with ``verb`` (get, list, watch, ...),
-        ``userAgent``, ``requestURI``, ``objectRef`` and ``responseStatus``. Secret and
-        LLMRole requests only, and never a body.
+        ``userAgent``, ``requestURI``, ``objectRef`` and ``responseStatus``. Secret,
+        LLMRole, TokenReview and SubjectAccessReview requests only, and never a body.
 
         Raises:
             RuntimeError: the control plane was started without ``audit=True``.
@@ -155,7 +191,7 @@ class Faults:
         if not self.audit:
             raise RuntimeError("this control plane keeps no audit log (audit=False)")
         try:
-            lines = (self.tmp_dir / "logs" / "audit.log").read_text().splitlines()
+            lines = (self.tmp_dir / AUDIT_LOG).read_text().splitlines()
         except FileNotFoundError:
             return []
         events = []

@@ -134,25 +134,22 @@ def _priority(request: web.Request) -> int:
         ) from None
 
 
-async def _role(request: web.Request, name: str, identity: Identity | None) -> Role:
-    """The live role ``name``; for an unknown one, the 404 lists only the roles the caller
-    may use (all when access is open).
+async def _unknown(
+    request: web.Request, name: str, exc: errors.RoleNotFound, identity: Identity | None
+) -> errors.RoleNotFound:
+    """The 404 for the role ``name`` that ``Runtime.role`` did not find (``exc``): with
+    access on, it lists only the roles the caller may use (``exc`` itself when access is
+    open, or for a role this gateway cannot serve).
 
     Raises:
-        errors.RoleNotFound, errors.RoleNotServed: as ``Runtime.role``.
         errors.AuthUnavailable: the roles the caller may use could not be reviewed.
     """
+    if identity is None or isinstance(exc, errors.RoleNotServed):
+        return exc
     runtime = request.app[RUNTIME]
-    try:
-        return runtime.role(name)
-    except errors.RoleNotServed:
-        raise
-    except errors.RoleNotFound:
-        if identity is None:
-            raise
-        roles = (role.config for role in runtime.roles.values())
-        visible = await request.app[ACCESS].visible(identity, roles)
-        raise errors.RoleNotFound(name, visible) from None
+    roles = (role.config for role in runtime.roles.values())
+    visible = await request.app[ACCESS].visible(identity, roles)
+    return errors.RoleNotFound(name, visible)
 
 
 async def _authorize(request: web.Request, identity: Identity, role: Role) -> None:
@@ -177,7 +174,10 @@ def _proxy(endpoint: Endpoint) -> Handler:
         try:
             payload = await intake.parse(raw)
             del raw  # the payload holds what is needed; a large body is not kept twice
-            role = await _role(request, payload.model, identity)
+            try:
+                role = request.app[RUNTIME].role(payload.model)
+            except errors.RoleNotFound as exc:
+                raise await _unknown(request, payload.model, exc, identity) from None
             if identity is not None:
                 await _authorize(request, identity, role)
             priority = _priority(request)
@@ -250,10 +250,13 @@ async def _models(request: web.Request) -> web.Response:
 async def _model(request: web.Request) -> web.Response:
     runtime, access = request.app[RUNTIME], request.app[ACCESS]
     name = request.match_info["role"]
-    if access.enabled:
-        identity = await access.identify(request.headers)
-        if identity is not None:
-            await _authorize(request, identity, await _role(request, name, identity))
+    identity = await access.identify(request.headers) if access.enabled else None
+    try:
+        role = runtime.role(name)
+    except errors.RoleNotFound as exc:
+        raise await _unknown(request, name, exc, identity) from None
+    if identity is not None:
+        await _authorize(request, identity, role)
     return web.json_response(_model_entry(runtime, name))
 
 

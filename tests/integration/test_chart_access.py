@@ -23,6 +23,7 @@ import pytest
 
 from devstack.process import free_ports
 from tests.fixtures.chart import (
+    AUTH_FLAGS,
     RENDER_NS,
     by_kind,
     container,
@@ -36,19 +37,6 @@ pytestmark = pytest.mark.cluster
 
 NS = RENDER_NS
 TOKEN = "projected.token.of-the-test-pod"
-#: The flags the chart's default (gateway.auth.mode kubernetes) gives the gateway.
-AUTH_FLAGS = [
-    "--auth",
-    "kubernetes",
-    "--token-audience",
-    "rolegate",
-    "--auth-token-ttl",
-    "60",
-    "--auth-allowed-ttl",
-    "30",
-    "--auth-denied-ttl",
-    "5",
-]
 USE = [{"apiGroups": ["rolegate.dev"], "resources": ["llmroles"], "verbs": ["use"]}]
 USER_ROLE_REF = {
     "apiGroup": "rbac.authorization.k8s.io",

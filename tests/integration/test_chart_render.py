@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.fixtures.chart import (
+    AUTH_FLAGS,
     CHART,
     CI_VALUES,
     RENDER_NS,
@@ -374,16 +375,7 @@ def test_gateway_command_probes_and_grace(chart: Any) -> None:
         "50",
         "--drain-grace",
         "15",
-        "--auth",
-        "kubernetes",
-        "--token-audience",
-        "rolegate",
-        "--auth-token-ttl",
-        "60",
-        "--auth-allowed-ttl",
-        "30",
-        "--auth-denied-ttl",
-        "5",
+        *AUTH_FLAGS,
         "--log-level",
         "info",
         "--log-format",

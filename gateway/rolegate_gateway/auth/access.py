@@ -309,7 +309,8 @@ class Access:
             self._unauthenticated(f"the token was refused: {refused[1]}")
             raise errors.Unauthenticated(_REFUSED)
         try:
-            review = await self._decide(self.tokens.get(digest, lambda: self._review(token)))
+            pending = self.tokens.get(digest, lambda: self._review(token, digest))
+            review = await self._decide(pending)
         except errors.AuthUnavailable:
             self._count("unavailable")
             raise
@@ -318,7 +319,7 @@ class Access:
             raise errors.Unauthenticated(_REFUSED)
         return review.identity
 
-    async def _review(self, token: str) -> tuple[Review, float]:
+    async def _review(self, token: str, digest: str) -> tuple[Review, float]:
         assert self.reviewer is not None
         exp = token_expiry(token)  # on a miss only: a cached identity expires with its token
         if exp is not None and exp <= self._wall():
@@ -329,7 +330,6 @@ class Access:
             review = await self._ask("tokenReviews", self.reviewer.token(token))
         now = self._clock()
         if review.identity is None:  # held apart: refusals must not evict identities
-            digest = hashlib.sha256(token.encode()).hexdigest()
             if len(self._refused) >= MAX_REFUSED:
                 self._refused = {k: v for k, v in self._refused.items() if v[0] > now}
                 while len(self._refused) >= MAX_REFUSED:
