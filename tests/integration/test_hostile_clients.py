@@ -295,10 +295,19 @@ async def test_slow_idle_and_surplus_connections_are_closed_on_time(
     assert len(refused) >= 11, "at most 9 of 20 fit under the cap"
     assert all(t < 0.5 for t, _ in refused), "refused at once"
     assert b'"too_many_connections"' in refused[0][1]
-    assert all(not d and 1.9 < t < 3.5 for t, d in idle_results), "closed at keep-alive timeout"
-    assert all(not d and 0.9 < t < 2.5 for t, d in loris_results), "closed at header timeout"
+    # Lower bounds are the timeouts; upper bounds leave this 2-core machine's scheduling
+    # delays room (one CI run saw an idle connection outlive 3.5 s under load) while still
+    # telling "closed on time" from "never closed" (the test would hang on the latter).
+    idle_s = sorted(t for t, _ in idle_results)
+    assert all(not d for _, d in idle_results), "idle connections get no answer"
+    assert idle_s[0] > 1.9, f"closed at keep-alive timeout, not before: {idle_s[:5]}"
+    assert idle_s[-1] < 5.0, f"closed at keep-alive timeout: {idle_s[::20]}"
+    loris_s = sorted(t for t, _ in loris_results)
+    assert all(not d for _, d in loris_results), "slowloris clients get no answer"
+    assert loris_s[0] > 0.9, f"closed at header timeout, not before: {loris_s[:5]}"
+    assert loris_s[-1] < 4.0, f"closed at header timeout: {loris_s[::5]}"
     assert body_answer.startswith(b"HTTP/1.1 408 ")
-    assert 0.9 < body_s < 2.5
+    assert 0.9 < body_s < 4.0
     await until(lambda: guard.open == 0)
     lines = _log_lines(caplog)
     assert len(lines) <= 4, [r.getMessage() for r in lines]
