@@ -21,6 +21,7 @@ import pytest
 
 from devstack.k8s.controlplane import ControlPlane
 from devstack.k8s.realnode import RealNode
+from devstack.poll import eventually
 from devstack.stack import install_crd
 from tests.fakes import manifests as m
 from tests.fixtures.cluster import Kubectl
@@ -153,7 +154,17 @@ async def test_two_pods_share_the_calls_and_a_deleted_pod_or_a_rebind_fails_none
         old = (await stack.role("chat"))["status"]["backend"]
         sdk = stack.sdk()
 
-        # Both pods get calls (least in flight, not kube-proxy's random pick).
+        # Ready means one pod serves; the second may still be loading its model. Both pods
+        # get calls (least in flight, not kube-proxy's random pick) once the gateway sees
+        # both endpoints ready.
+        def endpoints() -> int:
+            entry = stack.gateway.status()["roles"]["chat"].get("backend") or {}
+            return len(entry.get("endpoints", ()))
+
+        async def both_ready() -> bool:
+            return await asyncio.to_thread(endpoints) == 2
+
+        await eventually(both_ready, timeout_s=240, what="two ready endpoints")
         models, errors = await _load(sdk, requests=40, concurrency=4)
         assert errors == []
         spread = {
