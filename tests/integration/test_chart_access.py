@@ -67,9 +67,10 @@ def hook_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def after_drain_grace(command: list[str]) -> list[str]:
-    """The gateway's flags between ``--drain-grace N`` and ``--log-level``."""
+    """The gateway's access flags: those between ``--drain-grace N`` and
+    ``--presence-lease-duration``."""
     start = command.index("--drain-grace") + 2
-    return command[start : command.index("--log-level")]
+    return command[start : command.index("--presence-lease-duration")]
 
 
 # -- the gateway's flags ----------------------------------------------------------------------

@@ -16,6 +16,7 @@ from tests.fixtures.chart import (
     AUTH_FLAGS,
     CHART,
     CI_VALUES,
+    LEADER_FLAGS,
     RENDER_NS,
     by_kind,
     container,
@@ -223,6 +224,7 @@ def test_operator_command_per_watch_mode(chart: Any, sets: list[str], scope: lis
         "0.0.0.0:8081",
         "--resync-interval",
         "60",
+        *LEADER_FLAGS,
         "--log-level",
         "info",
         "--log-format",
@@ -329,6 +331,12 @@ def test_rbac_per_watch_mode(chart: Any) -> None:
             "verbs": ["get", "list", "watch", "create", "patch", "delete"],
         },
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+        # The gateway replicas' Leases (status.gateways), watched where the roles are.
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["list", "watch"],
+        },
     ]
     binding = named(everywhere, "ClusterRoleBinding", f"rolegate-operator-{NS}")
     assert binding["subjects"] == [
@@ -356,7 +364,13 @@ def test_rbac_per_watch_mode(chart: Any) -> None:
             "resources": ["secrets"],
             "resourceNames": ["rolegate-gateway-config"],
             "verbs": ["get", "list", "watch"],
-        }
+        },
+        # Its own Lease and its peers' (test_chart_ha.py).
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["get", "list", "watch", "create", "update", "delete"],
+        },
     ]
 
 
@@ -376,6 +390,12 @@ def test_gateway_command_probes_and_grace(chart: Any) -> None:
         "--drain-grace",
         "15",
         *AUTH_FLAGS,
+        "--presence-lease-duration",
+        "10",
+        "--presence-renew",
+        "3",
+        "--fallback-replicas",
+        "3",
         "--log-level",
         "info",
         "--log-format",
@@ -442,7 +462,7 @@ def test_node_values_reach_the_api_server_on_loopback(chart: Any) -> None:
         assert spec["nodeSelector"] == {"kubernetes.io/hostname": "localhost"}
         assert spec["containers"][0]["image"] == "127.0.0.1:5001/rolegate/rolegate:0.1.0"
     for component in ("operator", "gateway"):
-        env = {e["name"]: e["value"] for e in specs[component]["containers"][0]["env"]}
+        env = {e["name"]: e.get("value") for e in specs[component]["containers"][0]["env"]}
         assert (env["KUBERNETES_SERVICE_HOST"], env["KUBERNETES_SERVICE_PORT"]) == (
             "127.0.0.1",
             "41234",

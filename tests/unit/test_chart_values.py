@@ -144,19 +144,30 @@ def test_readme_documents_each_can_i_case() -> None:
         "operator-list-release",
         "operator-watched",
     ]
-    # The gateway may read one Secret, by name, list and watch EndpointSlices where the
-    # roles are (their backends' pods), and, everywhere (system:auth-delegator), ask who a
-    # token is and whether it may use a role; nothing else.
-    config = ("secrets", "[]", "[rolegate-gateway-config]", ("get", "list", "watch"))
+    # The gateway may read one Secret, by name, keep Leases in the release namespace (its
+    # own and its peers'), list and watch EndpointSlices where the roles are (their
+    # backends' pods), and, everywhere (system:auth-delegator), ask who a token is and
+    # whether it may use a role; nothing else.
+    secret = ("secrets", "[]", "[rolegate-gateway-config]", ("get", "list", "watch"))
+    verbs = ("create", "delete", "get", "list", "update", "watch")
+    leases = ("leases.coordination.k8s.io", "[]", "[]", verbs)
+    config = [secret, leases]
     slices = ("endpointslices.discovery.k8s.io", "[]", "[]", ("list", "watch"))
     reviews = [
         ("subjectaccessreviews.authorization.k8s.io", "[]", "[]", ("create",)),
         ("tokenreviews.authentication.k8s.io", "[]", "[]", ("create",)),
     ]
     assert blocks["gateway-elsewhere"] == reviews
-    assert blocks["gateway-list-release"] == sorted([config, *reviews])
+    assert blocks["gateway-list-release"] == sorted([*config, *reviews])
     assert blocks["gateway-watched"] == sorted([slices, *reviews])
-    assert blocks["gateway-release"] == sorted([slices, config, *reviews])
+    assert blocks["gateway-release"] == sorted([slices, *config, *reviews])
+    # The operator renews its leader Lease by name and reads the gateways' everywhere it
+    # watches.
+    held = ("leases.coordination.k8s.io", "[]", "[rolegate-operator]", ("get", "update"))
+    assert held in blocks["operator-default-release"]
+    assert ("leases.coordination.k8s.io", "[]", "[]", ("list", "watch")) in blocks[
+        "operator-watched"
+    ]
     # Nobody gets namespaces or CRDs.
     for rows in blocks.values():
         assert not [r for r in rows if r[0].startswith(("namespaces", "customresourcedefinitions"))]

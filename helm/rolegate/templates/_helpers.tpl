@@ -66,6 +66,32 @@ helm.sh/chart: {{ include "rolegate.chart" .ctx }}
 {{- printf "%s-gateway-config" (include "rolegate.fullname" .) }}
 {{- end }}
 
+{{/* The operator's leader Lease, in the release namespace. */}}
+{{- define "rolegate.leaderLease" -}}
+{{- include "rolegate.operatorName" . }}
+{{- end }}
+{{/* The single-node Valkey of concurrency.valkey (StatefulSet and Service). */}}
+{{- define "rolegate.valkeyName" -}}
+{{- printf "%s-valkey" (include "rolegate.fullname" .) }}
+{{- end }}
+{{/* "true" when the gateway holds maxAsync with a store (concurrency.store or valkey). */}}
+{{- define "rolegate.concurrencyStore" -}}
+{{- $c := .Values.concurrency }}
+{{- if or $c.store.url $c.store.existingSecret.name $c.valkey.enabled }}
+{{- true }}
+{{- end }}
+{{- end }}
+{{/* "true" when the gateway gets a PodDisruptionBudget (gateway.pdb.enabled; null: when
+gateway.replicas > 1). */}}
+{{- define "rolegate.gatewayPdb" -}}
+{{- $pdb := .Values.gateway.pdb }}
+{{- if kindIs "invalid" $pdb.enabled }}
+{{- if gt (int .Values.gateway.replicas) 1 }}{{ true }}{{ end }}
+{{- else if $pdb.enabled }}
+{{- true }}
+{{- end }}
+{{- end }}
+
 {{/* "true" when the operator watches every namespace (watchNamespaces: ["*"]). */}}
 {{- define "rolegate.allNamespaces" -}}
 {{- if has "*" .Values.watchNamespaces }}
@@ -95,6 +121,23 @@ when it is empty. Not used with "*". */}}
 {{- if and (not (kindIs "invalid" $pdb.minAvailable)) (not (kindIs "invalid" $pdb.maxUnavailable)) }}
 {{- fail "gateway.pdb: set minAvailable or maxUnavailable, not both" }}
 {{- end }}
+{{- $c := .Values.concurrency }}
+{{- if and $c.store.url $c.store.existingSecret.name }}
+{{- fail "concurrency.store: set url or existingSecret.name, not both" }}
+{{- end }}
+{{- if and $c.valkey.enabled (or $c.store.url $c.store.existingSecret.name) }}
+{{- fail "concurrency: valkey.enabled runs a store of the chart's own; leave store.url and store.existingSecret.name empty with it" }}
+{{- end }}
+{{- $le := .Values.operator.leaderElection }}
+{{- if and (gt (int .Values.operator.replicas) 1) (not $le.enabled) }}
+{{- fail "operator.replicas > 1 needs operator.leaderElection.enabled: every replica would write" }}
+{{- end }}
+{{- if not (and (lt (float64 $le.retryPeriod) (float64 $le.renewDeadline)) (lt (float64 $le.renewDeadline) (float64 $le.leaseDuration))) }}
+{{- fail "operator.leaderElection: retryPeriod < renewDeadline < leaseDuration, as in client-go" }}
+{{- end }}
+{{- if not (lt (float64 .Values.gateway.presenceRenew) (float64 .Values.gateway.presenceLeaseDuration)) }}
+{{- fail "gateway.presenceRenew must be shorter than gateway.presenceLeaseDuration" }}
+{{- end }}
 {{- if and .Values.hostNetwork (eq (int .Values.operator.livenessPort) (int .Values.gateway.port)) }}
 {{- fail "operator.livenessPort equals gateway.port with hostNetwork: the two pods would want one port of the node" }}
 {{- end }}
@@ -109,6 +152,11 @@ when it is empty. Not used with "*". */}}
   value: "1"
 - name: PYTHONUNBUFFERED
   value: "1"
+# The pod's name: the identity of the operator's leader Lease and of a gateway's own Lease.
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
 {{- with .Values.apiServer }}
 {{- if .host }}
 - name: KUBERNETES_SERVICE_HOST
