@@ -11,7 +11,8 @@ Entries: ``k8s-<version>/`` (:mod:`devstack.k8s.build`), ``node-<version>/`` (th
 :mod:`devstack.image.backend`), ``llama-cpp-python-<version>/`` (:mod:`devstack.llama.build`),
 ``litellm-<version>/`` (:mod:`devstack.peers.litellm`), the image and its Debian base layer
 (:mod:`devstack.image.build`, :mod:`devstack.image.base`), ``crane-<version>/``
-(:mod:`devstack.registry`), and ``apt.lock`` (:mod:`devstack.apt`).
+(:mod:`devstack.registry`), ``kstatus-<version>/`` (:mod:`devstack.kstatus`), and
+``apt.lock`` (:mod:`devstack.apt`; also how :mod:`devstack.redis` gets ``redis-server``).
 """
 
 from __future__ import annotations

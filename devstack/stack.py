@@ -67,7 +67,15 @@ class OperatorProcess(Process):
         config_secret: str,
         log_path: Path,
         extra: Sequence[str] = (),
+        leader_election: Sequence[str] | None = None,
+        await_gateways: bool = False,
     ) -> None:
+        """``leader_election``: the ``--leader-election-*`` and timing flags of an operator
+        that takes part in leader election; None (the default): ``--no-leader-elect``, one
+        operator alone (a Lease outside a pod would be in namespace ``default``, shared by
+        every test's operator). ``await_gateways``: Ready only once every live gateway
+        replica serves a role (``--await-gateways``); off by default here, so a stack
+        without gateways (or one whose gateway a test stops) still sees its roles Ready."""
         (port,) = free_ports(1)
         self.liveness = f"http://127.0.0.1:{port}/healthz"
         argv = [sys.executable, "-m", "rolegate_operator", "run"]
@@ -77,6 +85,8 @@ class OperatorProcess(Process):
             argv += ["--all-namespaces"]
         argv += ["--gateway-config-secret", config_secret, "--liveness", f"127.0.0.1:{port}"]
         argv += ["--kubeconfig", str(kubeconfig)]
+        argv += ["--no-leader-elect"] if leader_election is None else [*leader_election]
+        argv += ["--await-gateways" if await_gateways else "--no-await-gateways"]
         super().__init__("operator", [*argv, *extra], log_path=log_path, env=_env())
 
     def wait_live(self, timeout_s: float = 30) -> dict[str, Any]:

@@ -31,6 +31,7 @@ __all__ = [
     "Condition",
     "ConditionStatus",
     "CredentialsSpec",
+    "GatewaysStatus",
     "LLMRole",
     "LLMRoleSpec",
     "LLMRoleStatus",
@@ -358,8 +359,10 @@ class Condition(_Model):
     """One observation of the role (metav1.Condition's shape).
 
     Types are positive: ``Ready`` (the role is in the gateway's config and, for a serve:
-    role, its backend is available), ``CredentialsResolved`` (its Secret and keys were
-    found) and ``BackendReady`` (serve: roles: the backend's pods are available). Reference:
+    role, its backend is available; with the operator's --await-gateways, every live gateway
+    replica serves it too: reason Served, else RollingOut), ``CredentialsResolved`` (its
+    Secret and keys were found) and ``BackendReady`` (serve: roles: the backend's pods are
+    available). Reference:
     https://github.com/kubernetes/community/blob/master/contributors/devel/sig-architecture/api-conventions.md#typical-status-properties
     """
 
@@ -385,6 +388,24 @@ class Condition(_Model):
     )
 
 
+class GatewaysStatus(_Model):
+    """How many gateway replicas serve the role as the config has it now."""
+
+    serving: int = Field(
+        0,
+        ge=0,
+        description="Live gateway replicas that serve the role's configHash (each replica "
+        "reports what it serves in a coordination.k8s.io Lease of its own).",
+    )
+    total: int = Field(
+        0,
+        ge=0,
+        description="Live gateway replicas: their Leases were renewed within their "
+        "leaseDurationSeconds, as the operator saw them; replicas that stopped renewing "
+        "(dead) do not count.",
+    )
+
+
 class LLMRoleStatus(_Model):
     """What the operator observed of the role; written by the operator only."""
 
@@ -406,6 +427,12 @@ class LLMRoleStatus(_Model):
         "",
         description="Hash of the role as written to the gateway's config (the gateway's "
         "/status shows the same per role); changes with the spec and with rotated keys.",
+    )
+    gateways: GatewaysStatus | None = Field(
+        None,
+        description="The gateway replicas serving this role, while it is in the gateway "
+        "config. With the operator's --await-gateways, Ready is True only when serving equals "
+        "total (and total is not 0); otherwise Ready is False with reason RollingOut.",
     )
 
 

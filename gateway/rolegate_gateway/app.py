@@ -41,7 +41,8 @@ from rolegate_gateway.auth.access import Access, Identity
 from rolegate_gateway.backends import Backends
 from rolegate_gateway.intake import Intake
 from rolegate_gateway.keys import ACCESS, GUARD, INTAKE, RUNTIME, SESSION, SOURCE, ConfigSource
-from rolegate_gateway.metrics import BackendCollector
+from rolegate_gateway.metrics import BackendCollector, SlotsCollector
+from rolegate_gateway.presence import PRESENCE, Presence
 from rolegate_gateway.proxy import forward
 from rolegate_gateway.runtime import Role, Runtime
 from rolegate_gateway.server import ConnectionGuard, GuardedRunner
@@ -285,6 +286,7 @@ async def _status(request: web.Request) -> web.Response:
     runtime, backends = request.app[RUNTIME], request.app[BACKENDS]
     document = runtime.status()
     document["access"] = request.app[ACCESS].status()
+    document["presence"] = p.status() if (p := request.app.get(PRESENCE)) else {"enabled": False}
     for name, entry in document["roles"].items():
         role = runtime.roles.get(name)
         backend = role.config.upstream.backend if role is not None else None
@@ -298,6 +300,20 @@ async def _metrics(request: web.Request) -> web.Response:
     runtime.prune()  # drained wrappers' series of removed or relabelled roles go
     body = generate_latest(runtime.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _slots_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The concurrency store (``--concurrency-store``): started first, closed last, after
+    the calls in flight released their slots."""
+    slots = app[RUNTIME].slots
+    assert slots is not None
+    registry = app[RUNTIME].registry
+    collector = SlotsCollector(slots.in_use, lambda: slots.errors_total, lambda: slots.fallback)
+    registry.register(collector)
+    await slots.start()
+    yield
+    await slots.close()
+    registry.unregister(collector)
 
 
 async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -374,6 +390,12 @@ async def _supervise(source: ConfigSource, runtime: Runtime) -> None:
         runtime.source_restarted()
 
 
+async def _presence_ctx(app: web.Application) -> AsyncIterator[None]:
+    """This replica's gateway Lease: from after the first config load until cleanup."""
+    async with app[PRESENCE].running(app[RUNTIME]):
+        yield
+
+
 async def _access_ctx(app: web.Application) -> AsyncIterator[None]:
     """Client access: its API client (if any) is closed at cleanup."""
     yield
@@ -397,10 +419,12 @@ def create_app(
     settings: ServerSettings | None = None,
     backends: Backends | None = None,
     access: Access | None = None,
+    presence: Presence | None = None,
 ) -> web.Application:
     """The gateway app serving ``runtime``, fed by ``source`` (none: apply configs yourself),
     with the client limits of ``settings`` (default: :class:`ServerSettings`' defaults)
-    and the client ``access`` (default: open to every client).
+    and the client ``access`` (default: open to every client); ``presence``: this replica's
+    gateway Lease to keep (``rolegate_gateway.presence``; default: none).
 
     ``backends``: where ``serve:`` roles' calls go; pass ``Backends(watch=True, ...)`` when
     the config comes from Kubernetes (default: nothing watched, calls go to each role's
@@ -420,9 +444,14 @@ def create_app(
         access.sync(runtime.config)
     ProcessCollector(namespace="rolegate", registry=runtime.registry)
     runtime.registry.register(BackendCollector(backends.ready_counts))
+    if runtime.slots is not None:
+        app.cleanup_ctx.append(_slots_ctx)
     app.cleanup_ctx.append(_session_ctx)
     app.cleanup_ctx.append(_backends_ctx)
     app.cleanup_ctx.append(_source_ctx)
+    if presence is not None:
+        app[PRESENCE] = presence
+        app.cleanup_ctx.append(_presence_ctx)
     app.cleanup_ctx.append(_access_ctx)
     app.cleanup_ctx.append(_intake_ctx)
     app.on_shutdown.append(_stop_admitting)

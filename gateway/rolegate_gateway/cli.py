@@ -20,6 +20,7 @@ import asyncio
 import ipaddress
 import logging
 import math
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -31,9 +32,11 @@ from rolegate_gateway.backends import Backends
 from rolegate_gateway.keys import ConfigSource
 from rolegate_gateway.logs import setup_logging
 from rolegate_gateway.manifests import ManifestsSource
+from rolegate_gateway.presence import Presence
 from rolegate_gateway.runtime import Runtime
 from rolegate_gateway.server import raise_nofile_limit
 from rolegate_gateway.settings import MIB, ServerSettings
+from rolegate_gateway.slots import SlotStore, redact
 
 __all__ = ["main", "parser"]
 
@@ -188,6 +191,58 @@ def parser() -> argparse.ArgumentParser:
         help="request bodies held at once, gateway-wide; beyond it new requests are "
         f"answered 429 ({d.max_pending_body_bytes // MIB})",
     )
+    slots = p.add_argument_group("one maxAsync across replicas")
+    slots.add_argument(
+        "--concurrency-store",
+        type=_store_url,
+        default=os.environ.get("ROLEGATE_CONCURRENCY_STORE") or None,
+        metavar="URL",
+        help="redis://, rediss:// or unix:// URL of a Redis-protocol store (Redis, Valkey) "
+        "shared by every gateway replica: each role's maxAsync then holds across them "
+        "(default: $ROLEGATE_CONCURRENCY_STORE, so a password can come from a Secret). "
+        "Without it each replica enforces maxAsync alone (N replicas: up to N x maxAsync)",
+    )
+    slots.add_argument(
+        "--concurrency-slot-ttl",
+        type=_positive(float),
+        default=10.0,
+        metavar="SECONDS",
+        help="a slot's lease lives this long without renewal (renewed every third of it): "
+        "the slots of a replica that died come back within it (10)",
+    )
+    slots.add_argument(
+        "--fallback-replicas",
+        type=_count,
+        default=1,
+        metavar="N",
+        help="while the store is unreachable each replica admits maxAsync // N calls per "
+        "role (at least 1) when live replicas are not known from their Leases (no "
+        "presence, or before its first list); set it to the replica count (1)",
+    )
+    presence = p.add_argument_group("presence (--config-secret only)")
+    presence.add_argument(
+        "--presence",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep a Lease of this replica's own in the config Secret's namespace saying which "
+        "config it serves (the operator's status.gateways; live replicas for the "
+        "concurrency fallback); identity $POD_NAME, else HOSTNAME-PID (on with --config-secret)",
+    )
+    presence.add_argument(
+        "--presence-lease-duration",
+        type=_count,
+        default=10,
+        metavar="SECONDS",
+        help="whole seconds the Lease counts as live after each renewal (10)",
+    )
+    presence.add_argument(
+        "--presence-renew",
+        type=_positive(float),
+        default=3.0,
+        metavar="SECONDS",
+        help="how often the Lease is renewed, below its duration; also at once after each "
+        "config applied (3)",
+    )
     p.add_argument(
         "--log-level",
         default="info",
@@ -230,6 +285,21 @@ def _settings(args: argparse.Namespace) -> ServerSettings:
         max_body_bytes=args.max_body_mib * MIB,
         max_pending_body_bytes=args.max_pending_body_mib * MIB,
     )
+
+
+def _count(text: str) -> int:
+    """A whole number >= 1 (argparse type)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def _store_url(text: str) -> str:
+    if text.partition("://")[0] not in ("redis", "rediss", "unix"):
+        raise argparse.ArgumentTypeError(
+            f"{redact(text)!r} is not a redis://, rediss:// or unix:// URL"
+        )
+    return text
 
 
 def _secret_ref(text: str) -> tuple[str, str]:
@@ -287,8 +357,43 @@ def _loopback(host: str) -> bool:
         return False  # a name, or "" (every interface)
 
 
+def _slots(args: argparse.Namespace, live_replicas: Callable[[], int]) -> SlotStore | None:
+    """The concurrency store of ``--concurrency-store`` (None without it)."""
+    if args.concurrency_store is None:
+        return None
+    return SlotStore(
+        args.concurrency_store, ttl_s=args.concurrency_slot_ttl, live_replicas=live_replicas
+    )
+
+
+def _presence(args: argparse.Namespace) -> Presence | None:
+    """This replica's gateway Lease: with --config-secret, unless --no-presence."""
+    if args.config_secret is None or args.presence is False:
+        return None
+    namespace, name = args.config_secret
+    return Presence(
+        namespace,
+        name,
+        kubeconfig=args.kubeconfig,
+        lease_duration_s=args.presence_lease_duration,
+        renew_s=args.presence_renew,
+        assumed_replicas=args.fallback_replicas,
+    )
+
+
+def _presence_problem(args: argparse.Namespace) -> str | None:
+    """Why the presence flags cannot work, or None."""
+    if args.presence and args.config_secret is None:
+        return "--presence needs --config-secret"
+    if args.presence_lease_duration < 1 or args.presence_renew >= args.presence_lease_duration:
+        return "--presence-renew must be below --presence-lease-duration (at least 1)"
+    return None
+
+
 async def _serve(args: argparse.Namespace) -> None:
-    runtime = Runtime(drain_grace_s=args.drain_grace)
+    presence = _presence(args)
+    live = presence.live_replicas if presence else lambda: args.fallback_replicas
+    runtime = Runtime(drain_grace_s=args.drain_grace, slots=_slots(args, live_replicas=live))
     source = _source(args, runtime)
     # Backends' pods are watched only when the config comes from Kubernetes; standalone,
     # a serve: role's calls go to its host.
@@ -299,6 +404,7 @@ async def _serve(args: argparse.Namespace) -> None:
         settings=_settings(args),
         backends=backends,
         access=_access(args, runtime),
+        presence=presence,
     )
     runner, port = await start(
         app, host=args.host, port=args.port, shutdown_timeout_s=args.shutdown_timeout
@@ -324,7 +430,11 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    problem = _presence_problem(args)
+    if problem is not None:
+        p.error(problem)
     setup_logging(level=args.log_level, fmt=args.log_format)
     if args.manifests is not None and not args.manifests.exists():
         log.error("--manifests %s: no such file or directory", args.manifests)

@@ -21,7 +21,7 @@ from rolegate_gateway.config import RefusedRole, RoleConfig
 from rolegate_gateway.queue import RoleQueue
 from rolegate_gateway.translators.base import Usage
 
-__all__ = ["BackendCollector", "Metrics", "RoleMetrics"]
+__all__ = ["BackendCollector", "Metrics", "RoleMetrics", "SlotsCollector"]
 
 ROLE_LABELS = ("role", "namespace", "binding", "model")
 
@@ -143,6 +143,41 @@ class BackendCollector(Collector):
         for service, namespace, ready in self._counts():
             family.add_metric([service, namespace], ready)
         yield family
+
+
+class SlotsCollector(Collector):
+    """The concurrency store's series at scrape time (``--concurrency-store`` only):
+    ``rolegate_global_slots_in_use{role}``, ``rolegate_concurrency_store_errors_total``
+    and ``rolegate_concurrency_fallback`` (1 while this replica admits its share alone)."""
+
+    def __init__(
+        self,
+        in_use: Callable[[], dict[str, int]],
+        errors: Callable[[], int],
+        fallback: Callable[[], bool],
+    ) -> None:
+        self._in_use, self._errors, self._fallback = in_use, errors, fallback
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        in_use = GaugeMetricFamily(
+            "rolegate_global_slots_in_use",
+            "Slots of a role's global maxAsync this replica holds in the concurrency store.",
+            labels=("role",),
+        )
+        for role, count in self._in_use().items():
+            in_use.add_metric([role], count)
+        yield in_use
+        yield CounterMetricFamily(
+            "rolegate_concurrency_store_errors",
+            "Calls to the concurrency store that failed (unreachable, timed out, refused).",
+            value=self._errors(),
+        )
+        yield GaugeMetricFamily(
+            "rolegate_concurrency_fallback",
+            "1 while the concurrency store is unreachable and each role admits only "
+            "maxAsync // live replicas here; 0 in global mode.",
+            value=int(self._fallback()),
+        )
 
 
 class Metrics:

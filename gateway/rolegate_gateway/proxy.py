@@ -112,7 +112,7 @@ async def forward(
     started = loop.time()
     queue = role.queue
     try:
-        await queue.acquire(priority)
+        slot = await queue.acquire(priority)
     except errors.QueueFull:
         role.wrapper.metrics.rejected()
         role.wrapper.metrics.request(429, loop.time() - started)
@@ -180,7 +180,7 @@ async def forward(
     finally:
         wrapper.leave(call)
         now = loop.time()
-        queue.release(now - admitted)
+        queue.release(now - admitted, slot)
         wrapper.metrics.request(code, now - started)
         client = request.get(CLIENT_KEY)
         if client is not None:

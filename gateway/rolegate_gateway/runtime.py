@@ -41,6 +41,7 @@ from rolegate_gateway.config import GatewayConfig, RefusedRole, RoleConfig
 from rolegate_gateway.metrics import Metrics, RoleMetrics, role_labels
 from rolegate_gateway.queue import RoleQueue
 from rolegate_gateway.scrub import Scrubber
+from rolegate_gateway.slots import SlotStore
 from rolegate_gateway.translators.base import Usage
 
 __all__ = ["Call", "ReloadReport", "Role", "RoleWrapper", "Runtime", "public_origin"]
@@ -144,9 +145,12 @@ class Role:
 
     __slots__ = ("config", "queue", "wrapper")
 
-    def __init__(self, config: RoleConfig, wrapper: RoleWrapper) -> None:
+    def __init__(
+        self, config: RoleConfig, wrapper: RoleWrapper, slots: SlotStore | None = None
+    ) -> None:
+        """``slots``: the concurrency store that holds ``maxAsync`` across replicas."""
         self.config = config
-        self.queue = RoleQueue(config.limits)
+        self.queue = RoleQueue(config.limits, slots.for_role(config.name) if slots else None)
         self.wrapper = wrapper
 
 
@@ -192,12 +196,18 @@ class Runtime:
     """
 
     def __init__(
-        self, *, registry: CollectorRegistry | None = None, drain_grace_s: float = 15.0
+        self,
+        *,
+        registry: CollectorRegistry | None = None,
+        drain_grace_s: float = 15.0,
+        slots: SlotStore | None = None,
     ) -> None:
         """``drain_grace_s``: seconds added to 2 x timeoutSeconds to give a retired wrapper's
-        calls in flight before they are cut off with 503."""
+        calls in flight before they are cut off with 503. ``slots``: the concurrency store
+        (``--concurrency-store``); None: each replica enforces ``maxAsync`` alone."""
         self.registry = registry or CollectorRegistry()
         self.drain_grace_s = drain_grace_s
+        self.slots = slots
         self.metrics = Metrics(self.registry, self._queues)
         self.roles: dict[str, Role] = {}
         self.config: GatewayConfig | None = None
@@ -268,7 +278,7 @@ class Runtime:
             if rc.name in plan.added:
                 role = self._draining.pop(rc.name, None)
                 if role is None:
-                    role = Role(rc, plan.added[rc.name])
+                    role = Role(rc, plan.added[rc.name], self.slots)
                 else:  # removed, still draining, now back: keep its queue and slots
                     self._retire(role.wrapper, now)
                     role.wrapper = plan.added[rc.name]
@@ -463,4 +473,5 @@ class Runtime:
             "roles": roles,
             "refusedRoles": refused,
             "draining": draining,
+            "concurrency": self.slots.status() if self.slots else {"mode": "local"},
         }

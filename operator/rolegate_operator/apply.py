@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -20,7 +20,7 @@ from rolegate_gateway import kube
 from rolegate_gateway.api import GROUP, VERSION
 from rolegate_operator.render.backend import FIELD_MANAGER, SELECTOR
 
-__all__ = ["PLURAL", "BackendObjects", "Kube"]
+__all__ = ["PLURAL", "BackendObjects", "Kube", "WriteGuard"]
 
 #: The plural resource name of LLMRole.
 PLURAL = "llmroles"
@@ -37,6 +37,14 @@ _APPLY: dict[str, Any] = {
     "field_manager": FIELD_MANAGER,
     "force": True,  # the operator owns these objects; a hand edit is put right
 }
+
+
+class WriteGuard(Protocol):
+    """Whether this process may write now (``leader.LeaseGuard``: it holds a freshly
+    renewed Lease). ``check`` is called right before every write is sent, so it is cheap."""
+
+    def check(self) -> None:
+        """Return when a write may be sent; raise (any exception) when not."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,11 +83,14 @@ class Kube:
     """The operator's API calls, over one :class:`kubernetes_asyncio.client.ApiClient`.
 
     Raises (every method): ``kubernetes_asyncio.client.exceptions.ApiException`` for an
-    API error, ``aiohttp.ClientError`` / ``OSError`` when the API server is unreachable.
+    API error, ``aiohttp.ClientError`` / ``OSError`` when the API server is unreachable;
+    every write, what ``guard.check()`` raises (``leader.NotLeader``) before it is sent.
+    ``guard`` None: every write is allowed (no leader election).
     """
 
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, *, guard: WriteGuard | None = None) -> None:
         self.api = api
+        self.guard = guard
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.events = client.EventsV1Api(api)
@@ -87,6 +98,11 @@ class Kube:
         #: Writes made, by kind ("secret", "status", "event", "backend": an apply or delete
         #: of a backend object): for logs and tests.
         self.writes: dict[str, int] = {"secret": 0, "status": 0, "event": 0, "backend": 0}
+
+    def _may_write(self) -> None:
+        """Raise unless the guard allows a write now (one attribute read and a compare)."""
+        if self.guard is not None:
+            self.guard.check()
 
     async def api_resources(self, group: str, version: str) -> set[str]:
         """The resource names (plurals and subresources, e.g. ``llmroles/status``) the API
@@ -115,6 +131,7 @@ class Kube:
     async def write_secret(self, body: dict[str, Any], *, current: dict[str, Any] | None) -> None:
         """Create ``body``, or replace ``current`` with it (optimistically: a concurrent
         change makes this fail with 409 and the caller retries from a fresh read)."""
+        self._may_write()
         meta = body["metadata"]
         # The answer (the whole Secret) is not decoded or kept: it holds every key.
         if current is None:
@@ -154,6 +171,7 @@ class Kube:
         name. None when refused so (409) or gone (404): not an error, the next pass renders
         from a newer view.
         """
+        self._may_write()
         try:
             answer = await self.custom.patch_namespaced_custom_object_status(
                 GROUP,
@@ -221,6 +239,7 @@ class Kube:
 
     async def post_event(self, body: dict[str, Any]) -> None:
         """Create an events.k8s.io/v1 Event."""
+        self._may_write()
         await self.events.create_namespaced_event(
             body["metadata"]["namespace"], _raw(body), _request_timeout=_TIMEOUT_S
         )
@@ -250,6 +269,7 @@ class Kube:
         Raises:
             ApiException: refused; its ``reason`` is the API server's message.
         """
+        self._may_write()
         meta = body["metadata"]
         name, namespace = meta["name"], meta["namespace"]
         calls = {
@@ -273,6 +293,7 @@ class Kube:
     async def delete_backend_object(self, kind: str, namespace: str, name: str) -> None:
         """Delete a Deployment, Service or PersistentVolumeClaim (its pods go in the
         background); one already gone is no error."""
+        self._may_write()
         calls = {
             "Deployment": self.apps.delete_namespaced_deployment,
             "Service": self.core.delete_namespaced_service,

@@ -18,7 +18,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rolegate_operator import crd
-from rolegate_operator.settings import DEFAULT_BACKEND_RELEASE_S, DEFAULT_RESYNC_S, Settings
+from rolegate_operator.settings import (
+    DEFAULT_BACKEND_RELEASE_S,
+    DEFAULT_LEASE_DURATION_S,
+    DEFAULT_LEASE_NAME,
+    DEFAULT_RENEW_DEADLINE_S,
+    DEFAULT_RESYNC_S,
+    DEFAULT_RETRY_PERIOD_S,
+    LeaderElection,
+    Settings,
+    new_identity,
+    pod_namespace,
+)
 
 __all__ = ["main", "parser"]
 
@@ -80,8 +91,11 @@ def parser() -> argparse.ArgumentParser:
     ``run`` sets: ``namespace`` (list[str] | None), ``all_namespaces`` (bool; one of the
     two is required), ``gateway_config_secret`` ("NAMESPACE/NAME"), ``liveness``
     ("HOST:PORT"), ``resync_interval`` and ``backend_release_delay`` (float seconds),
-    ``kubeconfig`` (Path | None),
-    ``config_owner`` (str | None), ``log_level``, ``log_format``.
+    ``kubeconfig`` (Path | None), ``await_gateways`` (bool),
+    ``config_owner`` (str | None), ``log_level``, ``log_format``, ``leader_elect`` (bool),
+    ``leader_election_namespace`` (str | None: the pod's), ``leader_election_lease_name``,
+    ``lease_duration``, ``renew_deadline``, ``retry_period`` (float seconds; checked in
+    ``main``: retry < renew < duration).
     """
     top = argparse.ArgumentParser(
         prog="rolegate-operator", description="rolegate's control plane for LLMRoles."
@@ -153,6 +167,15 @@ def parser() -> argparse.ArgumentParser:
         "for 2 x timeoutSeconds + 15 s) (default: %(default)s)",
     )
     run.add_argument(
+        "--await-gateways",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="make a role Ready only when every live gateway replica serves its configHash "
+        "(each replica's Lease in the config Secret's namespace says so; reason RollingOut "
+        "until then), so kstatus, Flux and Argo CD wait for the data plane; off, Ready "
+        "means in the config Secret, for gateways run with --no-presence (default: on)",
+    )
+    run.add_argument(
         "--kubeconfig",
         type=Path,
         metavar="PATH",
@@ -161,7 +184,80 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     run.add_argument("--log-format", default="text", choices=["text", "json"])
+    _election_arguments(run)
     return top
+
+
+def _election_arguments(run: argparse.ArgumentParser) -> None:
+    """The leader election flags of ``run`` (client-go's meaning of each duration)."""
+    election = run.add_argument_group(
+        "leader election",
+        "Several replicas may run: only the holder of a coordination.k8s.io/v1 Lease writes.",
+    )
+    election.add_argument(
+        "--leader-elect",
+        default=True,
+        action=argparse.BooleanOptionalAction,
+        help="run only while holding the Lease (default: on)",
+    )
+    election.add_argument(
+        "--leader-election-namespace",
+        type=_namespace,
+        metavar="NS",
+        help="the Lease's namespace (default: the pod's; outside a pod: default)",
+    )
+    election.add_argument(
+        "--leader-election-lease-name",
+        default=DEFAULT_LEASE_NAME,
+        type=_name,
+        metavar="NAME",
+        help="the Lease's name (default: %(default)s)",
+    )
+    durations = (
+        (
+            "--lease-duration",
+            DEFAULT_LEASE_DURATION_S,
+            "a standby takes over a Lease that "
+            "has not changed for this long (the longest failover)",
+        ),
+        (
+            "--renew-deadline",
+            DEFAULT_RENEW_DEADLINE_S,
+            "the leader stops (exits) when it "
+            "could not renew for this long; less than --lease-duration",
+        ),
+        (
+            "--retry-period",
+            DEFAULT_RETRY_PERIOD_S,
+            "between attempts to acquire or renew; less than --renew-deadline",
+        ),
+    )
+    for flag, default, text in durations:
+        election.add_argument(
+            flag,
+            default=default,
+            type=_seconds,
+            metavar="SECONDS",
+            help=f"{text} (default: %(default)s)",
+        )
+
+
+def _leader_election(args: argparse.Namespace) -> LeaderElection | None:
+    """The election the flags ask for; None with --no-leader-elect.
+
+    Raises:
+        ValueError: durations out of order (retry < renew < duration).
+    """
+    if not args.leader_elect:
+        return None
+    namespace = args.leader_election_namespace or pod_namespace()
+    return LeaderElection(
+        lease=(namespace, args.leader_election_lease_name),
+        identity=new_identity(),
+        lease_duration_s=args.lease_duration,
+        renew_deadline_s=args.renew_deadline,
+        retry_period_s=args.retry_period,
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -175,6 +271,8 @@ def _run(args: argparse.Namespace) -> int:
         backend_release_s=args.backend_release_delay,
         kubeconfig=args.kubeconfig,
         config_owner=args.config_owner,
+        leader_election=_leader_election(args),
+        await_gateways=args.await_gateways,
     )
     return operator.run(
         settings, liveness=args.liveness, log_level=args.log_level, log_format=args.log_format
@@ -186,7 +284,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns the exit status; argparse exits with 2 on bad arguments.
     """
-    args = parser().parse_args(argv)
+    top = parser()
+    args = top.parse_args(argv)
+    if (
+        args.command == "run"
+        and args.leader_elect
+        and not args.retry_period < args.renew_deadline < args.lease_duration
+    ):
+        top.error("leader election needs --retry-period < --renew-deadline < --lease-duration")
     if args.command == "crd":
         sys.stdout.write(crd.helm_template() if args.helm else crd.crd_yaml())
         return 0

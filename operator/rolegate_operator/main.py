@@ -31,14 +31,17 @@ from typing import Any
 import kopf
 from kubernetes_asyncio.config import ConfigException
 
+from rolegate_gateway import leases
 from rolegate_gateway.api import GROUP, VERSION
 from rolegate_gateway.kube import API_ERRORS, api_client, describe, load_configuration
 from rolegate_gateway.logs import quiet_client_bodies
 from rolegate_operator.apply import PLURAL, Kube
+from rolegate_operator.election import run_elected
+from rolegate_operator.leader import LeaseGuard
 from rolegate_operator.reconcile import Reconciler
 from rolegate_operator.render import backend
 from rolegate_operator.render.secret import MANAGED_BY
-from rolegate_operator.settings import Settings
+from rolegate_operator.settings import LeaderElection, Settings
 
 __all__ = ["api_backoffs", "run"]
 
@@ -46,6 +49,14 @@ log = logging.getLogger(__name__)
 
 #: The User-Agent of the reconciler's API calls (kopf's own say ``kopf/<version>``).
 USER_AGENT = "rolegate-operator"
+
+
+def _user_agent(settings: Settings) -> str:
+    """:data:`USER_AGENT`, with the Lease holder identity when electing a leader
+    (``rolegate-operator (pod_1a2b3c4d)``): the audit log then says which replica wrote."""
+    election = settings.leader_election
+    return f"{USER_AGENT} ({election.identity})" if election else USER_AGENT
+
 
 #: Seconds one failed API request of kopf's is retried for before kopf gives up on it.
 API_RETRY_BUDGET_S = 120.0
@@ -60,6 +71,8 @@ _BACKEND_LABELS = {
     "app.kubernetes.io/managed-by": MANAGED_BY,
     "app.kubernetes.io/component": backend.COMPONENT,
 }
+#: The gateway replicas' Leases (``rolegate_gateway.leases``): ``status.gateways``.
+_LEASES = ("coordination.k8s.io", "v1", "leases")
 
 
 @kopf.on.login()
@@ -152,7 +165,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # handler labels filter on the client, after every pod of the cluster was sent.
     for resource in _BACKEND_RESOURCES:
         settings.watching.label_selectors[resource] = backend.SELECTOR
-    kube = Kube(await api_client(ours.kubeconfig, user_agent=USER_AGENT))
+    # Only the gateway Leases of this config Secret (not the nodes' or the elections').
+    settings.watching.label_selectors[_LEASES] = leases.selector(ours.config_secret[1])
+    # With leader election, every write checks that the Lease is still ours (election.py).
+    guard = getattr(memo, "guard", None)
+    kube = Kube(await api_client(ours.kubeconfig, user_agent=_user_agent(ours)), guard=guard)
     await wait_for_role_api(kube, ours.max_unavailable_delay_s)
     memo.reconciler = Reconciler(ours, kube)
     memo.task = asyncio.create_task(memo.reconciler.run(), name="rolegate-reconcile")
@@ -197,13 +214,27 @@ async def backend_changed(memo: kopf.Memo, namespace: str | None, **_: Any) -> N
         reconciler.backend_event(namespace)
 
 
+@kopf.on.event(
+    *_LEASES,
+    labels={leases.COMPONENT_LABEL: leases.COMPONENT, leases.GATEWAY_OF_LABEL: kopf.PRESENT},
+)
+async def lease_changed(memo: kopf.Memo, type: str | None, body: kopf.Body, **_: Any) -> None:
+    """A gateway replica's Lease was listed, appeared, renewed or went: record it; reconcile
+    when a replica appeared or went or what it serves changed (``status.gateways``)."""
+    reconciler: Reconciler | None = getattr(memo, "reconciler", None)
+    if reconciler is not None:
+        reconciler.lease_event(type, body)
+
+
 @kopf.on.probe(id="reconcile")
 async def probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
     """The liveness endpoint's report: the last reconcile, the last error, the writes
-    made since start (config Secret, statuses, Events; zero while nothing changes) and the
-    fresh lists read since start."""
+    made since start (config Secret, statuses, Events; zero while nothing changes), the
+    fresh lists read since start and this process's leader identity (a standby serves
+    ``{"standby": ...}`` instead: ``election.py``)."""
     reconciler: Reconciler | None = getattr(memo, "reconciler", None)
     last = reconciler.last if reconciler else None
+    election: LeaderElection | None = memo.settings.leader_election
     return {
         "roles": last.roles if last else None,
         "served": last.served if last else None,
@@ -211,6 +242,8 @@ async def probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
         "lastError": reconciler.last_error if reconciler else None,
         "writes": dict(reconciler.kube.writes) if reconciler else None,
         "lists": reconciler.lists if reconciler else None,
+        # This process's Lease holder identity (it leads while kopf runs); None: no election.
+        "leader": election.identity if election else None,
     }
 
 
@@ -229,11 +262,23 @@ def run(settings: Settings, *, liveness: str, log_level: str, log_format: str) -
     if log_level != "debug":
         # kopf says "Handler 'role_changed' succeeded." for every watch event: debug only.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    kopf.run(
-        standalone=True,
-        clusterwide=not settings.namespaces,
-        namespaces=settings.namespaces,
-        liveness_endpoint=f"http://{liveness}/healthz",
-        memo=kopf.Memo(settings=settings),
+
+    def operate(guard: LeaseGuard | None = None) -> int:
+        kopf.run(
+            standalone=True,
+            clusterwide=not settings.namespaces,
+            namespaces=settings.namespaces,
+            liveness_endpoint=f"http://{liveness}/healthz",
+            memo=kopf.Memo(settings=settings, guard=guard),
+        )
+        return 0
+
+    if settings.leader_election is None:
+        return operate()
+    return run_elected(
+        settings.leader_election,
+        operate,
+        kubeconfig=settings.kubeconfig,
+        user_agent=_user_agent(settings),
+        liveness=liveness,
     )
-    return 0

@@ -1,5 +1,6 @@
 """Raw API objects as the operator reads them: an LLMRole as a :class:`render.RoleObject`,
-a Secret's role-related keys, and a Secret as a client API key (its hash, never the key).
+a Secret's role-related keys, a Secret as a client API key (its hash, never the key), and
+whether the live config Secret already holds a rendered one.
 
 Pure (no I/O) but for the log line that says why a labelled Secret is no API key.
 """
@@ -14,6 +15,7 @@ from typing import Any
 
 from rolegate_gateway import apikeys
 from rolegate_gateway.config import API_KEY_DATA_KEY
+from rolegate_gateway.kube import CONFIG_KEY
 from rolegate_gateway.roles import SECRET_KEYS
 from rolegate_operator import render
 from rolegate_operator.store import ApiKeyEntry, Key, Store, key_of, version_of
@@ -24,6 +26,7 @@ __all__ = [
     "left_out",
     "new_refusal",
     "role_object",
+    "same_config",
     "secret_keys",
 ]
 
@@ -106,3 +109,19 @@ def api_keys_listed(
             left_out(key, entry)
         out.append((key, version, entry))
     return out
+
+
+def same_config(current: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
+    """The live config Secret already holds ``body``'s config, labels, annotations and
+    owner."""
+    data = current.get("data") or {}
+    meta, want = current.get("metadata") or {}, body["metadata"]
+    owners = [(o.get("kind"), o.get("uid")) for o in meta.get("ownerReferences") or ()]
+    wanted = [(o["kind"], o["uid"]) for o in want.get("ownerReferences") or ()]
+    return (
+        owners == wanted
+        and data.get(CONFIG_KEY) == body["data"][CONFIG_KEY]
+        and len(data) == 1
+        and all((meta.get("labels") or {}).get(k) == v for k, v in want["labels"].items())
+        and all((meta.get("annotations") or {}).get(k) == v for k, v in want["annotations"].items())
+    )

@@ -7,7 +7,10 @@ render the whole config from what the operator sees, then write only what differ
 
 1. the config Secret, when its content differs from the rendered config;
 2. each role's status, when it differs from the rendered one (``lastTransitionTime``
-   is kept while a condition holds, so an unchanged role renders equal);
+   is kept while a condition holds, so an unchanged role renders equal); its
+   ``status.gateways`` (and, with ``await_gateways``, its ``Ready``) come from the gateway
+   replicas' Leases (:mod:`rolegate_operator.gateways`), which wake a pass only when a
+   replica appears or goes or what it serves changes;
 3. an Event for each condition that flipped.
 
 A :class:`Reconciler` runs this level-triggered loop over a :class:`~rolegate_operator.store.Store`
@@ -57,6 +60,7 @@ from rolegate_gateway.config import ApiKey, GatewayConfig
 from rolegate_gateway.kube import API_ERRORS, CONFIG_KEY, describe, log_failure, unavailable
 from rolegate_operator import backends, objects, render
 from rolegate_operator.apply import Kube
+from rolegate_operator.gateways import Gateways
 from rolegate_operator.objects import api_key_entry, role_object, secret_keys
 from rolegate_operator.settings import Settings
 from rolegate_operator.store import ApiKeyEntry, Store, key_of, resource_version, version_of
@@ -128,6 +132,8 @@ class Reconciler:
         self.lists = 0
         #: The backends of serve: roles: read and written each pass.
         self.backends = backends.BackendSync(kube, release_s=settings.backend_release_s)
+        #: The gateway replicas' Leases: status.gateways, and Ready with await_gateways.
+        self.gateways = Gateways(self.store, settings)
 
     def wake(self) -> None:
         """Ask for a reconcile soon (changes within ``debounce_s`` share one pass)."""
@@ -180,6 +186,12 @@ class Reconciler:
         ):
             self.wake()
 
+    def lease_event(self, kind: str | None, body: Mapping[str, Any]) -> None:
+        """Record a watch event of a gateway Lease; wake only when a replica appeared or
+        went or what it serves changed (a mere renewal changes no status)."""
+        if self.gateways.event(kind, body):
+            self.wake()
+
     def backend_event(self, namespace: str) -> None:
         """A backend's Deployment, pod or claim in ``namespace`` changed: reconcile (its
         roles' ``BackendReady``; and a backend no role wants is deleted)."""
@@ -188,7 +200,8 @@ class Reconciler:
 
     async def refresh(self) -> float:
         """Replace the store from fresh lists of LLMRoles and Secrets in the namespaces
-        served (all: one cluster-wide list each); returns the seconds it took.
+        served (all: one cluster-wide list each) and of the gateway Leases; returns the
+        seconds it took.
 
         Raises:
             ApiException, aiohttp.ClientError, OSError, TimeoutError: API trouble; the store
@@ -215,6 +228,7 @@ class Reconciler:
                     resource_version(secrets_version),
                     namespace=namespace,
                 )
+            await self.gateways.refresh(self.kube)
         except BaseException:
             self.store.stale = True
             raise
@@ -273,7 +287,7 @@ class Reconciler:
             wrote = False
         now = _now()
         statuses = events = 0
-        for outcome in rendered.outcomes:
+        for outcome in self.gateways.judge(rendered.outcomes, config_hash=rendered.config.hash):
             if live is None and outcome.backend:
                 continue  # its BackendReady is not known this pass: its status stays
             if not_written is not None and outcome.config is not None:
@@ -386,7 +400,7 @@ class Reconciler:
                 owner = (self.settings.config_owner, uid)
         body = render.config_secret(rendered.config, namespace=ns, name=name, owner=owner)
         current = await self.kube.read_secret(ns, name)
-        if current is not None and _same(current, body):
+        if current is not None and objects.same_config(current, body):
             return False
         await self.kube.write_secret(body, current=current)
         log.info(
@@ -403,23 +417,37 @@ class Reconciler:
     async def run(self) -> None:
         """Reconcile on every wake-up, until cancelled; the first pass, one every
         ``resync_s`` (even while events keep coming) and one after a watch listed anew
-        read fresh lists first.
+        read fresh lists first. When the namespaces served leave out the config Secret's,
+        kopf delivers no gateway Lease event: they are polled meanwhile
+        (:meth:`Gateways.poll`).
 
         A failed pass is retried after a backoff: from ``retry_delay_s``, doubling up to
         ``max_retry_delay_s``, or up to ``max_unavailable_delay_s`` while the API server is
         unreachable or unavailable, a wait that a wake-up (the watch is back) cuts short
         when the connection was lost (not when the server answered 429 or 5xx).
         """
+        if self.gateways.watched(self.settings.namespaces):
+            await self._loop()
+            return
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.gateways.poll(self.kube, self.wake), name="rolegate-leases")
+            await self._loop()
+
+    async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         delay_s = self.settings.retry_delay_s
         next_list = loop.time()  # the first pass lists
         while True:
             try:
-                due = min(next_list, self.backends.due() or math.inf)
+                due = min(
+                    next_list, self.backends.due() or math.inf, self.gateways.due() or math.inf
+                )
                 await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, due - loop.time()))
                 await asyncio.sleep(self.settings.debounce_s)
             except TimeoutError:
-                pass
+                backend = self.backends.due() or math.inf
+                if loop.time() < min(next_list, backend) and not self.gateways.expired():
+                    continue  # the gateway Lease that was due was renewed meanwhile
             self._wake.clear()
             fresh = self.store.stale or loop.time() >= next_list
             try:
@@ -457,19 +485,3 @@ class Reconciler:
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=delay_s)
-
-
-def _same(current: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
-    """The live config Secret already holds ``body``'s config, labels, annotations and
-    owner."""
-    data = current.get("data") or {}
-    meta, want = current.get("metadata") or {}, body["metadata"]
-    owners = [(o.get("kind"), o.get("uid")) for o in meta.get("ownerReferences") or ()]
-    wanted = [(o["kind"], o["uid"]) for o in want.get("ownerReferences") or ()]
-    return (
-        owners == wanted
-        and data.get(CONFIG_KEY) == body["data"][CONFIG_KEY]
-        and len(data) == 1
-        and all((meta.get("labels") or {}).get(k) == v for k, v in want["labels"].items())
-        and all((meta.get("annotations") or {}).get(k) == v for k, v in want["annotations"].items())
-    )

@@ -2,15 +2,93 @@
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DEFAULT_BACKEND_RELEASE_S", "DEFAULT_RESYNC_S", "Settings"]
+__all__ = [
+    "DEFAULT_BACKEND_RELEASE_S",
+    "DEFAULT_LEASE_DURATION_S",
+    "DEFAULT_LEASE_NAME",
+    "DEFAULT_RENEW_DEADLINE_S",
+    "DEFAULT_RESYNC_S",
+    "DEFAULT_RETRY_PERIOD_S",
+    "LeaderElection",
+    "Settings",
+    "new_identity",
+    "pod_namespace",
+]
 
 #: The default of :attr:`Settings.resync_s` and ``--resync-interval``, in seconds.
 DEFAULT_RESYNC_S = 60.0
 #: The default of :attr:`Settings.backend_release_s` and ``--backend-release-delay``, seconds.
 DEFAULT_BACKEND_RELEASE_S = 390.0
+#: The defaults of :class:`LeaderElection` and the ``--leader-election-*`` flags.
+DEFAULT_LEASE_NAME = "rolegate-operator"
+#: Seconds; controller-runtime's (and KubeAI's, Envoy AI Gateway's) 15/10/2 s.
+DEFAULT_LEASE_DURATION_S = 15.0
+DEFAULT_RENEW_DEADLINE_S = 10.0
+DEFAULT_RETRY_PERIOD_S = 2.0
+#: Where Kubernetes mounts a pod's namespace (with its ServiceAccount token).
+POD_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def pod_namespace(path: Path = POD_NAMESPACE_FILE) -> str:
+    """The namespace of the pod this runs in (from ``path``), or "default" outside a pod."""
+    try:
+        return path.read_text().strip() or "default"
+    except OSError:
+        return "default"
+
+
+def new_identity() -> str:
+    """A holder identity for this process: the pod's name (``$POD_NAME``, else the host
+    name), an underscore and 8 random hex digits, so two processes on one host differ."""
+    return f"{os.environ.get('POD_NAME') or socket.gethostname()}_{secrets.token_hex(4)}"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LeaderElection:
+    """How one operator replica takes part in leader election over a
+    ``coordination.k8s.io/v1`` Lease; the meaning of each duration is client-go's
+    (https://pkg.go.dev/k8s.io/client-go/tools/leaderelection#LeaderElectionConfig).
+
+    Raises (on construction):
+        ValueError: a duration not positive, or not ``retry_period_s < renew_deadline_s <
+            lease_duration_s``.
+    """
+
+    #: (namespace, name) of the Lease.
+    lease: tuple[str, str]
+    #: This process's holder identity: unique among the replicas (pod name + random suffix).
+    identity: str
+    #: Seconds a follower waits, from when it last saw the Lease change, before it takes
+    #: the Lease over (default 15): the longest failover after a leader dies.
+    lease_duration_s: float = DEFAULT_LEASE_DURATION_S
+    #: Seconds the leader keeps leading (and writing) without a successful renewal (default
+    #: 10); then it stops. Shorter than the lease duration, so it stops before a follower
+    #: may take over.
+    renew_deadline_s: float = DEFAULT_RENEW_DEADLINE_S
+    #: Seconds between attempts to acquire or renew (default 2).
+    retry_period_s: float = DEFAULT_RETRY_PERIOD_S
+
+    def __post_init__(self) -> None:
+        durations = (self.retry_period_s, self.renew_deadline_s, self.lease_duration_s)
+        if min(durations) <= 0:
+            raise ValueError(f"leader election durations must be positive, not {durations}")
+        if not self.retry_period_s < self.renew_deadline_s < self.lease_duration_s:
+            raise ValueError(
+                "leader election needs retry period < renew deadline < lease duration, not "
+                f"{self.retry_period_s:g} / {self.renew_deadline_s:g} / "
+                f"{self.lease_duration_s:g} s"
+            )
+
+    @property
+    def lease_ref(self) -> str:
+        """``NAMESPACE/NAME`` of the Lease, for messages."""
+        return "/".join(self.lease)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -52,6 +130,12 @@ class Settings:
     #: at the default 180 s), so a shorter delay can cut a long stream; its GPUs are held
     #: that long after a rebind.
     backend_release_s: float = DEFAULT_BACKEND_RELEASE_S
+    #: Leader election among operator replicas; None: none (this process always writes).
+    leader_election: LeaderElection | None = None
+    #: ``Ready`` waits for the gateway replicas (default False): True only when every live
+    #: replica's Lease says it serves the role's configHash, else False ``RollingOut``.
+    #: Off, ``Ready`` means "in the config Secret" and ``status.gateways`` only informs.
+    await_gateways: bool = False
 
     @property
     def config_secret_ref(self) -> str:

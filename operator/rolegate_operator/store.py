@@ -1,6 +1,6 @@
-"""What the operator sees: every LLMRole, every Secret's role-related keys and every client
-API key (its hash only), kept current by watch events and made true again by fresh lists from
-the API.
+"""What the operator sees: every LLMRole, every Secret's role-related keys, every client
+API key (its hash only) and every gateway replica's Lease, kept current by watch events and
+made true again by fresh lists from the API.
 
 kopf's watch keeps this view current between lists, but a watch can have gaps: after an API
 server restart, or when the resourceVersion it resumes from fell out of the server's window
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from rolegate_gateway.config import ApiKey
+from rolegate_gateway.leases import Seen
 
 __all__ = ["ApiKeyEntry", "Key", "Section", "Store", "resource_version"]
 
@@ -134,8 +135,9 @@ class Section(Generic[_V]):
 @dataclass(slots=True)
 class Store:
     """The operator's view: raw LLMRoles, each Secret's decoded role-related keys (but not
-    the ``apiKey`` of a client API-key Secret), and each Secret as a client API key
-    (:data:`ApiKeyEntry`; both sections are fed by the same events and lists).
+    the ``apiKey`` of a client API-key Secret), each Secret as a client API key
+    (:data:`ApiKeyEntry`; both sections are fed by the same events and lists), and the
+    gateway replicas' Leases.
 
     ``stale`` is True until a fresh list has been applied, and again whenever a watch lists
     anew (kopf's listing events), which is the sign of a gap in the watch.
@@ -144,6 +146,9 @@ class Store:
     roles: Section[dict[str, Any]] = field(default_factory=Section)
     secrets: Section[dict[str, str]] = field(default_factory=Section)
     api_keys: Section[ApiKeyEntry] = field(default_factory=Section)
+    #: The gateway replicas' Leases of the config Secret, each with when its renewal was
+    #: seen (``rolegate_operator.gateways``).
+    gateways: Section[Seen] = field(default_factory=Section)
     stale: bool = True
 
     def role_bodies(self) -> list[dict[str, Any]]:

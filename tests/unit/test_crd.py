@@ -244,8 +244,15 @@ def test_run_defaults() -> None:
         "liveness": "127.0.0.1:8081",
         "resync_interval": 60.0,
         "backend_release_delay": 390.0,
+        "await_gateways": True,
         "log_level": "info",
         "log_format": "text",
+        "leader_elect": True,
+        "leader_election_namespace": None,
+        "leader_election_lease_name": "rolegate-operator",
+        "lease_duration": 15.0,
+        "renew_deadline": 10.0,
+        "retry_period": 2.0,
     }
 
 

@@ -168,6 +168,15 @@ def test_event_names_the_role_and_holds_no_key() -> None:
     assert body["reason"] == "Served"
 
 
+def test_a_rollout_under_way_is_a_normal_event_a_failure_a_warning() -> None:
+    role = obj("extract", **with_secret())
+    now = "2026-11-21T10:00:00.000001Z"
+    rolling = render.Transition("Ready", "False", "RollingOut", "served by 2 of 3 replicas")
+    broken = render.Transition("Ready", "False", "CredentialsNotResolved", "no Secret")
+    assert render.event(role, rolling, now=now, instance="op-1")["type"] == "Normal"
+    assert render.event(role, broken, now=now, instance="op-1")["type"] == "Warning"
+
+
 def test_config_secret_holds_the_wire_config_and_its_hash() -> None:
     config = render.render([obj("extract", **with_secret())], SECRETS, config_secret=CS).config
     body = render.config_secret(config, namespace="rolegate", name="gw-config")

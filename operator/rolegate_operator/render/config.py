@@ -22,6 +22,7 @@ from rolegate_gateway.api import (
     KIND,
     Binding,
     ConditionStatus,
+    GatewaysStatus,
     LLMRole,
     LLMRoleSpec,
 )
@@ -74,6 +75,8 @@ class Outcome:
     backend: str = ""
     backend_ready: Check | None = None
     serving: str = ""  # the backend in the config, while a rollout keeps the previous one
+    #: status.gateways: the gateway replicas serving it (``rolegate_operator.gateways``).
+    gateways: GatewaysStatus | None = None
 
     @property
     def shown_backend(self) -> str:

@@ -1,4 +1,4 @@
-"""Status of an LLMRole: conditions, observedGeneration, endpoint, configHash.
+"""Status of an LLMRole: conditions, observedGeneration, endpoint, configHash, gateways.
 
 Pure. Owns the condition rules kopf does not give us (STYLE rule 9): positive types only
 (``Ready``, ``CredentialsResolved``, ``BackendReady``), each with a CamelCase reason, a
@@ -18,10 +18,12 @@ from rolegate_gateway.api import Condition, ConditionStatus, LLMRoleStatus
 from rolegate_operator.render.check import Check
 from rolegate_operator.render.config import Outcome
 
-__all__ = ["CONDITION_TYPES", "Transition", "desired_status", "transitions"]
+__all__ = ["CONDITION_TYPES", "PROGRESS_REASONS", "Transition", "desired_status", "transitions"]
 
 #: The condition types, in the order they are listed (BackendReady: serve: roles only).
 CONDITION_TYPES = ("Ready", "CredentialsResolved", "BackendReady")
+#: Reasons of a False condition that say a change is under way, not that something is wrong.
+PROGRESS_REASONS = frozenset({"RollingOut"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +37,10 @@ class Transition:
 
     @property
     def warning(self) -> bool:
-        """True when the role got worse (an Event of type Warning)."""
-        return self.status != ConditionStatus.TRUE
+        """True when the role got worse (an Event of type Warning); a rollout under way
+        (reason ``RollingOut``: a new backend or the gateway replicas catching up) is
+        progress, a Normal Event, as a Deployment's rollout is."""
+        return self.status != ConditionStatus.TRUE and self.reason not in PROGRESS_REASONS
 
 
 def _previous(status: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
@@ -87,8 +91,9 @@ def desired_status(
         endpoint=outcome.endpoint,
         backend=outcome.shown_backend,
         config_hash=outcome.config.hash if outcome.config else "",
+        gateways=outcome.gateways,
     )
-    return status.model_dump(mode="json", by_alias=True)
+    return status.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 def transitions(current: Mapping[str, Any], desired: Mapping[str, Any]) -> Sequence[Transition]:
