@@ -35,6 +35,7 @@ __all__ = [
     "BuildFailed",
     "build_log",
     "cache_root",
+    "files_digest",
     "locked",
     "pins_digest",
     "run_with_progress",
@@ -70,6 +71,19 @@ def stamped(entry: Path, text: str) -> bool:
         return (entry / "stamp").read_text() == text
     except OSError:
         return False
+
+
+def files_digest(paths: Sequence[Path]) -> str:
+    """The sha256 (hex) over the bytes of ``paths``, in order: a build's stamp when its
+    inputs are those files.
+
+    Raises:
+        OSError: a file cannot be read.
+    """
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def _stop_group(proc: subprocess.Popen[str]) -> None:

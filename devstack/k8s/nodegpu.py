@@ -23,7 +23,6 @@ Reference: https://kubernetes.io/docs/concepts/extend-kubernetes/compute-storage
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -31,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from devstack.cache import cache_root
+from devstack.cache import cache_root, files_digest
 from devstack.k8s import build
 from devstack.process import Process
 
@@ -75,10 +74,7 @@ def binary() -> Path:
 
 def expected_stamp() -> str:
     """The sha256 (hex) over :data:`SOURCES`' bytes, in order: the cache entry's key."""
-    digest = hashlib.sha256()
-    for path in SOURCES:
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
+    return files_digest(SOURCES)
 
 
 def is_built() -> bool:

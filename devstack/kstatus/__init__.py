@@ -15,7 +15,6 @@ directory renamed into place, so an interrupted build never looks complete); and
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -24,7 +23,15 @@ import subprocess
 from pathlib import Path
 from typing import Any, Final, TextIO
 
-from devstack.cache import BuildFailed, build_log, cache_root, locked, run_with_progress
+from devstack.cache import (
+    BuildFailed,
+    build_log,
+    cache_root,
+    files_digest,
+    locked,
+    run_with_progress,
+    stamped,
+)
 from devstack.k8s.build import hide_module_chatter
 
 __all__ = ["BINARY", "SOURCES", "VERSION", "BuildFailed", "binary", "compute", "ensure"]
@@ -55,21 +62,9 @@ def binary() -> Path:
     return cache_dir() / "bin" / BINARY
 
 
-def _expected_stamp() -> str:
-    digest = hashlib.sha256()
-    for path in SOURCES:
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 def is_built() -> bool:
     """Whether the command is built from the current sources."""
-    try:
-        if (cache_dir() / "stamp").read_text() != _expected_stamp():
-            return False
-    except OSError:
-        return False
-    return os.access(binary(), os.X_OK)
+    return stamped(cache_dir(), files_digest(SOURCES)) and os.access(binary(), os.X_OK)
 
 
 def _go() -> str:
@@ -103,7 +98,7 @@ def ensure(out: TextIO | None = None) -> Path:
             env={**os.environ, "CGO_ENABLED": "0"},
             log_path=build_log(entry),
         )
-        (staging / "stamp").write_text(_expected_stamp())
+        (staging / "stamp").write_text(files_digest(SOURCES))
         shutil.rmtree(entry, ignore_errors=True)
         staging.rename(entry)
     return binary()
