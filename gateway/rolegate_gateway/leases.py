@@ -14,7 +14,8 @@ One Lease per replica, in the config Secret's namespace:
   from the pod's name), else ``<hostname>-<pid>`` (:func:`default_identity`), so two
   processes of one machine never share a Lease;
 - labels ``app.kubernetes.io/component: gateway`` and ``rolegate.dev/gateway-of: <config
-  Secret>`` (the operator and the peers select by them);
+  Secret>`` (the operator and the peers select by them); in a pod, owned by the pod
+  (:func:`pod_owner`), so the Lease of a pod that is gone is garbage-collected;
 - ``spec.holderIdentity`` (the identity), ``leaseDurationSeconds``, ``renewTime``;
 - annotations ``rolegate.dev/config-hash`` (``GatewayConfig.hash`` served now; absent before
   the first config) and ``rolegate.dev/role-hashes`` (compact JSON ``{role: RoleConfig.hash}``
@@ -57,6 +58,7 @@ __all__ = [
     "labels",
     "lease_name",
     "observe",
+    "pod_owner",
     "report_annotations",
     "selector",
 ]
@@ -105,6 +107,18 @@ def selector(config_name: str) -> str:
 def default_identity() -> str:
     """``$POD_NAME``, else ``<hostname>-<pid>`` (two processes of one machine differ)."""
     return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def pod_owner() -> list[dict[str, str]]:
+    """The Lease's ``ownerReferences``: this pod (``$POD_NAME`` and ``$POD_UID``, which the
+    chart sets from the downward API), so the garbage collector deletes the Lease of a pod
+    that went without a clean stop (a lost node, a forced delete); [] outside a pod.
+    Reference: https://kubernetes.io/docs/concepts/architecture/garbage-collection/#owners-dependents
+    """
+    name, uid = os.environ.get("POD_NAME"), os.environ.get("POD_UID")
+    if not (name and uid):
+        return []
+    return [{"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid}]
 
 
 def lease_name(config_name: str, identity: str) -> str:

@@ -30,6 +30,7 @@ from rolegate_gateway.leases import (
     labels,
     lease_name,
     observe,
+    pod_owner,
     report_annotations,
     selector,
 )
@@ -44,7 +45,7 @@ __all__ = ["PRESENCE", "Presence"]
 
 log = logging.getLogger(__name__)
 
-#: Seconds one Lease request may take.
+#: Seconds one Lease request may take at most (less with short leases: :attr:`Presence.timeout_s`).
 _REQUEST_TIMEOUT_S: Final = 5.0
 
 
@@ -91,6 +92,9 @@ class Presence:
                 f"renew interval ({renew_s} s), which must be positive"
             )
         self.assumed_replicas = max(1, assumed_replicas)
+        #: Seconds a Lease request may take: a renewal and a list that time out both still
+        #: leave the next renewal inside the lease duration.
+        self.timeout_s = min(_REQUEST_TIMEOUT_S, (lease_duration_s - renew_s) / 2)
         #: The runtime whose config and roles the Lease reports.
         self.runtime: Runtime | None = None
         self.namespace = namespace
@@ -196,9 +200,7 @@ class Presence:
                 if exc.status not in (404, 409):
                     raise
                 # 409: written by someone else meanwhile; 404: deleted (by hand), made anew
-                current = (
-                    await lease.get(timeout_s=_REQUEST_TIMEOUT_S) if exc.status == 409 else None
-                )
+                current = await lease.get(timeout_s=self.timeout_s) if exc.status == 409 else None
                 if current is not None:
                     answer = await self._update(lease, current, spec)
         if answer is None:
@@ -222,7 +224,7 @@ class Presence:
             "metadata": meta,
             "spec": {**(current.get("spec") or {}), **spec},
         }
-        return await lease.replace(body, timeout_s=_REQUEST_TIMEOUT_S)
+        return await lease.replace(body, timeout_s=self.timeout_s)
 
     async def _create(self, lease: LeaseApi, spec: dict[str, Any]) -> dict[str, Any]:
         """Create the Lease; when it exists (this identity's previous process left it), take
@@ -230,11 +232,13 @@ class Presence:
         from kubernetes_asyncio.client.exceptions import ApiException
 
         notes = {k: v for k, v in self._annotations().items() if v is not None}
-        meta = {"labels": labels(self.config_name), "annotations": notes}
+        meta: dict[str, Any] = {"labels": labels(self.config_name), "annotations": notes}
+        if owners := pod_owner():
+            meta["ownerReferences"] = owners
         try:
-            answer = await lease.create(spec, metadata=meta, timeout_s=_REQUEST_TIMEOUT_S)
+            answer = await lease.create(spec, metadata=meta, timeout_s=self.timeout_s)
         except ApiException as exc:
-            current = await lease.get(timeout_s=_REQUEST_TIMEOUT_S) if exc.status == 409 else None
+            current = await lease.get(timeout_s=self.timeout_s) if exc.status == 409 else None
             if current is None:
                 raise
             return await self._update(lease, current, spec)
@@ -255,7 +259,7 @@ class Presence:
                 self.namespace,
                 label_selector=selector(self.config_name),
                 _preload_content=False,
-                _request_timeout=_REQUEST_TIMEOUT_S,
+                _request_timeout=self.timeout_s,
             )
         )
         now = self._clock()
@@ -284,8 +288,10 @@ class Presence:
 
         delay_s = self.retry_delay_s
         failures = 0
+        loop = asyncio.get_running_loop()
         while True:
             self._kick.clear()
+            began = loop.time()
             try:
                 await self.renew()
                 await self.look()
@@ -316,7 +322,7 @@ class Presence:
                 failures = 0
                 self.last_error = None
                 delay_s = self.retry_delay_s
-                wait_s = self.renew_s
+                wait_s = max(0.0, self.renew_s - (loop.time() - began))  # from the start
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), timeout=wait_s)
 
@@ -349,7 +355,7 @@ class Presence:
             if self._held is not None:
                 lease = await self._lease()
                 version = self._held["metadata"]["resourceVersion"]
-                await lease.delete(version, timeout_s=_REQUEST_TIMEOUT_S)
+                await lease.delete(version, timeout_s=self.timeout_s)
                 log.info("presence Lease %s deleted", self.ref)
         except ApiException as exc:
             if exc.status not in (404, 409):

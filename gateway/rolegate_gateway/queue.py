@@ -79,8 +79,9 @@ class RoleQueue:
         """Apply new limits in place. More slots admit waiters at once; fewer slots let
         calls in flight finish and admit nobody until ``running`` is below the new size."""
         self.limits = limits
-        self._wake()
-        if self._slots is not None:
+        if self._slots is None:
+            self._wake()
+        else:  # admitted only with a global slot: the pump asks the store
             self._slots.nudge()
 
     def retry_after_s(self) -> int:

@@ -25,8 +25,12 @@ __all__ = ["ScriptClient", "redact"]
 
 def redact(url: str) -> str:
     """``url`` without its password (``redis://user:secret@host`` -> ``redis://user@host``)
-    and query string, safe to log and show in /status."""
-    parts = urlsplit(url)
+    and query string, safe to log and show in /status; a URL that does not parse is shown
+    as its scheme only."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unbalanced "[" in the password
+        return f"{url.partition('://')[0]}://…"
     netloc = parts.netloc.rpartition("@")[2]
     if parts.username:
         netloc = f"{parts.username}@{netloc}"

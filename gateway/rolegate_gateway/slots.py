@@ -207,7 +207,7 @@ class SlotStore:
             log.log(
                 logging.INFO if created and not changed else logging.WARNING,
                 "concurrency store %s is new or lost its slots (restarted empty, flushed): "
-                "registering the running calls; each role admits its share meanwhile",
+                "registering the running calls; nothing is admitted until every replica did",
                 self.url,
             )
             self._nudge_all()
@@ -437,6 +437,8 @@ class GlobalSlots:
         leaks nothing: the attempt finishes on its own and a granted lease is released.
         """
         store = self.store
+        if store.rejoining:  # its calls are being registered: one admitted now would not be
+            return None, RECHECK_S  # the rejoin (or a failure) nudges every role
         if store.fallback or store.epoch is None:
             cap, wait_s = self.fallback_cap(max_async)
             if running >= cap:

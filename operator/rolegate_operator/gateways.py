@@ -22,6 +22,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -109,6 +110,8 @@ class Gateways:
         #: Why the Leases cannot be listed (403: RBAC; 404: no Lease API), None when they can.
         self.unknown: str | None = None
         self._counted: frozenset[Key] = frozenset()  # live at the last judgement
+        #: When the Leases were last heard of (a list, a watch event): monotonic seconds.
+        self._heard_s = -math.inf
 
     def ours(self, body: Mapping[str, Any]) -> bool:
         """Whether a raw Lease is a gateway Lease of this operator's config Secret."""
@@ -127,6 +130,7 @@ class Gateways:
             return False
         section = self.store.gateways
         key, version, now = key_of(body), version_of(body), self._clock()
+        self._heard_s = now
         held = section.get(key)
         was = held if held is not None and held.live(now) else None
         if kind == "DELETED":
@@ -163,11 +167,16 @@ class Gateways:
             log.info("the gateway Leases in namespace %s can be listed again", self.namespace)
         self.unknown = None
         now, section = self._clock(), self.store.gateways
+        deaf_s, self._heard_s = now - self._heard_s, now
         listed = []
         for item in body.get("items") or ():
             if self.ours(item):
                 key, report = key_of(item), leases.Report.from_lease(item)
-                seen = leases.observe(section.get(key), report, now)
+                held = section.get(key)
+                # Heard of nothing for a whole duration (an API server outage): the
+                # renewals made meanwhile were not seen, so the Lease is not taken for
+                # expired; it counts from now, as a Lease first seen does.
+                seen = leases.observe(None if deaf_s >= report.duration_s else held, report, now)
                 listed.append((key, version_of(item), seen))
         version = resource_version((body.get("metadata") or {}).get("resourceVersion"))
         section.replace(listed, version, namespace=self.namespace)

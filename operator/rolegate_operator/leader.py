@@ -229,7 +229,10 @@ class Elector:
             self.observed_at = self.clock()
         self.observed, self._lease = record, lease
         me = self.election.identity
-        fresh = self.clock() - self.observed_at < self.election.lease_duration_s
+        # The longer of the holder's duration and ours: a leader started with a longer one
+        # (before an upgrade that shortened it) may still write until its own expires.
+        lasts_s = max(self.election.lease_duration_s, record.lease_duration_s)
+        fresh = self.clock() - self.observed_at < lasts_s
         if record.holder not in ("", me) and fresh:
             self.last_error = None
             return False  # held by another, and changed within the lease duration

@@ -345,8 +345,11 @@ class Reconciler:
         desired = render.desired_status(outcome, now=_seconds(now), previous=current)
         if desired == current:
             return None
+        # A merge patch keeps what it does not name: a field the role no longer has (its
+        # gateways' counts, once out of the config) is removed with null.
+        gone = dict.fromkeys(k for k in current if k not in desired)
         written = await self.kube.patch_status(
-            role.namespace, role.name, resource_version=version, status=desired
+            role.namespace, role.name, resource_version=version, status={**gone, **desired}
         )
         if written is None:  # changed, re-created or gone meanwhile: its event wakes a pass
             self._written.pop(key, None)

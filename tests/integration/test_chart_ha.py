@@ -26,6 +26,7 @@ pytestmark = pytest.mark.cluster
 NS = RENDER_NS
 VALKEY = "rolegate-valkey"
 POD_NAME = {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+POD_UID = {"name": "POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}}
 
 
 def flag(command: list[str], name: str) -> str | None:
@@ -55,9 +56,11 @@ def test_one_operator_leads_through_a_lease_by_default(chart: Any) -> None:
         "2",
     ]
     assert "--await-gateways" in command
-    # The pod's name is the Lease holder's identity (the operator's and each gateway's).
+    # The pod's name is the Lease holder's identity (the operator's and each gateway's); a
+    # gateway's Lease is owned by its pod (uid).
     for component in ("rolegate-operator", "rolegate-gateway"):
         assert env(named(docs, "Deployment", component))["POD_NAME"] == POD_NAME
+    assert env(named(docs, "Deployment", "rolegate-gateway"))["POD_UID"] == POD_UID
     rules = named(docs, "Role", "rolegate-operator-config")["rules"]
     leases = [r for r in rules if r["apiGroups"] == ["coordination.k8s.io"]]
     assert leases == [

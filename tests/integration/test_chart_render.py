@@ -369,7 +369,7 @@ def test_rbac_per_watch_mode(chart: Any) -> None:
         {
             "apiGroups": ["coordination.k8s.io"],
             "resources": ["leases"],
-            "verbs": ["get", "list", "watch", "create", "update", "delete"],
+            "verbs": ["get", "list", "create", "update", "delete"],
         },
     ]
 

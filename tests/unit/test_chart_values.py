@@ -149,7 +149,7 @@ def test_readme_documents_each_can_i_case() -> None:
     # backends' pods), and, everywhere (system:auth-delegator), ask who a token is and
     # whether it may use a role; nothing else.
     secret = ("secrets", "[]", "[rolegate-gateway-config]", ("get", "list", "watch"))
-    verbs = ("create", "delete", "get", "list", "update", "watch")
+    verbs = ("create", "delete", "get", "list", "update")
     leases = ("leases.coordination.k8s.io", "[]", "[]", verbs)
     config = [secret, leases]
     slices = ("endpointslices.discovery.k8s.io", "[]", "[]", ("list", "watch"))

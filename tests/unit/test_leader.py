@@ -140,6 +140,26 @@ async def test_expiry_is_judged_from_when_this_process_saw_the_record_change() -
     assert store.lease["spec"]["leaseTransitions"] == 1
 
 
+async def test_a_holder_with_a_longer_lease_duration_is_waited_for() -> None:
+    """After an upgrade that shortened the durations, a standby waits out the holder's
+    own (longer) duration: the old leader may write until then."""
+    store, clock = FakeLeases(), Clock()
+    old = Elector(
+        store,
+        LeaderElection(lease=LEASE, identity="old", lease_duration_s=40, renew_deadline_s=30),
+        clock=clock,
+        wall=lambda: "2026-12-02T05:00:00.000000Z",
+        sleep=clock.sleep,
+    )
+    assert await old.try_acquire_or_renew()
+    new = elector(store, clock, "new")  # 15 s
+    assert not await new.try_acquire_or_renew()
+    clock.now += 20  # past the standby's 15 s, within the holder's 40 s
+    assert not await new.try_acquire_or_renew()
+    clock.now += 20.1
+    assert await new.try_acquire_or_renew()
+
+
 async def test_a_changing_record_is_never_expired() -> None:
     store, clock = FakeLeases(), Clock()
     a, b = elector(store, clock, "a"), elector(store, clock, "b")

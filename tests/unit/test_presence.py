@@ -261,6 +261,26 @@ async def test_renewals_report_what_the_runtime_serves(
     assert p.renewals == 2
 
 
+async def test_in_a_pod_the_lease_is_owned_by_the_pod(
+    presence: tuple[Presence, FakeLeases, list[float]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The garbage collector deletes the Lease of a pod that went without a clean stop."""
+    p, api, _ = presence
+    monkeypatch.setenv("POD_NAME", "rolegate-gateway-7d9f-x2x9q")
+    monkeypatch.setenv("POD_UID", "8a6e1c52-0000-4000-8000-000000000001")
+    await p.renew()
+    assert api.created[0]["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "name": "rolegate-gateway-7d9f-x2x9q",
+            "uid": "8a6e1c52-0000-4000-8000-000000000001",
+        }
+    ]
+    monkeypatch.delenv("POD_UID")
+    assert leases.pod_owner() == []  # outside a pod: nobody owns it
+
+
 def test_bad_timings_are_refused() -> None:
     with pytest.raises(ValueError, match="renew interval"):
         Presence("ns", "gw", lease_duration_s=3, renew_s=3)

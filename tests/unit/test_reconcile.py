@@ -58,7 +58,9 @@ class FakeKube(Kube):
             self.conflicts += 1
             return None
         self.versions[name] += 1
-        self.statuses[name] = status
+        # A JSON merge patch (RFC 7396) at the top level of status: null removes a field.
+        merged = {**self.statuses.get(name, {}), **status}
+        self.statuses[name] = {k: v for k, v in merged.items() if v is not None}
         self.writes["status"] += 1
         return str(self.versions[name])
 

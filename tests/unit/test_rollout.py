@@ -224,11 +224,19 @@ async def test_a_role_not_in_the_config_shows_no_gateways(
     world: tuple[Reconciler, FakeKube, list[dict[str, Any]]],
 ) -> None:
     reconciler, kube, roles = world
+    await reconciler.reconcile()
+    assert kube.statuses["query"]["gateways"] == {"serving": 0, "total": 0}
+    see(kube, roles)
+    # It leaves the config: its counts go (null in the merge patch), not left stale.
     roles[1]["spec"]["credentials"]["secretRef"]["name"] = "missing"
     reconciler.store.roles.put(("team", "query"), 2, roles[1])
     await reconciler.reconcile()
     assert ready(kube, "query")[1] == "CredentialsNotResolved"
     assert "gateways" not in kube.statuses["query"]
+    see(kube, roles)
+    writes = kube.writes["status"]
+    await reconciler.reconcile()
+    assert kube.writes["status"] == writes  # and nothing is rewritten after
 
 
 async def test_leases_that_cannot_be_listed_leave_ready_unknown(

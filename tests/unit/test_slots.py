@@ -122,6 +122,33 @@ async def test_one_max_async_across_replicas_and_releases_wake_other_replicas(
     await eventually(lambda: a.in_use() == b.in_use() == {"r": 0}, timeout_s=2)
 
 
+async def test_a_reload_of_a_saturated_role_admits_no_one_past_the_store(
+    stores: Stores, peek: aioredis.Redis
+) -> None:
+    """New limits (a queue bound changed) wake the waiters through the store, not past it:
+    replica b holds both slots, so a's waiters stay queued until b releases."""
+    a, b = await stores(), await stores()
+    qa, qb = _queue(a, 2), _queue(b, 2)
+    held = [await qb.acquire(0), await qb.acquire(0)]
+    waiters = [asyncio.create_task(qa.acquire(0)) for _ in range(3)]
+    await eventually(lambda: qa.queued == 3, timeout_s=2)
+
+    qa.resize(Limits(max_async=2, queue_max_size=500, queue_max_wait_s=30))
+    await asyncio.sleep(0.3)
+    assert (qa.running, qa.queued) == (0, 3)
+    assert await peek.zcard("rolegate:slots:r") == 2
+
+    qb.release(0.1, held[0])
+    await eventually(lambda: qa.running == 1, timeout_s=2)
+    assert qa.queued == 2
+    for task in waiters:
+        task.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+    first = next(t.result() for t in waiters if t.done() and not t.cancelled())
+    qa.release(0.1, first)
+    qb.release(0.1, held[1])
+
+
 async def test_fallback_share_counts_calls_already_running(
     stores: Stores, redis_server: RedisProcess
 ) -> None:
@@ -184,11 +211,14 @@ def test_password_never_shown(capsys: pytest.CaptureFixture[str]) -> None:
     assert redact("redis://user:s3cret@h:6379/0?x=1") == "redis://user@h:6379/0"
     assert redact("rediss://:s3cret@h/0") == "rediss://h/0"
     assert redact("unix:///run/redis.sock") == "unix:///run/redis.sock"
+    assert redact("redis://:pa]ss@h/0") == "redis://…"  # a URL urlsplit refuses
     # Neither /status nor the flag's refusal shows it.
     store = SlotStore("redis://:pw-ROLEGATE-7f3a@127.0.0.1:9/0")
     assert "pw-ROLEGATE-7f3a" not in json.dumps(store.status())
     with pytest.raises(SystemExit):
         cli.parser().parse_args(["--concurrency-store", "http://:pw-ROLEGATE-7f3a@h/0"])
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args(["--concurrency-store", "redi://:pw-ROLEGATE-7f3a]@h/0"])
     refusal = capsys.readouterr().err
     assert "is not a redis://" in refusal
     assert "pw-ROLEGATE-7f3a" not in refusal

@@ -152,11 +152,16 @@ when it is empty. Not used with "*". */}}
   value: "1"
 - name: PYTHONUNBUFFERED
   value: "1"
-# The pod's name: the identity of the operator's leader Lease and of a gateway's own Lease.
+# The pod's name: the identity of the operator's leader Lease and of a gateway's own Lease;
+# its uid: the gateway's Lease is owned by its pod (garbage-collected with it).
 - name: POD_NAME
   valueFrom:
     fieldRef:
       fieldPath: metadata.name
+- name: POD_UID
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.uid
 {{- with .Values.apiServer }}
 {{- if .host }}
 - name: KUBERNETES_SERVICE_HOST
