@@ -9,7 +9,10 @@ Entries: ``k8s-<version>/`` (:mod:`devstack.k8s.build`), ``node-<version>/`` (th
 :mod:`devstack.k8s.nodebuild`), ``gpuplugin-<version>/`` (its fake GPU device plugin:
 :mod:`devstack.k8s.nodegpu`), ``image-test-vllm/`` (the vLLM-compatible test backend image:
 :mod:`devstack.image.backend`), ``llama-cpp-python-<version>/`` (:mod:`devstack.llama.build`),
-``litellm-<version>/`` (:mod:`devstack.peers.litellm`), the image and its Debian base layer
+``litellm-<version>/`` (:mod:`devstack.peers.litellm`), the benchmark's other peers
+(``tensorzero-<version>/``, ``portkey-<version>/``, ``nginx-<version>/``:
+:mod:`devstack.peers.tensorzero`, :mod:`devstack.peers.portkey`,
+:mod:`devstack.peers.nginx`), the image and its Debian base layer
 (:mod:`devstack.image.build`, :mod:`devstack.image.base`), ``crane-<version>/``
 (:mod:`devstack.registry`), ``kstatus-<version>/`` (:mod:`devstack.kstatus`), and
 ``apt.lock`` (:mod:`devstack.apt`; also how :mod:`devstack.redis` gets ``redis-server``).
@@ -123,10 +126,12 @@ def run_with_progress(
     show: Callable[[str], str | None] = lambda line: line,
     env: Mapping[str, str] | None = None,
     log_path: Path | None = None,
+    cwd: Path | None = None,
 ) -> None:
-    """Run ``argv``, writing ``prefix`` plus what ``show`` makes of each output line to ``out``
-    (default stderr) as it comes; ``show`` returns None to hide a line. With ``log_path``,
-    every line (hidden ones too) is appended to that file as well. The command runs in
+    """Run ``argv`` (in ``cwd``, default ours), writing ``prefix`` plus what ``show`` makes
+    of each output line to ``out`` (default stderr) as it comes; ``show`` returns None to
+    hide a line. With ``log_path``, every line (hidden ones too) is appended to that file
+    as well. The command runs in
     a session of its own and, started from the main thread, is SIGKILLed by the kernel if
     this process dies (:func:`devstack.process.die_with_parent`); on any exception
     (KeyboardInterrupt too) its whole process group (the compilers a build started
@@ -148,6 +153,7 @@ def run_with_progress(
         errors="replace",
         bufsize=1,
         env=None if env is None else dict(env),
+        cwd=cwd,
         start_new_session=True,
         preexec_fn=die_with_parent
         if threading.current_thread() is threading.main_thread()

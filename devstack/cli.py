@@ -1,6 +1,7 @@
 """``python -m devstack``: the local stack by hand.
 
-    python -m devstack build [k8s|node|llama|litellm ...]   build what is missing (default: all)
+    python -m devstack build [k8s|node|llama|litellm|tensorzero|portkey|nginx ...]
+                                                        build what is missing (default: all)
     python -m devstack up [--full [--node]] [--crd]          a control plane until Ctrl-C
     python -m devstack status                           what is cached, and how big
 
@@ -35,7 +36,7 @@ from devstack.k8s import build as k8s_build
 from devstack.k8s import nodebuild
 from devstack.k8s.controlplane import CommandError, ControlPlane, ControlPlaneError
 from devstack.llama import build as llama_build
-from devstack.peers import litellm
+from devstack.peers import litellm, nginx, portkey, tensorzero
 from devstack.process import ProcessDied, sigterm_raises_interrupt
 from devstack.stack import install_crd
 
@@ -75,6 +76,27 @@ ENTRIES: Final = (
         litellm.is_built,
         litellm.ensure,
         litellm.venv_dir,
+    ),
+    Entry(
+        "tensorzero",
+        f"TensorZero gateway {tensorzero.TENSORZERO_VERSION}, the benchmark's peer",
+        tensorzero.is_built,
+        tensorzero.ensure,
+        tensorzero.venv_dir,
+    ),
+    Entry(
+        "portkey",
+        f"Portkey's gateway {portkey.PORTKEY_VERSION} (npm), the benchmark's peer",
+        portkey.is_built,
+        portkey.ensure,
+        portkey.install_dir,
+    ),
+    Entry(
+        "nginx",
+        f"nginx {nginx.NGINX_VERSION} (Debian's, or the machine's), the benchmark's floor",
+        nginx.is_built,
+        nginx.ensure,
+        nginx.cache_dir,
     ),
     Entry(
         "image",
@@ -141,7 +163,7 @@ def status(out: TextIO) -> int:
         state = "built" if entry.is_built() else "incomplete" if path.exists() else "missing"
         rows.append((entry.name, state, _human(_size(path)), f"{path.name}/", entry.what))
     for row in rows:
-        print(f"  {row[0]:<8} {row[1]:<10} {row[2]:>10}  {row[3]:<26} {row[4]}", file=out)
+        print(f"  {row[0]:<10} {row[1]:<10} {row[2]:>10}  {row[3]:<26} {row[4]}", file=out)
     return 0
 
 
