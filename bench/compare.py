@@ -139,7 +139,7 @@ def make_load(target: Target, case: Case, budget: Budget) -> Load:
     """The load generator's job for ``target`` in ``case``."""
     return Load(
         url=target.url,
-        body=request_body(),
+        body={**request_body(), "model": target.model},
         headers=target.headers,
         stream=case.stream,
         concurrency=case.concurrency,

@@ -221,7 +221,11 @@ async def run_load(
     out = out or sys.stdout
     connector = aiohttp.TCPConnector(limit=load.concurrency, limit_per_host=load.concurrency)
     timeout = aiohttp.ClientTimeout(total=load.timeout_s)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    # JSON bodies say so (Portkey's gateway answers 400 to any other content type).
+    json_type = {"Content-Type": "application/json"}
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=timeout, headers=json_type
+    ) as session:
         run = _Run(session, load)
         workers = asyncio.gather(*(run.worker() for _ in range(load.concurrency)))
         watcher: asyncio.Task[None] | None = None

@@ -1,8 +1,10 @@
 """``python -m bench.run`` (``make bench``): one whole benchmark run, written to files.
 
 Owns :class:`Settings`, :func:`run` and the command line. A run starts the upstream, the
-load generator and the three targets (direct, rolegate, LiteLLM; a LiteLLM that cannot be
-installed or started is reported in the results and the others still run), measures them
+load generator and the targets (direct, rolegate, and the peers of :mod:`bench.peers`:
+LiteLLM, TensorZero, Portkey's gateway, nginx; each installed into the cache on first use; a
+peer that cannot be installed here is reported as skipped with the reason, one that does not
+start as an error, and the others still run), measures them
 side by side (:mod:`bench.compare`), stops the proxies, measures rolegate alone
 (:mod:`bench.rolegate_only`), and writes ``<out>/<name>.json``, ``.md`` and ``.png``.
 Logs and manifests go to a temporary directory, removed at the end unless ``--keep`` or a
@@ -32,19 +34,11 @@ from typing import Any
 
 from bench import report, rolegate_only
 from bench.compare import MIN_P99_SAMPLES, Budget, Case, LoadGen, aggregate, compare, ints
+from bench.peers import PEER_NAMES, PEERS, start_peer
 from bench.procs import Meter
-from bench.targets import (
-    MODEL,
-    Target,
-    role,
-    start_litellm,
-    start_rolegate,
-    start_upstream,
-    write_roles,
-)
+from bench.targets import MODEL, Target, role, start_rolegate, start_upstream, write_roles
 from bench.upstream import UpstreamSettings
-from devstack.peers import litellm as litellm_peer
-from devstack.process import NotReady, Process, ProcessDied, work_dir
+from devstack.process import Process, work_dir
 
 __all__ = ["Settings", "main", "run"]
 
@@ -67,8 +61,8 @@ class Settings:
     #: Another rolegate checkout measured beside this one as target ``baseline`` (a
     #: before/after comparison in one run); None: not measured.
     baseline: Path | None = None
-    #: Measure LiteLLM's proxy too.
-    litellm: bool = True
+    #: The peers measured (names from :data:`bench.peers.PEER_NAMES`), in that order.
+    peers: tuple[str, ...] = PEER_NAMES
 
 
 def _commit() -> str:
@@ -88,14 +82,21 @@ def _commit() -> str:
     return head + ("+dirty" if dirty else "")
 
 
-def _versions() -> dict[str, str]:
+def _versions(info: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """rolegate's (with the commit), aiohttp's, and each peer's that ran (``node`` too)."""
     import aiohttp
 
-    return {
+    versions = {
         "rolegate": f"{metadata.version('rolegate')} ({_commit()})",
-        "litellm": litellm_peer.LITELLM_VERSION,
         "aiohttp": aiohttp.__version__,
     }
+    for name in PEER_NAMES:
+        record = info.get(name, {})
+        if "url" in record:
+            versions[name] = record["version"]
+            if record.get("node"):
+                versions["node"] = record["node"]
+    return versions
 
 
 def _say(line: str) -> None:
@@ -105,8 +106,9 @@ def _say(line: str) -> None:
 def _start_targets(
     workdir: Path, upstream: Process, key: str, stack: contextlib.ExitStack, settings: Settings
 ) -> tuple[list[Target], dict[str, dict[str, Any]]]:
-    """Direct, rolegate, the baseline checkout's rolegate (when given) and (when asked and
-    it starts) LiteLLM, each stopped by ``stack``; and what the results say of each."""
+    """Direct, rolegate, the baseline checkout's rolegate (when given) and the peers asked
+    for that install and start, each stopped by ``stack``; and what the results say of each
+    (a peer that does not run: ``skipped`` or ``error``, see :func:`bench.peers.start_peer`)."""
     upstream_v1 = f"{upstream.url}/v1"
     auth = {"Authorization": f"Bearer {key}"}  # sent to all: same request everywhere
     targets = [Target("direct", f"{upstream_v1}/chat/completions", auth)]
@@ -127,19 +129,18 @@ def _start_targets(
             Target("baseline", f"{base.url}/v1/chat/completions", auth, base, Meter.of(base))
         )
         info["baseline"] = {"url": f"{base.url}/v1", "src": str(settings.baseline)}
-    if not settings.litellm:
-        return targets, info
-    _say(f"rolegate serving on {gateway.url}; starting LiteLLM {litellm_peer.LITELLM_VERSION} ...")
-    try:
-        litellm = start_litellm(workdir, upstream_v1)
-    except (litellm_peer.BuildFailed, ProcessDied, NotReady) as exc:
-        _say(f"LiteLLM did not run: {exc}")
-        info["litellm"] = {"error": str(exc)[-2000:]}
-    else:
-        assert litellm.service is not None
-        stack.callback(litellm.service.stop)
-        targets.append(litellm)
-        info["litellm"] = {"url": f"{litellm.service.url}/v1", "command": "litellm --config FILE"}
+    for peer in PEERS:
+        if peer.name not in settings.peers:
+            continue
+        _say(f"starting {peer.name} {peer.version} (installed first when missing) ...")
+        target, info[peer.name] = start_peer(peer, workdir, upstream_v1, auth)
+        if target is None:
+            why = info[peer.name].get("skipped") or info[peer.name].get("error")
+            _say(f"{peer.name} {'skipped' if 'skipped' in info[peer.name] else 'failed'}: {why}")
+            continue
+        assert target.service is not None
+        stack.callback(target.service.stop)
+        targets.append(target)
     return targets, info
 
 
@@ -200,7 +201,7 @@ def run(settings: Settings, *, out_dir: Path, name: str, keep: bool = False) -> 
             "python": platform.python_version(),
             "platform": platform.platform(),
         },
-        "versions": _versions(),
+        "versions": _versions(info),
         "settings": {
             "rounds": settings.rounds,
             "concurrency": list(settings.concurrency),
@@ -246,8 +247,13 @@ def main(argv: list[str] | None = None) -> int:
         help="another rolegate checkout (e.g. a git worktree of an older commit) measured "
         "beside this one as target 'baseline'",
     )
-    p.add_argument("--no-litellm", action="store_true", help="leave LiteLLM's proxy out")
+    for name in PEER_NAMES:
+        p.add_argument(f"--no-{name}", action="store_true", help=f"leave {name} out")
+    p.add_argument(
+        "--no-peers", action="store_true", help="measure direct and rolegate (and --baseline) only"
+    )
     args = p.parse_args(argv)
+    peers = () if args.no_peers else tuple(n for n in PEER_NAMES if not getattr(args, f"no_{n}"))
     settings = Settings(
         rounds=args.rounds,
         concurrency=args.concurrency,
@@ -257,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         apply_roles=args.apply_roles,
         reloads=args.reloads,
         baseline=args.baseline,
-        litellm=not args.no_litellm,
+        peers=peers,
     )
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:

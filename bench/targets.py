@@ -1,4 +1,5 @@
-"""What the load generator is pointed at: the upstream itself, rolegate, LiteLLM's proxy.
+"""What the load generator is pointed at: the upstream itself, rolegate, LiteLLM's proxy
+(the other peers: :mod:`bench.peers`).
 
 Owns :class:`Target` and the starting of each real process with its configuration:
 
@@ -13,7 +14,8 @@ Owns :class:`Target` and the starting of each real process with its configuratio
   HOME, LANG and those settings; ``NO_PROXY`` for loopback), so nothing of ours (proxy
   variables, API keys, callback settings) reaches it.
 
-Every client asks for model ``bench``; rolegate and LiteLLM send ``bench-model`` upstream.
+Every client asks for model ``bench`` (TensorZero's names it its own way: ``Target.model``);
+the proxies send ``bench-model`` upstream.
 """
 
 from __future__ import annotations
@@ -56,14 +58,16 @@ MAX_ASYNC = 4096
 
 @dataclass
 class Target:
-    """One thing measured: ``url`` is its chat completions endpoint; ``service`` and
-    ``meter`` are the proxy process (None for the direct call)."""
+    """One thing measured: ``url`` is its chat completions endpoint; ``model`` what its
+    clients send as ``model`` (:data:`MODEL` unless its API names models otherwise);
+    ``service`` and ``meter`` are the proxy process (None for the direct call)."""
 
     name: str
     url: str
     headers: dict[str, str] = field(default_factory=dict)
     service: Process | None = None
     meter: Meter | None = None
+    model: str = MODEL
 
 
 def start_upstream(workdir: Path, settings: UpstreamSettings) -> Process:
