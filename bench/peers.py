@@ -227,7 +227,7 @@ def _nginx(
 ) -> tuple[Target, dict[str, Any]]:
     target = start_nginx(workdir, v1, binary=binary, headers=headers)
     info = {
-        "command": f"{binary} -c nginx.conf",
+        "command": "nginx -p DIR -c nginx.conf -e stderr -g 'daemon off;'",
         "binary": str(binary),
         "version": nginx.version(binary),
         "workers": NGINX_WORKERS,

@@ -103,6 +103,14 @@ class Meter:
         """How many processes the tree has now."""
         return len(self._tree())
 
+    def thread_count(self) -> int:
+        """How many threads the tree's processes have now, all together."""
+        total = 0
+        for proc in self._tree():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += proc.num_threads()
+        return total
+
     def cpu_s(self) -> float:
         """User + system CPU seconds used so far by the process and its live children."""
         total = 0.0

@@ -1,7 +1,9 @@
 """The results of a run as people read them: the goals, a markdown report, a PNG chart.
 
 Owns :func:`goals` (each goal of the benchmark issue with the measured value; reported,
-never asserted), :func:`markdown` and :func:`chart`. Input is the run's JSON document
+never asserted), :func:`peer_figures` (the figures side by side per target, and whether
+rolegate is ahead of every peer but the floor, nginx, in each; reported, never asserted),
+:func:`markdown` and :func:`chart`. Input is the run's JSON document
 (see :func:`bench.run.run`); nothing here measures.
 """
 
@@ -13,9 +15,13 @@ from typing import Any
 
 from bench.compare import lookup
 
-__all__ = ["chart", "goals", "markdown"]
+__all__ = ["FLOOR", "chart", "goals", "markdown", "peer_figures"]
 
 _MB = 1_000_000
+#: The peer that is the floor (a proxy doing nothing else), not one rolegate must beat.
+FLOOR = "nginx"
+#: Targets that are not peers: the call without a proxy, and rolegate itself.
+_OURS = ("direct", "rolegate", "baseline")
 
 
 def _find(doc: dict[str, Any], target: str, stream: bool, concurrency: int) -> dict[str, Any]:
@@ -100,6 +106,100 @@ def goals(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _figure(
+    name: str, unit: str, better: str, values: dict[str, float | None], peers: list[str]
+) -> dict[str, Any]:
+    """One row of :func:`peer_figures`: ``rolegate_ahead`` is True when rolegate's value is
+    strictly better than each of ``peers``' (nginx excluded by the caller), False when one
+    is as good or better (those are ``behind``), None when a value is missing."""
+    mine = values.get("rolegate")
+    behind = [p for p in peers if mine is not None and values.get(p) is not None]
+    if better == "higher":
+        behind = [p for p in behind if values[p] >= mine]  # type: ignore[operator]
+    else:
+        behind = [p for p in behind if values[p] <= mine]  # type: ignore[operator]
+    missing = [p for p in ["rolegate", *peers] if values.get(p) is None]
+    ahead = False if behind else None if missing else True
+    return {
+        "figure": name,
+        "unit": unit,
+        "better": better,
+        "values": values,
+        "rolegate_ahead": ahead,
+        "behind": behind,
+        "missing": missing,
+    }
+
+
+def peer_figures(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The figures of every proxy target side by side: ``[{"figure", "unit", "better"
+    ("higher" or "lower"), "values" ({target: value or None}), "rolegate_ahead", "behind"
+    (peers as good or better than rolegate), "missing" (targets without the figure: skipped,
+    failed, or a p99 on too few samples)}]``, one per figure:
+
+    - throughput as a ratio of the direct call's in the same case (x), at each measured
+      concurrency above 1 (32 and 256 by default);
+    - added p50 and added p99 (ms; p99 only where ``p99_reliable``), plain and streamed,
+      and added time to first token p50 (ms), at each measured concurrency up to 32
+      (1 and 32 by default);
+    - CPU seconds of the proxy's process tree per 1,000 requests, at the throughput
+      concurrencies;
+    - peak RSS (MB): the largest sum over the tree of VmHWM in any case.
+
+    ``rolegate_ahead`` compares rolegate with every peer but :data:`FLOOR`; a peer that
+    was skipped or failed makes it None unless another peer is already ahead."""
+    measured = doc["settings"]["concurrency"]
+    busy = [c for c in measured if c > 1] or list(measured)
+    light = [c for c in measured if c <= 32] or [min(measured)]
+    names = [n for n in doc["targets"] if n != "direct"]
+    peers = [n for n in names if n not in (*_OURS, FLOOR)]
+    rows = []
+
+    def per_target(stream: bool, concurrency: int, key: str) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for name in names:
+            row = _find(doc, name, stream, concurrency)
+            value = row.get(key)
+            if key.endswith("p99_ms") and not row.get("p99_reliable"):
+                value = None
+            out[name] = value
+        return out
+
+    for stream in (False, True):
+        kind = "stream" if stream else "plain"
+        for c in busy:
+            base = _find(doc, "direct", stream, c).get("throughput_rps")
+            values = {
+                name: (rps / base if rps is not None and base else None)
+                for name, rps in per_target(stream, c, "throughput_rps").items()
+            }
+            rows.append(
+                _figure(f"throughput / direct's, {kind} c={c}", "x", "higher", values, peers)
+            )
+    for key, label in (("added_p50_ms", "+p50"), ("added_p99_ms", "+p99")):
+        for stream in (False, True):
+            kind = "stream" if stream else "plain"
+            for c in light:
+                values = per_target(stream, c, key)
+                rows.append(_figure(f"{label} ms, {kind} c={c}", "ms", "lower", values, peers))
+    for c in light:
+        values = per_target(True, c, "added_ttft_p50_ms")
+        rows.append(_figure(f"+TTFT p50 ms, stream c={c}", "ms", "lower", values, peers))
+    for stream in (False, True):
+        kind = "stream" if stream else "plain"
+        for c in busy:
+            values = per_target(stream, c, "cpu_s_per_1000")
+            rows.append(_figure(f"CPU s / 1k req, {kind} c={c}", "s", "lower", values, peers))
+    rss = {
+        name: (doc["targets"][name]["peak_rss_bytes"] / _MB)
+        if doc["targets"][name].get("peak_rss_bytes")
+        else None
+        for name in names
+    }
+    rows.append(_figure("peak RSS MB (largest of any case)", "MB", "lower", rss, peers))
+    return rows
+
+
 def _num(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
@@ -139,13 +239,20 @@ def markdown(doc: dict[str, Any]) -> str:
         "RSS is the sum over the tree of each process's VmHWM, reset just before the window.",
         "",
         "rolegate checks no credentials itself (its LLMRoles hold the upstream's); LiteLLM "
-        "checks its master key on every request. Both get the same `Authorization` header.",
+        "checks its master key on every request; TensorZero and nginx check none, and "
+        "Portkey passes the header on as the upstream's key. Every target gets the same "
+        "`Authorization` header and body (but TensorZero's model name, "
+        "`tensorzero::model_name::bench`).",
         "",
     ]
     for name, info in doc["targets"].items():
+        if info.get("skipped"):
+            lines.append(f"**{name} skipped:** {info['skipped']}")
+            lines.append("")
         if info.get("error"):
             lines.append(f"**{name} did not run:** {info['error']}")
             lines.append("")
+    lines += _peers_section(doc)
     lines += [
         "## Side by side",
         "",
@@ -212,6 +319,41 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _peers_section(doc: dict[str, Any]) -> list[str]:
+    """The markdown of :func:`peer_figures`: the targets' settings, then one row per figure."""
+    names = [n for n in doc["targets"] if n != "direct"]
+    lines = ["## rolegate and its peers", ""]
+    for name in names:
+        info = doc["targets"][name]
+        said = ", ".join(
+            f"{k} {info[k]}"
+            for k in ("version", "command", "workers", "processes", "threads")
+            if k in info
+        )
+        state = " (skipped)" if "skipped" in info else " (did not run)" if "error" in info else ""
+        lines.append(f"- {name}{state}: {said}")
+    lines += [
+        "",
+        f"Each figure as defined above; *ahead* means rolegate's figure is strictly better than "
+        f"every peer's but {FLOOR}'s (the floor: a proxy doing nothing else). Reported, not "
+        "asserted; on a shared machine a single run is noisy.",
+        "",
+        "| figure | " + " | ".join(names) + f" | rolegate ahead of all but {FLOOR} |",
+        "|---|" + "--:|" * len(names) + "---|",
+    ]
+    for row in doc.get("peers") or peer_figures(doc):
+        digits = 0 if row["unit"] == "MB" else 3 if row["unit"] == "s" else 2
+        cells = " | ".join(_num(row["values"].get(n), digits) for n in names)
+        if row["rolegate_ahead"] is True:
+            verdict = "yes"
+        elif row["rolegate_ahead"] is False:
+            verdict = f"**no** (not ahead of {', '.join(row['behind'])})"
+        else:
+            verdict = f"n/a (no figure for {', '.join(row['missing'])})"
+        lines.append(f"| {row['figure']} | {cells} | {verdict} |")
+    return [*lines, ""]
+
+
 def chart(doc: dict[str, Any], path: Path) -> Path:
     """A PNG of throughput, p50 and p99 latency and CPU per request, by case and target."""
     import matplotlib
@@ -244,7 +386,7 @@ def chart(doc: dict[str, Any], path: Path) -> Path:
         ax.grid(axis="y", alpha=0.3)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(targets))
-    fig.suptitle(f"rolegate vs direct vs LiteLLM proxy, {doc['date']} (log scales)")
+    fig.suptitle(f"{' vs '.join(targets)}, {doc['date']} (log scales)")
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)

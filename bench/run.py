@@ -119,7 +119,11 @@ def _start_targets(
     targets.append(
         Target("rolegate", f"{gateway.url}/v1/chat/completions", auth, gateway, Meter.of(gateway))
     )
-    info["rolegate"] = {"url": f"{gateway.url}/v1", "command": "rolegate-gateway --manifests FILE"}
+    info["rolegate"] = {
+        "url": f"{gateway.url}/v1",
+        "command": "rolegate-gateway --manifests FILE",
+        "workers": 1,
+    }
     if settings.baseline is not None:
         base = start_rolegate(
             manifests, log_path=workdir / "baseline.log", src=settings.baseline.resolve()
@@ -172,6 +176,7 @@ def run(settings: Settings, *, out_dir: Path, name: str, keep: bool = False) -> 
                 mine = [r for r in runs if r["target"] == target.name]
                 info[target.name]["peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in mine)
                 info[target.name]["processes"] = max(r["processes"] for r in mine)
+                info[target.name]["threads"] = target.meter.thread_count()
             if target.service is not None:
                 target.service.stop()
         _say("rolegate alone: memory by role count, reload time, reloads under load ...")
@@ -216,6 +221,7 @@ def run(settings: Settings, *, out_dir: Path, name: str, keep: bool = False) -> 
         "duration_s": time.monotonic() - started,
     }
     doc["goals"] = report.goals(doc)
+    doc["peers"] = report.peer_figures(doc)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
     (out_dir / f"{name}.md").write_text(report.markdown(doc))
