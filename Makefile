@@ -75,8 +75,9 @@ crd: venv
 gateway: venv
 	$(VENV)/bin/rolegate-gateway --manifests examples/lightrag/ --env-secrets
 
-# Benchmark against a direct call and LiteLLM's proxy (a few minutes; LiteLLM's virtualenv
-# is built under ~/.cache/rolegate/ the first time); writes bench/results/<date>.{json,md,png}.
+# Benchmark against a direct call, LiteLLM, TensorZero, Portkey and nginx (several minutes;
+# the peers are installed under ~/.cache/rolegate/ the first time); writes
+# bench/results/<date>.{json,md,png}.
 bench: venv
 	$(PY) -m bench.run
 
