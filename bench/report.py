@@ -111,31 +111,33 @@ def _figure(
 ) -> dict[str, Any]:
     """One row of :func:`peer_figures`: ``rolegate_ahead`` is True when rolegate's value is
     strictly better than each of ``peers``' (nginx excluded by the caller), False when one
-    is as good or better (those are ``behind``), None when a value is missing."""
+    is as good or better (those are ``not_beaten``), None when a value is missing."""
+    sign = 1.0 if better == "higher" else -1.0
     mine = values.get("rolegate")
-    behind = [p for p in peers if mine is not None and values.get(p) is not None]
-    if better == "higher":
-        behind = [p for p in behind if values[p] >= mine]  # type: ignore[operator]
-    else:
-        behind = [p for p in behind if values[p] <= mine]  # type: ignore[operator]
+    not_beaten = []
+    if mine is not None:
+        for peer in peers:
+            theirs = values.get(peer)
+            if theirs is not None and sign * theirs >= sign * mine:
+                not_beaten.append(peer)
     missing = [p for p in ["rolegate", *peers] if values.get(p) is None]
-    ahead = False if behind else None if missing else True
+    ahead = False if not_beaten else None if missing else True
     return {
         "figure": name,
         "unit": unit,
         "better": better,
         "values": values,
         "rolegate_ahead": ahead,
-        "behind": behind,
+        "not_beaten": not_beaten,
         "missing": missing,
     }
 
 
 def peer_figures(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """The figures of every proxy target side by side: ``[{"figure", "unit", "better"
-    ("higher" or "lower"), "values" ({target: value or None}), "rolegate_ahead", "behind"
-    (peers as good or better than rolegate), "missing" (targets without the figure: skipped,
-    failed, or a p99 on too few samples)}]``, one per figure:
+    ("higher" or "lower"), "values" ({target: value or None}), "rolegate_ahead",
+    "not_beaten" (peers as good as rolegate or better), "missing" (targets without the
+    figure: skipped, failed, or a p99 on too few samples)}]``, one per figure:
 
     - throughput as a ratio of the direct call's in the same case (x), at each measured
       concurrency above 1 (32 and 256 by default);
@@ -347,7 +349,7 @@ def _peers_section(doc: dict[str, Any]) -> list[str]:
         if row["rolegate_ahead"] is True:
             verdict = "yes"
         elif row["rolegate_ahead"] is False:
-            verdict = f"**no** (not ahead of {', '.join(row['behind'])})"
+            verdict = f"**no** (not ahead of {', '.join(row['not_beaten'])})"
         else:
             verdict = f"n/a (no figure for {', '.join(row['missing'])})"
         lines.append(f"| {row['figure']} | {cells} | {verdict} |")

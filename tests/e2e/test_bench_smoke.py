@@ -116,7 +116,7 @@ def test_results_hold_every_figure(results: dict[str, Any]) -> None:
         row = figures[figure]
         _present(row["values"], "rolegate", *PEERS)
         assert row["rolegate_ahead"] in (True, False), row  # every figure there: judged
-        assert "nginx" not in row["behind"], row
+        assert "nginx" not in row["not_beaten"], row
     assert all("latencies_s" not in r for r in results["runs"])  # pooled, not kept
 
     alone = results["rolegate_alone"]

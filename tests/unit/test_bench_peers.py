@@ -126,7 +126,7 @@ def test_peer_figures_say_where_rolegate_is_ahead_of_every_peer_but_nginx() -> N
     assert throughput["values"]["rolegate"] == 0.5
     assert throughput["values"]["portkey"] is None
     assert throughput["rolegate_ahead"] is False  # tensorzero: 0.6; nginx is not counted
-    assert throughput["behind"] == ["tensorzero"]
+    assert throughput["not_beaten"] == ["tensorzero"]
     added = rows["+p50 ms, plain c=1"]
     assert added["rolegate_ahead"] is None  # ahead of tensorzero; portkey was skipped
     assert added["missing"] == ["portkey"]
