@@ -257,7 +257,7 @@ def start_peer(
     try:
         installed = peer.install(None)
     except (BuildFailed, AptUnavailable, OSError) as exc:
-        return None, {**record, "skipped": f"not installable here: {exc}"[-2000:]}
+        return None, {**record, "skipped": f"not installable here: {str(exc)[-2000:]}"}
     try:
         target, info = peer.start(workdir, upstream_v1, headers, installed)
     except (BuildFailed, ProcessDied, NotReady, OSError) as exc:
