@@ -7,8 +7,8 @@ with the reason, one that does not start is an *error*; neither ends the run) an
 start of the three this module configures:
 
 - TensorZero: its gateway from the ``tensorzero`` wheel (:mod:`devstack.peers.tensorzero`),
-  one process (Rust, tokio's multi-threaded runtime: a thread per CPU), a TOML config with
-  one model ``bench`` whose one provider is ``type = "openai"`` at the upstream
+  one process (Rust; tokio's runtime with one worker thread, ``TOKIO_WORKER_THREADS=1``), a
+  TOML config with one model ``bench`` whose one provider is ``type = "openai"`` at the upstream
   (``api_key_location = "none"``), observability off (no ClickHouse, nothing stored), usage
   analytics off (``TENSORZERO_DISABLE_PSEUDONYMOUS_USAGE_ANALYTICS=1``: otherwise it looks up
   an analytics host at start). Clients call ``/openai/v1/chat/completions`` with model
@@ -100,7 +100,9 @@ def start_tensorzero(
         "tensorzero",
         tensorzero.command(config),
         log_path=workdir / "tensorzero.log",
-        env=_env(TENSORZERO_DISABLE_PSEUDONYMOUS_USAGE_ANALYTICS="1"),
+        # one tokio worker thread, as every other target has one worker (its default is
+        # one per CPU: on a shared 2-CPU machine that takes the load generator's share)
+        env=_env(TENSORZERO_DISABLE_PSEUDONYMOUS_USAGE_ANALYTICS="1", TOKIO_WORKER_THREADS="1"),
         inherit_env=False,
         url_pattern=r"listening on (http://127\.0\.0\.1:\d+/openai/v1)",
         timeout_s=timeout_s,
