@@ -1,0 +1,134 @@
+"""The compact per-role upstream health a gateway replica publishes in its Lease. Pure.
+
+Owns the annotation ``rolegate.dev/upstream`` (:data:`UPSTREAM_ANNOTATION`): written by
+``rolegate_gateway.presence`` from the checker's verdicts (``rolegate_gateway.health``),
+read by the operator (``rolegate_operator.render.upstream``: each role's ``UpstreamReady``).
+
+A Lease's annotations hold 256 KiB in all, the role hashes take up to 200 KiB
+(``rolegate_gateway.leases``), and there may be 10,000 roles; so only the roles that are
+*not* Reachable are named, grouped by (state, message), since the roles of one broken
+upstream share a message. Compact JSON::
+
+    {"n": 120, "bad": [["ModelNotServed", "model 'x' is not served at …", ["r1", "r2"]],
+                       ["NotChecked", "not checked yet", ["r3"]]], "more": 0}
+
+``n``: the roles judged (every role the replica serves); a role it serves that no group
+names is Reachable. Bound: :data:`MAX_UPSTREAM_BYTES`. Over it, messages are cut to
+:data:`SHORT_MESSAGE_CHARS`, then groups are dropped from the end (largest last, so as
+many roles as possible stay named) and ``more`` counts the roles of the groups dropped:
+a reader cannot tell those roles' state, and says Unknown for every role the Lease does not
+name (:meth:`UpstreamReport.verdict` returns None). No timestamps: the annotation changes
+only when some role's state or message does, so the operator wakes only then.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from rolegate_gateway.probes import State
+
+__all__ = [
+    "MAX_UPSTREAM_BYTES",
+    "SHORT_MESSAGE_CHARS",
+    "UPSTREAM_ANNOTATION",
+    "UpstreamReport",
+    "encode",
+]
+
+#: The annotation of a gateway Lease holding its roles' upstream health (JSON, above).
+UPSTREAM_ANNOTATION: Final = "rolegate.dev/upstream"
+#: Bytes of the annotation's JSON at most; with the role hashes' 200 KiB it stays under
+#: the 256 KiB all annotations may hold.
+MAX_UPSTREAM_BYTES: Final = 40 * 1024
+#: Characters a group's message is cut to when the whole is over the bound.
+SHORT_MESSAGE_CHARS: Final = 160
+
+
+def _dump(doc: object) -> str:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+
+
+def encode(verdicts: Mapping[str, tuple[str, str]], *, limit: int = MAX_UPSTREAM_BYTES) -> str:
+    """The annotation for ``verdicts`` (role -> (state, message)) within ``limit`` bytes."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for role, (state, message) in sorted(verdicts.items()):
+        if state != State.REACHABLE:
+            groups.setdefault((state, message), []).append(role)
+    bad = [[s, m, roles] for (s, m), roles in sorted(groups.items(), key=lambda g: len(g[1]))]
+    doc: dict[str, object] = {"n": len(verdicts), "bad": bad, "more": 0}
+    text = _dump(doc)
+    if len(text.encode()) <= limit:
+        return text
+    for group in bad:
+        message = str(group[1])
+        if len(message) > SHORT_MESSAGE_CHARS:
+            group[1] = message[: SHORT_MESSAGE_CHARS - 1] + "…"
+    more = 0
+    while True:
+        doc = {"n": len(verdicts), "bad": bad, "more": more}
+        text = _dump(doc)
+        if len(text.encode()) <= limit or not bad:
+            return text
+        dropped = bad.pop()
+        more += len(dropped[2])
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamReport:
+    """A Lease's upstream annotation, read: per role named, (state, message); ``more``:
+    roles left out for the bound (their state is not known)."""
+
+    judged: int = 0
+    named: Mapping[str, tuple[State, str]] = field(default_factory=dict)
+    more: int = 0
+
+    def verdict(self, role: str) -> tuple[State, str] | None:
+        """(state, message) of ``role``, a role the replica serves; None when the Lease left
+        it out for the bound (``more`` > 0 and not named)."""
+        found = self.named.get(role)
+        if found is not None:
+            return found
+        if self.more:
+            return None
+        return State.REACHABLE, ""
+
+    @classmethod
+    def decode(cls, raw: str | None) -> UpstreamReport | None:
+        """Read the annotation leniently; None when absent or unreadable (the replica does
+        not check upstreams)."""
+        if not raw:
+            return None
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            return None
+        if not isinstance(doc, dict):
+            return None
+        named: dict[str, tuple[State, str]] = {}
+        for group in _groups(doc.get("bad")):
+            state, message, roles = group
+            for role in roles:
+                named[role] = (state, message)
+        return cls(judged=_int(doc.get("n")), named=named, more=_int(doc.get("more")))
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
+def _groups(raw: object) -> Iterable[tuple[State, str, list[str]]]:
+    if not isinstance(raw, list):
+        return
+    for group in raw:
+        if not (isinstance(group, list) and len(group) == 3):
+            continue
+        state, message, roles = group
+        try:
+            kind = State(state)
+        except ValueError:
+            kind = State.NOT_CHECKED  # a state a newer gateway knows: not judged here
+        if isinstance(message, str) and isinstance(roles, list):
+            yield kind, message, [r for r in roles if isinstance(r, str)]
