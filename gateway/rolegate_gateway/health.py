@@ -186,39 +186,43 @@ class HealthChecker:
                 await asyncio.wait_for(self._kick.wait(), timeout=wait_s)
 
     async def check(self, session: aiohttp.ClientSession) -> None:
-        """One round: one probe per distinct key, every role judged against its answer."""
+        """One round: one probe per distinct key; the roles of each are judged against its
+        answer as soon as it comes (a slow probe holds up no other upstream's verdicts)."""
         groups: dict[tuple[str, str], tuple[Probe, list[RoleConfig]]] = {}
         at = _now()
-        verdicts: dict[str, tuple[Upstream, Verdict]] = {}
-        for name, role in self.runtime.roles.items():
+        unchecked: list[tuple[RoleConfig, Verdict]] = []
+        for role in self.runtime.roles.values():
             probe = probe_for(role.config.upstream)
             if probe is None:
-                verdicts[name] = role.config.upstream, Verdict(State.NOT_CHECKED, _BEDROCK, at)
+                unchecked.append((role.config, Verdict(State.NOT_CHECKED, _BEDROCK, at)))
                 continue
             groups.setdefault(probe.key, (probe, []))[1].append(role.config)
-        answers = await asyncio.gather(
-            *(self._probe(session, probe, roles[0]) for probe, roles in groups.values())
+        self._store(unchecked)
+        await asyncio.gather(
+            *(self._group(session, probe, roles) for probe, roles in groups.values())
         )
+        self.rounds += 1
+
+    async def _group(
+        self, session: aiohttp.ClientSession, probe: Probe, roles: list[RoleConfig]
+    ) -> None:
+        """Probe once for ``roles`` (one key), judge each and store the verdicts."""
+        answer = await self._probe(session, probe, roles[0])
         at = _now()
-        for (probe, roles), answer in zip(groups.values(), answers, strict=True):
-            for rc in roles:
-                verdicts[rc.name] = rc.upstream, judge(rc.upstream, probe, answer, at=at)
+        self._store([(rc, judge(rc.upstream, probe, answer, at=at)) for rc in roles])
+
+    def _store(self, verdicts: list[tuple[RoleConfig, Verdict]]) -> None:
+        """Keep the verdicts of roles still served as probed (a role rebound meanwhile
+        stays NotChecked until the next round); tell the listeners when that changed."""
         before = self.published()
         live = self.runtime.roles
-        for name, (probed, verdict) in verdicts.items():
-            now = live.get(name)
-            # A role rebound while the round ran keeps NotChecked until the next round.
-            if now is not None and now.config.upstream == probed:
-                self.verdicts[name] = verdict
-        self.rounds += 1
+        for probed, verdict in verdicts:
+            now = live.get(probed.name)
+            if now is not None and now.config.upstream == probed.upstream:
+                self.verdicts[probed.name] = verdict
         if self.published() != before:
             bad = sum(v.state is not State.REACHABLE for v in self.verdicts.values())
-            log.info(
-                "upstream health: %d of %d roles not Reachable (%d probes this round)",
-                bad,
-                len(self.verdicts),
-                len(groups),
-            )
+            log.info("upstream health: %d of %d roles not Reachable", bad, len(self.verdicts))
             self._changed()
 
     async def _probe(

@@ -66,14 +66,14 @@ def encode(verdicts: Mapping[str, tuple[str, str]], *, limit: int = MAX_UPSTREAM
         message = str(group[1])
         if len(message) > SHORT_MESSAGE_CHARS:
             group[1] = message[: SHORT_MESSAGE_CHARS - 1] + "…"
-    more = 0
-    while True:
-        doc = {"n": len(verdicts), "bad": bad, "more": more}
-        text = _dump(doc)
-        if len(text.encode()) <= limit or not bad:
-            return text
-        dropped = bad.pop()
-        more += len(dropped[2])
+    # Each group's size is known alone, so groups are dropped in one pass, not re-encoded.
+    sizes = [len(_dump(group).encode()) + 1 for group in bad]  # +1: the comma
+    frame = len(_dump({"n": len(verdicts), "bad": [], "more": len(verdicts)}).encode())
+    total, more = frame + sum(sizes), 0
+    while bad and total > limit:
+        total -= sizes.pop()
+        more += len(bad.pop()[2])
+    return _dump({"n": len(verdicts), "bad": bad, "more": more})
 
 
 @dataclass(frozen=True, slots=True)
