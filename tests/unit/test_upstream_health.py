@@ -303,7 +303,7 @@ def cond(status: str, reason: str) -> dict[str, object]:
     ("before", "after", "event"),
     [
         (None, ("Unknown", "NotChecked"), None),
-        (("Unknown", "NotChecked"), ("True", "Reachable"), None),
+        (("Unknown", "NotChecked"), ("True", "Reachable"), "Normal"),
         (("True", "Reachable"), ("False", "ModelNotServed"), "Warning"),
         (("False", "ModelNotServed"), ("False", "Unauthorized"), "Warning"),
         (("False", "ModelNotServed"), ("True", "Reachable"), "Normal"),
@@ -311,7 +311,7 @@ def cond(status: str, reason: str) -> dict[str, object]:
         (("Unknown", "NotChecked"), ("False", "Unreachable"), "Warning"),
     ],
 )
-def test_events_when_upstream_ready_turns_false_and_back_to_true(
+def test_events_when_upstream_ready_turns_false_or_true_never_unknown(
     before: tuple[str, str] | None, after: tuple[str, str], event: str | None
 ) -> None:
     current = cond(*before) if before else {}
