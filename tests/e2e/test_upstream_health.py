@@ -23,6 +23,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from devstack import kstatus
 from devstack.k8s.controlplane import ControlPlane
 from devstack.llama.model import MODELS
 from devstack.llama.server import LlamaServer
@@ -93,6 +94,10 @@ async def test_a_model_not_served_is_false_naming_the_served_ones_and_back(
     assert (await stack.condition("extract", "Ready")) == ("True", "Served")
     shown = await stack.run("get", "llmr", "extract")
     assert "ModelNotServed" in shown  # the Upstream column
+    # kstatus (Flux, the cli-utils applier) reads Ready/Reconciling/Stalled: still Current
+    if kstatus.is_built():
+        body = await stack.role("extract")
+        assert (await asyncio.to_thread(kstatus.compute, body))[0] == "Current"
 
     await stack.apply(llama_role("extract", llama_server.url, "tiny-b"))
     await stack.wait_condition("extract", "UpstreamReady", ("True", "Reachable"))
