@@ -66,6 +66,8 @@ _BEDROCK: Final = (
     "bedrock is not checked: its cheap signed call (GetFoundationModel) needs an IAM "
     "permission that invoke-only roles lack, and inference profiles are not model ids"
 )
+#: Roles judged between two yields to the event loop (~5 ms of work at most).
+_SLICE: Final = 500
 _BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -102,6 +104,8 @@ class HealthChecker:
         #: Role name -> its verdict, for the roles the runtime serves.
         self.verdicts: dict[str, Verdict] = {}
         self._judged: dict[str, Upstream] = {}  # role -> the upstream its verdict is about
+        #: role -> (its upstream, its probe, the probe's key): made once per upstream
+        self._probes: dict[str, tuple[Upstream, Probe | None, tuple[str, str] | None]] = {}
         #: Called (no arguments) when some role's state or message changed.
         self.listeners: list[Callable[[], None]] = []
         self._kick = asyncio.Event()
@@ -131,6 +135,7 @@ class HealthChecker:
         for name in [n for n in self.verdicts if n not in roles]:
             del self.verdicts[name]
             self._judged.pop(name, None)
+            self._probes.pop(name, None)
         for name, role in roles.items():
             if self._judged.get(name) != role.config.upstream:
                 self._judged[name] = role.config.upstream
@@ -191,12 +196,19 @@ class HealthChecker:
         groups: dict[tuple[str, str], tuple[Probe, list[RoleConfig]]] = {}
         at = _now()
         unchecked: list[tuple[RoleConfig, Verdict]] = []
-        for role in self.runtime.roles.values():
-            probe = probe_for(role.config.upstream)
-            if probe is None:
+        for i, (name, role) in enumerate(list(self.runtime.roles.items())):
+            if i and not i % _SLICE:
+                await asyncio.sleep(0)  # requests run between slices
+            cached = self._probes.get(name)
+            if cached is None or cached[0] is not role.config.upstream:
+                made = probe_for(role.config.upstream)
+                cached = role.config.upstream, made, made.key if made else None
+                self._probes[name] = cached
+            _, probe, key = cached
+            if probe is None or key is None:
                 unchecked.append((role.config, Verdict(State.NOT_CHECKED, _BEDROCK, at)))
                 continue
-            groups.setdefault(probe.key, (probe, []))[1].append(role.config)
+            groups.setdefault(key, (probe, []))[1].append(role.config)
         self._store(unchecked)
         await asyncio.gather(
             *(self._group(session, probe, roles) for probe, roles in groups.values())
@@ -209,18 +221,25 @@ class HealthChecker:
         """Probe once for ``roles`` (one key), judge each and store the verdicts."""
         answer = await self._probe(session, probe, roles[0])
         at = _now()
-        self._store([(rc, judge(rc.upstream, probe, answer, at=at)) for rc in roles])
+        for start in range(0, len(roles), _SLICE):  # requests run between slices
+            if start:
+                await asyncio.sleep(0)
+            chunk = roles[start : start + _SLICE]
+            self._store([(rc, judge(rc.upstream, probe, answer, at=at)) for rc in chunk])
 
     def _store(self, verdicts: list[tuple[RoleConfig, Verdict]]) -> None:
         """Keep the verdicts of roles still served as probed (a role rebound meanwhile
         stays NotChecked until the next round); tell the listeners when that changed."""
-        before = self.published()
         live = self.runtime.roles
+        changed = False
         for probed, verdict in verdicts:
             now = live.get(probed.name)
             if now is not None and now.config.upstream == probed.upstream:
+                held = self.verdicts.get(probed.name)
+                if held is None or (held.state, held.message) != (verdict.state, verdict.message):
+                    changed = True
                 self.verdicts[probed.name] = verdict
-        if self.published() != before:
+        if changed:
             bad = sum(v.state is not State.REACHABLE for v in self.verdicts.values())
             log.info("upstream health: %d of %d roles not Reachable", bad, len(self.verdicts))
             self._changed()

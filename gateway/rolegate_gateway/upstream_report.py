@@ -5,20 +5,24 @@ Owns the annotation ``rolegate.dev/upstream`` (:data:`UPSTREAM_ANNOTATION`): wri
 read by the operator (``rolegate_operator.render.upstream``: each role's ``UpstreamReady``).
 
 A Lease's annotations hold 256 KiB in all, the role hashes take up to 200 KiB
-(``rolegate_gateway.leases``), and there may be 10,000 roles; so only the roles that are
-*not* Reachable are named, grouped by (state, message), since the roles of one broken
-upstream share a message. Compact JSON::
+(``rolegate_gateway.leases``), and there may be 10,000 roles; so roles are grouped by
+(state, message), since the roles of one upstream share a message, and the largest group
+(Reachable when that is as large: the usual case) is the ``default``, which names no role.
+Compact JSON::
 
-    {"n": 120, "bad": [["ModelNotServed", "model 'x' is not served at …", ["r1", "r2"]],
-                       ["NotChecked", "not checked yet", ["r3"]]], "more": 0}
+    {"n": 120, "default": ["Reachable", ""],
+     "groups": [["ModelNotServed", "model 'x' is not served at …", ["r1", "r2"]],
+                ["NotChecked", "not checked yet", ["r3"]]], "more": 0}
 
 ``n``: the roles judged (every role the replica serves); a role it serves that no group
-names is Reachable. Bound: :data:`MAX_UPSTREAM_BYTES`. Over it, messages are cut to
-:data:`SHORT_MESSAGE_CHARS`, then groups are dropped from the end (largest last, so as
-many roles as possible stay named) and ``more`` counts the roles of the groups dropped:
-a reader cannot tell those roles' state, and says Unknown for every role the Lease does not
-name (:meth:`UpstreamReport.verdict` returns None). No timestamps: the annotation changes
-only when some role's state or message does, so the operator wakes only then.
+names has the default's state. So 10,000 healthy roles cost a few bytes, and so do 10,000
+roles whose one upstream is down (the default is then that failure and the healthy ones are
+named). Bound: :data:`MAX_UPSTREAM_BYTES`. Over it, messages are cut to
+:data:`SHORT_MESSAGE_CHARS`, then groups are dropped, largest first (so as many roles as
+possible stay named), and ``more`` counts their roles: a reader cannot tell those roles'
+state and says Unknown for every role the Lease does not name
+(:meth:`UpstreamReport.verdict` returns None). No timestamps: the annotation changes only
+when some role's state or message does, so the operator wakes only then.
 """
 
 from __future__ import annotations
@@ -53,27 +57,29 @@ def _dump(doc: object) -> str:
 
 def encode(verdicts: Mapping[str, tuple[str, str]], *, limit: int = MAX_UPSTREAM_BYTES) -> str:
     """The annotation for ``verdicts`` (role -> (state, message)) within ``limit`` bytes."""
-    groups: dict[tuple[str, str], list[str]] = {}
+    by: dict[tuple[str, str], list[str]] = {}
     for role, (state, message) in sorted(verdicts.items()):
-        if state != State.REACHABLE:
-            groups.setdefault((state, message), []).append(role)
-    bad = [[s, m, roles] for (s, m), roles in sorted(groups.items(), key=lambda g: len(g[1]))]
-    doc: dict[str, object] = {"n": len(verdicts), "bad": bad, "more": 0}
-    text = _dump(doc)
+        by.setdefault((state, message), []).append(role)
+    reachable = (str(State.REACHABLE), "")
+    default = max(by, key=lambda g: (len(by[g]), g == reachable), default=reachable)
+    named = [[s, m, roles] for (s, m), roles in by.items() if (s, m) != default]
+    named.sort(key=lambda g: len(g[2]))
+    head = {"n": len(verdicts), "default": list(default)}
+    text = _dump({**head, "groups": named, "more": 0})
     if len(text.encode()) <= limit:
         return text
-    for group in bad:
+    for group in named:
         message = str(group[1])
         if len(message) > SHORT_MESSAGE_CHARS:
             group[1] = message[: SHORT_MESSAGE_CHARS - 1] + "…"
     # Each group's size is known alone, so groups are dropped in one pass, not re-encoded.
-    sizes = [len(_dump(group).encode()) + 1 for group in bad]  # +1: the comma
-    frame = len(_dump({"n": len(verdicts), "bad": [], "more": len(verdicts)}).encode())
+    sizes = [len(_dump(group).encode()) + 1 for group in named]  # +1: the comma
+    frame = len(_dump({**head, "groups": [], "more": len(verdicts)}).encode())
     total, more = frame + sum(sizes), 0
-    while bad and total > limit:
+    while named and total > limit:
         total -= sizes.pop()
-        more += len(bad.pop()[2])
-    return _dump({"n": len(verdicts), "bad": bad, "more": more})
+        more += len(named.pop()[2])
+    return _dump({**head, "groups": named, "more": more})
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +90,7 @@ class UpstreamReport:
     judged: int = 0
     named: Mapping[str, tuple[State, str]] = field(default_factory=dict)
     more: int = 0
+    default: tuple[State, str] = (State.REACHABLE, "")
 
     def verdict(self, role: str) -> tuple[State, str] | None:
         """(state, message) of ``role``, a role the replica serves; None when the Lease left
@@ -93,7 +100,7 @@ class UpstreamReport:
             return found
         if self.more:
             return None
-        return State.REACHABLE, ""
+        return self.default
 
     @classmethod
     def decode(cls, raw: str | None) -> UpstreamReport | None:
@@ -108,11 +115,19 @@ class UpstreamReport:
         if not isinstance(doc, dict):
             return None
         named: dict[str, tuple[State, str]] = {}
-        for group in _groups(doc.get("bad")):
+        for group in _groups(doc.get("groups")):
             state, message, roles = group
             for role in roles:
                 named[role] = (state, message)
-        return cls(judged=_int(doc.get("n")), named=named, more=_int(doc.get("more")))
+        default: tuple[State, str] = (State.REACHABLE, "")
+        raw_default = doc.get("default")
+        if isinstance(raw_default, list) and len(raw_default) == 2:
+            found = next(iter(_groups([[*raw_default, []]])), None)
+            if found is not None:
+                default = found[0], found[1]
+        return cls(
+            judged=_int(doc.get("n")), named=named, more=_int(doc.get("more")), default=default
+        )
 
 
 def _int(value: object) -> int:

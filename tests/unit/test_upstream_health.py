@@ -178,14 +178,15 @@ def test_the_dedupe_key_is_the_url_and_the_credentials_never_the_model() -> None
 # -- the Lease encoding ------------------------------------------------------------------
 
 
-def test_only_roles_not_reachable_are_named_grouped_by_state_and_message() -> None:
+def test_roles_are_grouped_by_state_and_message_the_largest_group_unnamed() -> None:
     verdicts = {f"ok{i}": ("Reachable", "") for i in range(500)}
     verdicts |= {f"bad{i}": ("ModelNotServed", "model 'x' not served; served: a") for i in range(3)}
     verdicts["new"] = ("NotChecked", "not checked yet")
     raw = encode(verdicts)
     assert json.loads(raw) == {
         "n": 504,
-        "bad": [
+        "default": ["Reachable", ""],
+        "groups": [
             ["NotChecked", "not checked yet", ["new"]],
             ["ModelNotServed", "model 'x' not served; served: a", ["bad0", "bad1", "bad2"]],
         ],
@@ -196,6 +197,19 @@ def test_only_roles_not_reachable_are_named_grouped_by_state_and_message() -> No
     assert report.verdict("ok7") == (State.REACHABLE, "")
     assert report.verdict("bad1") == (State.MODEL_NOT_SERVED, "model 'x' not served; served: a")
     assert report.verdict("new") == (State.NOT_CHECKED, "not checked yet")
+
+
+def test_ten_thousand_roles_on_one_broken_upstream_fit_by_naming_the_healthy_ones() -> None:
+    message = "GET http://up/v1/models: ClientConnectorError: refused"
+    verdicts = {f"role-{i:05}": ("Unreachable", message) for i in range(10_000)}
+    verdicts |= {f"fine-{i:03}": ("Reachable", "") for i in range(500)}
+    raw = encode(verdicts)
+    assert len(raw.encode()) < 8 * 1024
+    report = UpstreamReport.decode(raw)
+    assert report is not None
+    assert report.more == 0
+    assert report.verdict("role-04321") == (State.UNREACHABLE, message)
+    assert report.verdict("fine-007") == (State.REACHABLE, "")
 
 
 def test_the_encoding_stays_within_its_bound_and_says_what_it_left_out() -> None:
@@ -213,7 +227,8 @@ def test_the_encoding_stays_within_its_bound_and_says_what_it_left_out() -> None
     assert report.more > 0
     assert report.judged == 10_001
     named = [r for r in verdicts if report.verdict(r) is not None]
-    assert 0 < len(named) == len(verdicts) - report.more
+    # every group has one role here: one is the (unnamed) default, the rest named or left out
+    assert 0 < len(named) == len(report.named) == len(verdicts) - report.more - 1
     # a role left out is not taken for Reachable
     assert report.verdict("role-09999") is None or report.verdict("role-09999") != (
         State.REACHABLE,
