@@ -6,6 +6,7 @@ and /metrics show."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,12 +14,16 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from pydantic import SecretStr
 
 from devstack.poll import eventually
+from rolegate_gateway import config
+from rolegate_gateway.api import Binding
 from rolegate_gateway.app import create_app, start
-from rolegate_gateway.config import GatewayConfig
+from rolegate_gateway.config import Credentials, GatewayConfig, Limits, RoleConfig
 from rolegate_gateway.health import HealthChecker
 from rolegate_gateway.runtime import Runtime
+from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.configs import role_config
 
 KEY = "sk-HEALTHCHECK-7f3a9c1e55"
@@ -177,3 +182,42 @@ async def test_one_check_per_distinct_upstream_and_key_per_round(
         assert {r["upstream"]["state"] for r in status["roles"].values()} == {"Reachable"}
     finally:
         await runner.cleanup()
+
+
+def anthropic_role(name: str, url: str, model: str, key: str) -> RoleConfig:
+    return RoleConfig(
+        name=name,
+        upstream=config.Upstream(
+            binding=Binding.ANTHROPIC,
+            model=model,
+            base_url=url,
+            timeout_s=3,
+            credentials=Credentials(api_key=SecretStr(key)),
+        ),
+        limits=Limits(max_async=2, queue_max_size=5, queue_max_wait_s=1),
+    )
+
+
+async def test_anthropic_roles_are_judged_from_its_model_list() -> None:
+    async with FakeAnthropic(api_key=KEY, models=("claude-b", "claude-a")) as fake:
+        roles = [
+            anthropic_role("fine", fake.url, "claude-a", KEY),
+            anthropic_role("typo", fake.url, "claude-c", KEY),
+            anthropic_role("revoked", fake.url, "claude-a", KEY + "-revoked"),
+        ]
+        runner, url, _, checker = await _gateway(roles, interval_s=30, timeout_s=2)
+        try:
+            await eventually(lambda: checker.rounds >= 1, timeout_s=5, what="a round")
+            found = {n: r["upstream"] for n, r in (await _get(f"{url}/status"))["roles"].items()}
+            assert found["fine"]["state"] == "Reachable"
+            assert found["typo"]["state"] == "ModelNotServed"
+            assert found["typo"]["message"].endswith("served: claude-a, claude-b")
+            assert found["revoked"]["state"] == "Unauthorized"
+            assert "invalid x-api-key" in found["revoked"]["message"]
+            assert KEY not in json.dumps(found)
+            # one GET per key, with the version header the API requires
+            lists = [s for s in fake.requests if s.path.startswith("/v1/models")]
+            assert len(lists) == 2
+            assert all("anthropic-version" in s.headers for s in lists)
+        finally:
+            await runner.cleanup()
