@@ -37,7 +37,7 @@ import enum
 import hashlib
 import json
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from rolegate_gateway.api import ANTHROPIC_VERSION, Binding
 from rolegate_gateway.auth import auth_headers
@@ -111,13 +111,24 @@ def probe_for(upstream: Upstream) -> Probe | None:
         case Binding.AZURE_OPENAI:
             version = quote(upstream.azure_api_version or "", safe="")
             path = f"{base}/openai/models"
-            return Probe(f"{path}?api-version={version}", _sorted(headers), path, False)
+            return Probe(f"{path}?api-version={version}", _sorted(headers), _shown(path), False)
         case Binding.ANTHROPIC:
             headers["anthropic-version"] = upstream.anthropic_version or ANTHROPIC_VERSION
             path = f"{base}/v1/models"
-            return Probe(f"{path}?limit=1000", _sorted(headers), path)
+            return Probe(f"{path}?limit=1000", _sorted(headers), _shown(path))
         case _:
-            return Probe(f"{base}/models", _sorted(headers), f"{base}/models")
+            return Probe(f"{base}/models", _sorted(headers), _shown(f"{base}/models"))
+
+
+def _shown(url: str) -> str:
+    """``url`` without userinfo or query (either may hold a credential), as
+    ``runtime.public_url`` shows it (not imported: the operator reads this module)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 def _sorted(headers: dict[str, str]) -> tuple[tuple[str, str], ...]:

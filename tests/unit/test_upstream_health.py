@@ -336,3 +336,11 @@ def test_events_when_upstream_ready_turns_false_or_true_never_unknown(
     else:
         assert len(changes) == 1
         assert ("Warning" if changes[0].warning else "Normal") == event
+
+
+def test_the_url_shown_has_no_userinfo_or_query() -> None:
+    probe = probe_for(upstream(base_url="http://user:sk-IN-URL-secret@127.0.0.1:9/v1"))
+    assert probe is not None
+    assert probe.shown == "http://127.0.0.1:9/v1/models"
+    verdict = judge(upstream(), probe, Answer(error="refused"), at=AT)
+    assert "sk-IN-URL-secret" not in verdict.message
