@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import urllib.request
 from collections import Counter
@@ -224,7 +225,11 @@ class CountingProxy:
         return app
 
 
-@pytest.mark.parametrize("roles", [100])
+#: Role counts of the traffic test (ROLEGATE_UPSTREAM_HEALTH_ROLES=100,1000 to measure more).
+ROLE_COUNTS = [int(n) for n in os.environ.get("ROLEGATE_UPSTREAM_HEALTH_ROLES", "100").split(",")]
+
+
+@pytest.mark.parametrize("roles", ROLE_COUNTS)
 async def test_many_roles_on_one_upstream_cost_one_check_per_interval_and_key(
     stack: Stack, llama_server: LlamaServer, roles: int
 ) -> None:
@@ -237,7 +242,7 @@ async def test_many_roles_on_one_upstream_cost_one_check_per_interval_and_key(
         docs = [llama_role(f"r{i:03}", proxy.url, "tiny-a") for i in range(roles)]
         docs += [llama_role(f"w{i}", proxy.url, "tiny-a", "wrong-creds") for i in range(3)]
         await stack.apply(*docs)
-        await stack.wait_served([d["metadata"]["name"] for d in docs], timeout_s=60)
+        await stack.wait_served([d["metadata"]["name"] for d in docs], timeout_s=60 + roles / 10)
 
         window_s = 10 * INTERVAL_S
         rounds_before = (await asyncio.to_thread(stack.gateway.status))["upstreamChecks"]["rounds"]
@@ -265,6 +270,6 @@ async def test_many_roles_on_one_upstream_cost_one_check_per_interval_and_key(
             )
             return reasons == Counter({"Reachable": roles, "Unauthorized": 3})
 
-        await eventually(judged, timeout_s=30, poll_s=0.5, what="every role judged")
+        await eventually(judged, timeout_s=30 + roles / 20, poll_s=0.5, what="every role judged")
     finally:
         await runner.cleanup()
