@@ -344,3 +344,15 @@ def test_the_url_shown_has_no_userinfo_or_query() -> None:
     assert probe.shown == "http://127.0.0.1:9/v1/models"
     verdict = judge(upstream(), probe, Answer(error="refused"), at=AT)
     assert "sk-IN-URL-secret" not in verdict.message
+
+
+def test_the_checks_are_on_by_default_and_off_with_interval_zero() -> None:
+    from rolegate_gateway import cli
+    from rolegate_gateway.runtime import Runtime
+
+    base = ["--manifests", "x"]
+    on = cli._health(cli.parser().parse_args(base), Runtime())
+    assert on is not None
+    assert (on.interval_s, on.timeout_s) == (30.0, 5.0)
+    off = cli.parser().parse_args([*base, "--upstream-check-interval", "0"])
+    assert cli._health(off, Runtime()) is None
