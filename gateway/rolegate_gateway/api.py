@@ -362,14 +362,16 @@ class Condition(_Model):
     role, its backend is available; with the operator's --await-gateways, every live gateway
     replica serves it too: reason Served, else RollingOut), ``CredentialsResolved`` (its
     Secret and keys were found) and ``BackendReady`` (serve: roles: the backend's pods are
-    available). Reference:
+    available) and ``UpstreamReady`` (the gateway replicas' ``GET /models`` lists the
+    role's model: True Reachable; False Unreachable, Unauthorized or ModelNotServed;
+    Unknown NotChecked). Reference:
     https://github.com/kubernetes/community/blob/master/contributors/devel/sig-architecture/api-conventions.md#typical-status-properties
     """
 
     type: str = Field(
         min_length=1,
         max_length=316,
-        description="Ready, CredentialsResolved or BackendReady.",
+        description="Ready, CredentialsResolved, BackendReady or UpstreamReady.",
     )
     status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(
@@ -414,7 +416,10 @@ class LLMRoleStatus(_Model):
     )
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Ready, CredentialsResolved, and BackendReady for a serve: role.",
+        description="Ready, CredentialsResolved, BackendReady for a serve: role, and "
+        "UpstreamReady while in the gateway config (the gateway replicas' check that the "
+        "upstream lists the model: Reachable, Unreachable, Unauthorized, ModelNotServed; "
+        "it does not change routing or Ready).",
     )
     endpoint: str = Field("", description="The upstream base URL the gateway calls.")
     backend: str = Field(

@@ -39,6 +39,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, ProcessCollector, generate_la
 from rolegate_gateway import errors, proxy
 from rolegate_gateway.auth.access import Access, Identity
 from rolegate_gateway.backends import Backends
+from rolegate_gateway.health import HEALTH, HealthChecker, health_ctx, status_entries
 from rolegate_gateway.intake import Intake
 from rolegate_gateway.keys import ACCESS, GUARD, INTAKE, RUNTIME, SESSION, SOURCE, ConfigSource
 from rolegate_gateway.metrics import BackendCollector, SlotsCollector
@@ -287,6 +288,7 @@ async def _status(request: web.Request) -> web.Response:
     document = runtime.status()
     document["access"] = request.app[ACCESS].status()
     document["presence"] = p.status() if (p := request.app.get(PRESENCE)) else {"enabled": False}
+    status_entries(request.app.get(HEALTH), document)  # each role's upstream health
     for name, entry in document["roles"].items():
         role = runtime.roles.get(name)
         backend = role.config.upstream.backend if role is not None else None
@@ -420,11 +422,12 @@ def create_app(
     backends: Backends | None = None,
     access: Access | None = None,
     presence: Presence | None = None,
+    health: HealthChecker | None = None,
 ) -> web.Application:
     """The gateway app serving ``runtime``, fed by ``source`` (none: apply configs yourself),
     with the client limits of ``settings`` (default: :class:`ServerSettings`' defaults)
     and the client ``access`` (default: open to every client); ``presence``: this replica's
-    gateway Lease to keep (``rolegate_gateway.presence``; default: none).
+    gateway Lease to keep (``rolegate_gateway.presence``); ``health``: the upstream checker.
 
     ``backends``: where ``serve:`` roles' calls go; pass ``Backends(watch=True, ...)`` when
     the config comes from Kubernetes (default: nothing watched, calls go to each role's
@@ -447,6 +450,9 @@ def create_app(
     if runtime.slots is not None:
         app.cleanup_ctx.append(_slots_ctx)
     app.cleanup_ctx.append(_session_ctx)
+    if health is not None:
+        app[HEALTH] = health
+        app.cleanup_ctx.append(health_ctx)
     app.cleanup_ctx.append(_backends_ctx)
     app.cleanup_ctx.append(_source_ctx)
     if presence is not None:

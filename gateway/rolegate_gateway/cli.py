@@ -29,6 +29,7 @@ from pathlib import Path
 from rolegate_gateway.app import create_app, start
 from rolegate_gateway.auth.access import MODES, Access
 from rolegate_gateway.backends import Backends
+from rolegate_gateway.health import HealthChecker
 from rolegate_gateway.keys import ConfigSource
 from rolegate_gateway.logs import setup_logging
 from rolegate_gateway.manifests import ManifestsSource
@@ -243,6 +244,30 @@ def parser() -> argparse.ArgumentParser:
         help="how often the Lease is renewed, below its duration; also at once after each "
         "config applied (3)",
     )
+    health = p.add_argument_group("upstream health")
+    health.add_argument(
+        "--upstream-check-interval",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="seconds between checks that each role's upstream serves its model (GET "
+        "/models, one per distinct upstream and credentials; jittered ±20%%), and at once "
+        "after each config applied; 0: no checks (30)",
+    )
+    health.add_argument(
+        "--upstream-check-timeout",
+        type=_positive(float),
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds one upstream check may take (5)",
+    )
+    health.add_argument(
+        "--upstream-check-concurrency",
+        type=_count,
+        default=8,
+        metavar="N",
+        help="upstream checks in flight at most (8)",
+    )
     p.add_argument(
         "--log-level",
         default="info",
@@ -390,6 +415,18 @@ def _presence_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _health(args: argparse.Namespace, runtime: Runtime) -> HealthChecker | None:
+    """The upstream checker, unless --upstream-check-interval is 0."""
+    if args.upstream_check_interval <= 0:
+        return None
+    return HealthChecker(
+        runtime,
+        interval_s=args.upstream_check_interval,
+        timeout_s=args.upstream_check_timeout,
+        concurrency=args.upstream_check_concurrency,
+    )
+
+
 async def _serve(args: argparse.Namespace) -> None:
     presence = _presence(args)
     live = presence.live_replicas if presence else lambda: args.fallback_replicas
@@ -405,6 +442,7 @@ async def _serve(args: argparse.Namespace) -> None:
         backends=backends,
         access=_access(args, runtime),
         presence=presence,
+        health=_health(args, runtime),
     )
     runner, port = await start(
         app, host=args.host, port=args.port, shutdown_timeout_s=args.shutdown_timeout

@@ -23,7 +23,8 @@ One Lease per replica, in the config Secret's namespace:
   (https://kubernetes.io/docs/concepts/overview/working-with-objects/annotations/#syntax-and-character-set):
   JSON over :data:`MAX_ROLE_HASHES_BYTES` is left out and ``rolegate.dev/role-hashes-omitted``
   says so; a reader then takes the replica as serving a role only when its config hash is
-  the whole config the reader expects (:meth:`Report.serves`).
+  the whole config the reader expects (:meth:`Report.serves`); and ``rolegate.dev/upstream``,
+  the roles' upstream health (:mod:`rolegate_gateway.upstream_report`).
 
 Liveness is client-go's leader-election rule
 (https://pkg.go.dev/k8s.io/client-go/tools/leaderelection): a Lease is live until
@@ -42,6 +43,8 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
+
+from rolegate_gateway.upstream_report import UPSTREAM_ANNOTATION, UpstreamReport
 
 __all__ = [
     "COMPONENT",
@@ -166,6 +169,9 @@ class Report:
     renew_time: str
     config_hash: str | None
     role_hashes: Mapping[str, str] | None
+    #: The roles' upstream health (``rolegate.dev/upstream``); None: the replica does not
+    #: check upstreams (an older gateway, or checks off).
+    upstream: UpstreamReport | None = None
 
     @property
     def renewal(self) -> tuple[str, float, str]:
@@ -209,6 +215,7 @@ class Report:
             renew_time=str(spec.get("renewTime") or ""),
             config_hash=str(config_hash) if config_hash else None,
             role_hashes=role_hashes,
+            upstream=UpstreamReport.decode(notes.get(UPSTREAM_ANNOTATION)),
         )
 
 

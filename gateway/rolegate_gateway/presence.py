@@ -16,7 +16,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -35,6 +35,7 @@ from rolegate_gateway.leases import (
     selector,
 )
 from rolegate_gateway.runtime import Runtime
+from rolegate_gateway.upstream_report import UPSTREAM_ANNOTATION, encode
 
 if TYPE_CHECKING:  # the Kubernetes client is imported only when the loop runs
     from kubernetes_asyncio import client
@@ -97,6 +98,9 @@ class Presence:
         self.timeout_s = min(_REQUEST_TIMEOUT_S, (lease_duration_s - renew_s) / 2)
         #: The runtime whose config and roles the Lease reports.
         self.runtime: Runtime | None = None
+        #: Each role's upstream health, role -> (state, message), for the Lease's
+        #: ``rolegate.dev/upstream`` (``rolegate_gateway.health``); None: not checked.
+        self.upstream: Callable[[], Mapping[str, tuple[str, str]]] | None = None
         self.namespace = namespace
         self.config_name = config_name
         self.kubeconfig = kubeconfig
@@ -138,6 +142,10 @@ class Presence:
         """A runtime listener: renew now, so the new hashes are reported at once."""
         self._kick.set()
 
+    def kick(self) -> None:
+        """Renew now (the upstream health changed)."""
+        self._kick.set()
+
     def status(self) -> dict[str, Any]:
         """The /status entry (camelCase)."""
         looked = self._looked_s
@@ -157,10 +165,11 @@ class Presence:
 
     def _annotations(self) -> dict[str, str | None]:
         runtime = self.runtime
+        upstream = encode(self.upstream()) if self.upstream is not None else None
         if runtime is None:
-            return report_annotations(None, {})
+            return {**report_annotations(None, {}), UPSTREAM_ANNOTATION: upstream}
         hashes = {name: role.config.hash for name, role in runtime.roles.items()}
-        return report_annotations(runtime.config_hash, hashes)
+        return {**report_annotations(runtime.config_hash, hashes), UPSTREAM_ANNOTATION: upstream}
 
     async def _lease(self) -> LeaseApi:
         """This replica's Lease over the API (the client made at the first call)."""

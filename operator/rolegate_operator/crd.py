@@ -276,8 +276,8 @@ def _schema(model: type[BaseModel], at: str) -> dict[str, Any]:
     return _structural(raw, raw.get("$defs", {}), at)
 
 
-def _ready(field: str) -> str:
-    return f'.status.conditions[?(@.type=="Ready")].{field}'
+def _ready(field: str, kind: str = "Ready") -> str:
+    return f'.status.conditions[?(@.type=="{kind}")].{field}'
 
 
 def crd() -> dict[str, Any]:
@@ -309,6 +309,8 @@ def crd() -> dict[str, Any]:
         ("Model", "string", ".spec.model", 0),
         ("MaxAsync", "integer", ".spec.maxAsync", 0),
         ("Ready", "string", _ready("status"), 0),
+        # UpstreamReady's reason: Reachable, ModelNotServed, Unauthorized, Unreachable, ...
+        ("Upstream", "string", _ready("reason", "UpstreamReady"), 0),
         ("Reason", "string", _ready("reason"), 1),
         ("Backend", "string", ".status.backend", 1),
         ("Age", "date", ".metadata.creationTimestamp", 0),

@@ -8,7 +8,8 @@ resync pass reads (:meth:`Gateways.refresh`, so a restarted operator knows every
 its first pass and rewrites no status); says whether an event matters (a replica appeared,
 came back or went, or what it serves changed: a mere renewal does not) and when the next
 live Lease expires (:meth:`Gateways.due`); and turns the live ones into each served role's
-``status.gateways`` and, with ``await_gateways``, its ``Ready`` (:meth:`Gateways.judge`).
+``status.gateways``, its ``UpstreamReady`` (``rolegate_operator.render.upstream``) and,
+with ``await_gateways``, its ``Ready`` (:meth:`Gateways.judge`).
 
 Expiry is judged by the operator's monotonic clock from when it saw a Lease's renewal
 change (:func:`rolegate_gateway.leases.observe`), never by comparing ``renewTime`` with the
@@ -34,6 +35,7 @@ from rolegate_gateway.api import ConditionStatus, GatewaysStatus
 from rolegate_gateway.kube import API_ERRORS, answer_json, describe, log_failure, unavailable
 from rolegate_operator.apply import Kube
 from rolegate_operator.render import Check, Outcome
+from rolegate_operator.render.upstream import upstream_check
 from rolegate_operator.settings import Settings
 from rolegate_operator.store import Key, Store, key_of, resource_version, version_of
 
@@ -79,10 +81,11 @@ def _matters(before: leases.Seen | None, after: leases.Seen) -> bool:
     if before is None:
         return True
     old, new = before.report, after.report
-    return (old.config_hash, old.role_hashes, old.duration_s) != (
+    return (old.config_hash, old.role_hashes, old.duration_s, old.upstream) != (
         new.config_hash,
         new.role_hashes,
         new.duration_s,
+        new.upstream,
     )
 
 
@@ -211,11 +214,17 @@ class Gateways:
             if self._picture() != before:
                 wake()
 
-    def _picture(self) -> frozenset[tuple[Key, str | None, str, float]]:
-        """What the counts depend on: each live Lease's key, config hash, role hashes and
-        duration."""
+    def _picture(self) -> frozenset[tuple[Key, str | None, str, float, str]]:
+        """What the counts and verdicts depend on: each live Lease's key, config hash, role
+        hashes, duration and upstream health."""
         return frozenset(
-            (key, s.report.config_hash, json.dumps(s.report.role_hashes), s.report.duration_s)
+            (
+                key,
+                s.report.config_hash,
+                json.dumps(s.report.role_hashes),
+                s.report.duration_s,
+                repr(s.report.upstream),
+            )
             for key, s in self.live().items()
         )
 
@@ -255,5 +264,14 @@ class Gateways:
             ready = outcome.ready
             if self.await_gateways:
                 ready = ready_check(ready, counts, unknown=self.unknown)
-            out.append(dataclasses.replace(outcome, gateways=counts, ready=ready))
+            upstream = upstream_check(
+                role.name,
+                role.hash,
+                config_hash=config_hash,
+                reports=None if self.unknown else [s.report for s in live.values()],
+                unknown=self.unknown,
+            )
+            out.append(
+                dataclasses.replace(outcome, gateways=counts, ready=ready, upstream=upstream)
+            )
         return tuple(out)

@@ -191,7 +191,15 @@ def test_the_demo_runs_from_apply_to_rebind_and_stops(
         assert f"rolegate: running the operator and gateway as local processes ({built})" in out
     assert "5/5 roles Ready and served by the gateway" in out
     table = out[out.index("$ kubectl get llmroles") :].splitlines()
-    assert table[1].split() == ["NAME", "BINDING", "MODEL", "MAXASYNC", "READY", "AGE"]
+    assert table[1].split() == [
+        "NAME",
+        "BINDING",
+        "MODEL",
+        "MAXASYNC",
+        "READY",
+        "UPSTREAM",
+        "AGE",
+    ]
     assert [row.split()[:5] for row in table[2:7]] == [
         [role, "openai", model, str(n), "True"]
         for role, model, n in zip(

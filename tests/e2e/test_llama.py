@@ -231,11 +231,13 @@ async def test_kubectl_get_llmroles_shows_the_columns(
         llama_role("vlm", llama_server, "tiny-b", maxAsync=2),
     )
     await ready(stack, "extract", "vlm")
+    for name in ("extract", "vlm"):  # the gateway lists the models (GET /models)
+        await stack.wait_condition(name, "UpstreamReady", ("True", "Reachable"))
     rows = [line.split() for line in (await stack.run("get", "llmroles")).splitlines()]
-    assert rows[0] == ["NAME", "BINDING", "MODEL", "MAXASYNC", "READY", "AGE"]
-    assert [row[:5] for row in rows[1:]] == [
-        ["extract", "openai", "tiny-a", "8", "True"],
-        ["vlm", "openai", "tiny-b", "2", "True"],
+    assert rows[0] == ["NAME", "BINDING", "MODEL", "MAXASYNC", "READY", "UPSTREAM", "AGE"]
+    assert [row[:6] for row in rows[1:]] == [
+        ["extract", "openai", "tiny-a", "8", "True", "Reachable"],
+        ["vlm", "openai", "tiny-b", "2", "True", "Reachable"],
     ]
     wide = [
         line.split() for line in (await stack.run("get", "llmroles", "-o", "wide")).splitlines()

@@ -1,4 +1,5 @@
-"""A loopback fake of Anthropic's Messages API (``POST /v1/messages``), faithful enough for
+"""A loopback fake of Anthropic's Messages API (``POST /v1/messages``; and ``GET /v1/models``,
+the model list the gateway's upstream health check reads), faithful enough for
 the official ``anthropic`` SDK to parse every answer (tests/integration/test_fake_anthropic.py).
 
 It owns the Anthropic wire format of the scripted answers in ``scenarios.py``: the Message
@@ -51,14 +52,56 @@ class FakeAnthropic(FakeServer):
     Attributes: ``url`` (base URL; the SDK appends ``/v1/messages``), ``requests``
     (``Seen`` records, in arrival order)."""
 
-    def __init__(self, *, api_key: str | None = None) -> None:
+    def __init__(
+        self, *, api_key: str | None = None, models: tuple[str, ...] = ("claude-x",)
+    ) -> None:
+        """``models``: the ids ``GET /v1/models`` lists, newest first."""
         super().__init__()
         self.api_key = api_key
+        self.models = models
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=32 * 2**20)  # the API's request size limit
         app.router.add_post("/v1/messages", self._messages)
+        app.router.add_get("/v1/models", self._models)
         return app
+
+    async def _models(self, request: web.Request) -> web.Response:
+        """``GET /v1/models`` (https://docs.anthropic.com/en/api/models-list): a page of
+        ModelInfo (``type``, ``id``, ``display_name``, ``created_at``), ``limit`` 1-1000
+        (default 20) and ``after_id``, with ``has_more``, ``first_id``, ``last_id``."""
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        self.requests.append(Seen(request.raw_path, headers, {}))
+        request_id = f"req_fake{len(self.requests):06d}"
+        if (problem := _check_auth(headers, self.api_key)) is not None:
+            return _error(problem, request_id)
+        try:
+            limit = int(request.query.get("limit", "20"))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= 1000:
+            return _error((400, "invalid_request_error", "limit: 1 to 1000"), request_id)
+        ids = list(self.models)
+        after = request.query.get("after_id")
+        if after in ids:
+            ids = ids[ids.index(after) + 1 :]
+        page = ids[:limit]
+        data = [
+            {
+                "type": "model",
+                "id": model,
+                "display_name": model.replace("-", " ").title(),
+                "created_at": "2025-02-19T00:00:00Z",
+            }
+            for model in page
+        ]
+        body = {
+            "data": data,
+            "has_more": len(ids) > limit,
+            "first_id": page[0] if page else None,
+            "last_id": page[-1] if page else None,
+        }
+        return web.json_response(body, headers={"request-id": request_id})
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
@@ -98,8 +141,8 @@ class FakeAnthropic(FakeServer):
         return await _stream(request, events, answer, request_id)
 
 
-def _check(headers: dict[str, str], body: Any, api_key: str | None) -> Problem | None:
-    """The first reason the real API would refuse this request, or None."""
+def _check_auth(headers: dict[str, str], api_key: str | None) -> Problem | None:
+    """The first reason the real API would refuse these headers (key, version), or None."""
     bearer = headers.get("authorization", "")
     key = headers.get("x-api-key") or (bearer[7:] if bearer.lower().startswith("bearer ") else "")
     if not key:
@@ -111,6 +154,14 @@ def _check(headers: dict[str, str], body: Any, api_key: str | None) -> Problem |
         return 400, "invalid_request_error", "anthropic-version: header is required"
     if version not in VERSIONS:
         return 400, "invalid_request_error", f"anthropic-version: invalid version {version!r}"
+    return None
+
+
+def _check(headers: dict[str, str], body: Any, api_key: str | None) -> Problem | None:
+    """The first reason the real API would refuse this request, or None."""
+    if (problem := _check_auth(headers, api_key)) is not None:
+        return problem
+    version = headers["anthropic-version"]
     if not isinstance(body, dict):
         return 400, "invalid_request_error", "There was an error parsing the body as JSON"
     for name in ("model", "max_tokens", "messages"):

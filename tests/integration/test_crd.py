@@ -143,7 +143,8 @@ def test_get_shows_the_columns_the_short_name_and_the_category(kubectl: Kubectl)
     _apply(kubectl, manifest("extract", {"binding": "openai", "model": "gpt-4o-mini"}))
     _patch_status(kubectl, "extract", {"conditions": [READY]})
     header, row = kubectl("get", "llmroles").stdout.splitlines()
-    assert header.split() == ["NAME", "BINDING", "MODEL", "MAXASYNC", "READY", "AGE"]
+    # UPSTREAM (UpstreamReady's reason) is empty here: no such condition
+    assert header.split() == ["NAME", "BINDING", "MODEL", "MAXASYNC", "READY", "UPSTREAM", "AGE"]
     assert row.split()[:5] == ["extract", "openai", "gpt-4o-mini", "4", "False"]
     header, row = kubectl("get", "llmr", "-o", "wide").stdout.splitlines()
     assert header.split() == [
@@ -152,6 +153,7 @@ def test_get_shows_the_columns_the_short_name_and_the_category(kubectl: Kubectl)
         "MODEL",
         "MAXASYNC",
         "READY",
+        "UPSTREAM",
         "REASON",
         "BACKEND",
         "AGE",

@@ -285,3 +285,24 @@ async def test_anthropic_echo_slow_and_unknown(
     assert slow.content[0].text == "Hello from the fake."  # type: ignore[union-attr]
     with pytest.raises(anthropic.BadRequestError, match="unknown scenario"):
         await create(claude, "#no-such-scenario")
+
+
+async def test_anthropic_models_list_parses_and_pages() -> None:
+    async with FakeAnthropic(api_key=KEY, models=("claude-b", "claude-a", "claude-x")) as fake:
+        client = anthropic.AsyncAnthropic(base_url=fake.url, api_key=KEY, max_retries=0)
+        try:
+            page = await client.models.list(limit=2)
+            assert [m.id for m in page.data] == ["claude-b", "claude-a"]
+            assert page.has_more
+            assert page.data[0].type == "model"
+            assert [m.id async for m in client.models.list(limit=2)] == [
+                "claude-b",
+                "claude-a",
+                "claude-x",
+            ]
+            wrong = anthropic.AsyncAnthropic(base_url=fake.url, api_key="sk-no", max_retries=0)
+            with pytest.raises(anthropic.AuthenticationError):
+                await wrong.models.list()
+            await wrong.close()
+        finally:
+            await client.close()

@@ -118,7 +118,7 @@ async def test_applied_roles_become_ready_and_are_served(
     assert [r.name for r in config.roles] == ["extract"]
 
     rows = [line.split() for line in (await stack.run("get", "llmroles")).splitlines()]
-    assert rows[0] == ["NAME", "BINDING", "MODEL", "MAXASYNC", "READY", "AGE"]
+    assert rows[0] == ["NAME", "BINDING", "MODEL", "MAXASYNC", "READY", "UPSTREAM", "AGE"]
     assert [row[:5] for row in rows[1:]] == [["extract", "openai", "gpt-4o-mini", "4", "True"]]
 
 

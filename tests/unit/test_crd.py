@@ -221,6 +221,7 @@ def test_printer_columns() -> None:
         ("Model", "string", 0),
         ("MaxAsync", "integer", 0),
         ("Ready", "string", 0),
+        ("Upstream", "string", 0),
         ("Reason", "string", 1),
         ("Backend", "string", 1),
         ("Age", "date", 0),

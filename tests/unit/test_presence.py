@@ -15,6 +15,7 @@ from rolegate_gateway import cli, leases
 from rolegate_gateway.lease_api import LeaseApi
 from rolegate_gateway.presence import Presence
 from rolegate_gateway.runtime import Runtime
+from rolegate_gateway.upstream_report import UPSTREAM_ANNOTATION
 
 
 def lease(
@@ -324,3 +325,24 @@ async def test_a_lease_written_by_someone_else_is_read_and_written_over(
     await p.renew()
     assert len(api.created) == 2
     assert p.renewals == 3
+
+
+async def test_renewals_report_the_upstream_health_and_peers_read_it(
+    presence: tuple[Presence, FakeLeases, list[float]],
+) -> None:
+    p, api, _ = presence
+    p.runtime = Runtime()
+    verdicts = {
+        "extract": ("ModelNotServed", "model 'x' is not served"),
+        "query": ("Reachable", ""),
+    }
+    p.upstream = lambda: verdicts
+    await p.renew()
+    notes = api.created[0]["metadata"]["annotations"]
+    report = leases.Report.from_lease({"metadata": {"annotations": notes}, "spec": {}})
+    assert report.upstream is not None
+    assert report.upstream.verdict("extract") == ("ModelNotServed", "model 'x' is not served")
+    assert report.upstream.verdict("query") == ("Reachable", "")
+    p.upstream = None  # checks off: the annotation goes
+    await p.renew()
+    assert UPSTREAM_ANNOTATION not in api.replaced[-1]["metadata"]["annotations"]

@@ -77,6 +77,8 @@ class Outcome:
     serving: str = ""  # the backend in the config, while a rollout keeps the previous one
     #: status.gateways: the gateway replicas serving it (``rolegate_operator.gateways``).
     gateways: GatewaysStatus | None = None
+    #: UpstreamReady: the gateway replicas' verdicts on its upstream (served roles only).
+    upstream: Check | None = None
 
     @property
     def shown_backend(self) -> str:

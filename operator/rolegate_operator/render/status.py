@@ -1,8 +1,8 @@
 """Status of an LLMRole: conditions, observedGeneration, endpoint, configHash, gateways.
 
 Pure. Owns the condition rules kopf does not give us (STYLE rule 9): positive types only
-(``Ready``, ``CredentialsResolved``, ``BackendReady``), each with a CamelCase reason, a
-message a person can act on and the generation it was computed from;
+(``Ready``, ``CredentialsResolved``, ``BackendReady``, ``UpstreamReady``), each with a
+CamelCase reason, a message a person can act on and the generation it was computed from;
 ``lastTransitionTime`` moves only when a condition's status flips, so an unchanged role
 renders exactly the status it already has and the operator writes nothing.
 Reference: https://github.com/kubernetes/community/blob/master/contributors/devel/sig-architecture/api-conventions.md#typical-status-properties
@@ -17,11 +17,13 @@ from typing import Any
 from rolegate_gateway.api import Condition, ConditionStatus, LLMRoleStatus
 from rolegate_operator.render.check import Check
 from rolegate_operator.render.config import Outcome
+from rolegate_operator.render.upstream import UPSTREAM_READY
 
 __all__ = ["CONDITION_TYPES", "PROGRESS_REASONS", "Transition", "desired_status", "transitions"]
 
-#: The condition types, in the order they are listed (BackendReady: serve: roles only).
-CONDITION_TYPES = ("Ready", "CredentialsResolved", "BackendReady")
+#: The condition types, in the order they are listed (BackendReady: serve: roles only;
+#: UpstreamReady: roles in the gateway config only).
+CONDITION_TYPES = ("Ready", "CredentialsResolved", "BackendReady", UPSTREAM_READY)
 #: Reasons of a False condition that say a change is under way, not that something is wrong.
 PROGRESS_REASONS = frozenset({"RollingOut"})
 
@@ -80,6 +82,7 @@ def desired_status(
         "Ready": outcome.ready,
         "CredentialsResolved": outcome.credentials,
         "BackendReady": outcome.backend_ready,
+        UPSTREAM_READY: outcome.upstream,
     }
     status = LLMRoleStatus(
         observed_generation=role.generation,
@@ -97,7 +100,11 @@ def desired_status(
 
 
 def transitions(current: Mapping[str, Any], desired: Mapping[str, Any]) -> Sequence[Transition]:
-    """The conditions whose status or reason differs between two statuses (new ones too)."""
+    """The conditions whose status or reason differs between two statuses (new ones too).
+
+    ``UpstreamReady`` is told only when it turns False (or changes reason while False) and
+    when it turns True: Unknown (not checked yet, which every rebind passes through for a
+    moment) is no news."""
     before = _previous(current)
     out = []
     for kind, cond in _previous(desired).items():
@@ -106,5 +113,13 @@ def transitions(current: Mapping[str, Any], desired: Mapping[str, Any]) -> Seque
             cond["status"],
             cond["reason"],
         ):
+            if kind == UPSTREAM_READY and not _upstream_news(old, cond):
+                continue
             out.append(Transition(kind, cond["status"], cond["reason"], cond["message"]))
     return out
+
+
+def _upstream_news(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    if new["status"] == ConditionStatus.UNKNOWN:
+        return False
+    return old is None or old.get("status") != new["status"] or new["status"] != "True"
