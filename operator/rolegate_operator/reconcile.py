@@ -40,7 +40,6 @@ per-object change handlers, which this operator does not use; see ``main``).
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import dataclasses
 import datetime
@@ -54,10 +53,10 @@ from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from rolegate_gateway import errors
+from rolegate_gateway import errors, secret_data
 from rolegate_gateway.api import ConditionStatus
 from rolegate_gateway.config import ApiKey, GatewayConfig
-from rolegate_gateway.kube import API_ERRORS, CONFIG_KEY, describe, log_failure, unavailable
+from rolegate_gateway.kube import API_ERRORS, describe, log_failure, unavailable
 from rolegate_operator import backends, objects, render
 from rolegate_operator.apply import Kube
 from rolegate_operator.gateways import Gateways
@@ -93,6 +92,14 @@ class _Written:
     behind: frozenset[str]
     version: str
     status: dict[str, Any]
+
+
+class _TooLarge(Exception):
+    """The rendered config Secret is larger than a Secret may be: not written."""
+
+    def __init__(self, check: render.Check) -> None:
+        super().__init__(check.message)
+        self.check = check
 
 
 def _not_written(exc: BaseException, namespace: str, name: str) -> render.Check:
@@ -281,6 +288,8 @@ class Reconciler:
         not_written: render.Check | None = None
         try:
             wrote = await self._write_config(rendered, ns, name)
+        except _TooLarge as exc:  # not retried: only a change of the roles can help
+            not_written, wrote = exc.check, False
         except API_ERRORS as exc:
             failures.append(exc)
             not_written = _not_written(exc, ns, name)
@@ -324,8 +333,8 @@ class Reconciler:
             if current is None:
                 return True, None
             data = current.get("data") or {}
-            return True, GatewayConfig.from_wire(base64.b64decode(data[CONFIG_KEY]))
-        except (*API_ERRORS, KeyError, ValueError, errors.ConfigError) as exc:
+            return True, GatewayConfig.from_wire(secret_data.decode(data))
+        except (*API_ERRORS, ValueError, errors.ConfigError) as exc:
             log.warning("the served config is not readable: %s", describe(exc))
             return False, None
 
@@ -388,7 +397,12 @@ class Reconciler:
 
     async def _write_config(self, rendered: render.Rendered, ns: str, name: str) -> bool:
         """Write the config Secret ``ns/name`` unless it already holds ``rendered``'s
-        config; True when written."""
+        config; True when written.
+
+        Raises:
+            _TooLarge: more than a Secret holds; nothing written.
+            ApiException, aiohttp.ClientError, OSError, TimeoutError: API trouble.
+        """
         owner = None
         if self.settings.config_owner is not None:
             uid = await self.kube.service_account_uid(ns, self.settings.config_owner)
@@ -402,6 +416,10 @@ class Reconciler:
             else:
                 owner = (self.settings.config_owner, uid)
         body = render.config_secret(rendered.config, namespace=ns, name=name, owner=owner)
+        too_large = render.oversize(body, roles=len(rendered.config.roles))
+        if too_large is not None:
+            log.error("gateway config %s/%s not written: %s", ns, name, too_large.message)
+            raise _TooLarge(too_large)
         current = await self.kube.read_secret(ns, name)
         if current is not None and objects.same_config(current, body):
             return False

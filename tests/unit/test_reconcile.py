@@ -8,13 +8,13 @@ does not do on demand.
 from __future__ import annotations
 
 import asyncio
-import base64
 import copy
 from typing import Any
 
 import pytest
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from rolegate_gateway import secret_data
 from rolegate_operator.apply import Kube
 from rolegate_operator.reconcile import Reconciler
 from rolegate_operator.settings import Settings
@@ -129,7 +129,7 @@ async def test_first_pass_writes_config_statuses_and_events_then_nothing(world: 
     first = await reconciler.reconcile()
     assert (first.served, first.wrote_config, first.statuses_written) == (2, True, 2)
     assert len(kube.events) == 4  # Ready and CredentialsResolved of each role
-    assert KEY in base64.b64decode(kube.secret["data"]["config.json"]).decode()
+    assert KEY in secret_data.decode(kube.secret["data"]).decode()
 
     # The watch has not caught up yet: what was written is known, so nothing is sent
     # again (no lastTransitionTime stamped anew) and no Event repeats.
