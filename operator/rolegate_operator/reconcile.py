@@ -72,7 +72,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class Pass:
     """What one reconcile did; ``list_s`` is the seconds its fresh lists took (None: it read
-    the store only)."""
+    the store only), ``took_s`` the seconds the whole pass took."""
 
     roles: int
     served: int
@@ -81,6 +81,7 @@ class Pass:
     statuses_written: int
     events_posted: int
     list_s: float | None = None
+    took_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +255,7 @@ class Reconciler:
             ApiException, aiohttp.ClientError, OSError, TimeoutError: API trouble; nothing
                 is lost, the next pass starts over from a fresh read.
         """
+        started = time.monotonic()
         list_s = await self.refresh() if fresh else None
         objects = [role_object(body) for body in self.store.role_bodies()]
         ns, name = self.settings.config_secret
@@ -322,6 +324,7 @@ class Reconciler:
             statuses_written=statuses,
             events_posted=events,
             list_s=list_s,
+            took_s=time.monotonic() - started,
         )
 
     async def _served(self, namespace: str, name: str) -> tuple[bool, GatewayConfig | None]:
