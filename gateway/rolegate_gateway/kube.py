@@ -218,6 +218,7 @@ class ConfigSecretSource:
         self._api: client.ApiClient | None = None
         self._resource_version: str | None = None
         self._last_encoded: str | None = None  # "key=base64" the sink last accepted
+        self._accepted: GatewayConfig | None = None  # and what it parsed to
 
     @property
     def ref(self) -> str:
@@ -245,14 +246,14 @@ class ConfigSecretSource:
             return False
         where = f"Secret {self.ref}"
         try:
-            parsed = GatewayConfig.from_wire(secret_data.decode(data))
+            parsed = GatewayConfig.from_wire(secret_data.decode(data), previous=self._accepted)
         except errors.ConfigError as exc:
             self.sink.refuse(f"{where}: {exc}", source=where)
             return False
         report = self.sink.apply(parsed)
         if getattr(report, "outcome", None) == "refused":
             return False
-        self._last_encoded = encoded
+        self._last_encoded, self._accepted = encoded, parsed
         return True
 
     async def _list(self) -> bool:
