@@ -133,6 +133,10 @@ class Reconciler:
         self._instance = socket.gethostname()
         #: (namespace, name) -> the status last written, while the store may lag behind it.
         self._written: dict[tuple[str, str], _Written] = {}
+        #: (namespace, name) -> (resourceVersion, outcome) of a role whose status was found
+        #: right: while both stay, the next pass skips rendering its status (5,000 roles:
+        #: ~0.35 s a pass).
+        self._settled: dict[tuple[str, str], tuple[str, render.Outcome]] = {}
         #: The last pass, and the last error (None after a good pass); for the probe.
         self.last: Pass | None = None
         self.last_error: str | None = None
@@ -314,6 +318,7 @@ class Reconciler:
                 events += posted
         present = {(o.namespace, o.name) for o in objects}
         self._written = {k: v for k, v in self._written.items() if k in present}
+        self._settled = {k: v for k, v in self._settled.items() if k in present}
         if failures:
             raise failures[0]
         return Pass(
@@ -352,11 +357,16 @@ class Reconciler:
         # What this operator last wrote is newer than a view that has not caught up yet.
         mine = self._written.get(key)
         behind = mine is not None and mine.uid == role.uid and role.resource_version in mine.behind
+        if not behind and self._settled.get(key) == (role.resource_version, outcome):
+            return None  # as last pass, which found its status right: it still is
         current = mine.status if mine is not None and behind else role.status
         version = mine.version if mine is not None and behind else role.resource_version
         desired = render.desired_status(outcome, now=_seconds(now), previous=current)
         if desired == current:
+            if not behind:
+                self._settled[key] = (role.resource_version, outcome)
             return None
+        self._settled.pop(key, None)
         # A merge patch keeps what it does not name: a field the role no longer has (its
         # gateways' counts, once out of the config) is removed with null.
         gone = dict.fromkeys(k for k in current if k not in desired)
