@@ -190,6 +190,20 @@ def measure(*, quick: bool = False) -> dict[str, Any]:
     return doc
 
 
+def rerun_kube(count: int, *, changes: int = 3) -> dict[str, Any]:
+    """:func:`control_plane` of ``count`` roles alone (its own upstream), stamped with the
+    date and the load average before and after."""
+    load = [os.getloadavg()[0]]
+    with contextlib.ExitStack() as stack:
+        workdir = stack.enter_context(work_dir("rolegate-scale-", keep=False))
+        up = start_upstream(workdir, UpstreamSettings(0.0, 8, 0.001))
+        stack.callback(up.stop)
+        (entry,) = control_plane((count,), workdir, f"{up.url}/v1", changes, both=False)
+    load.append(os.getloadavg()[0])
+    date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    return {**entry, "date": date, "load": load}
+
+
 def _mb(n: int | None) -> str:
     return "—" if n is None else f"{n / 1e6:.0f} MB"
 
@@ -271,8 +285,11 @@ def markdown(doc: dict[str, Any]) -> str:
             c, n = k["change"], k["noop_resync"]
             lines += [
                 "",
-                f"One changed role with {k['roles']:,} present, kubectl patch -> gateway "
-                f"serves it: p50 {c['p50_s']} s, max {c['max_s']} s ({c['times_s']}).",
+                f"One changed role with {k['roles']:,} present (each once the operator was "
+                f"idle), kubectl patch -> gateway serves it: p50 {c['p50_s']} s, max "
+                f"{c['max_s']} s ({c['times_s']}); the operator was idle again "
+                f"{c.get('settle_s')} s later (every role's Ready flips to RollingOut and "
+                "back: see the README of this run).",
                 "",
                 f"No-op resync with {k['roles']:,} roles: {n['role_or_secret_writes']} writes "
                 f"of Secrets, LLMRoles or Events (all API writes meanwhile: {n['api_writes']}; "
@@ -288,8 +305,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--name", default=datetime.date.today().isoformat() + "-scale")
+    p.add_argument(
+        "--kube-only",
+        type=int,
+        metavar="ROLES",
+        help="only the control-plane run of ROLES roles (with one-role changes and a no-op "
+        "resync); its entry replaces that of the same count in --out/--name's JSON",
+    )
     args = p.parse_args(argv)
-    doc = measure(quick=args.quick)
+    if args.kube_only:
+        doc = json.loads((args.out / f"{args.name}.json").read_text())
+        entry = rerun_kube(args.kube_only)
+        doc["kube"] = [
+            k for k in doc["kube"] if k["roles"] != args.kube_only or k.get("server_side")
+        ] + [entry]
+        doc.setdefault("reruns", []).append(
+            {"roles": args.kube_only, "date": entry["date"], "load": entry["load"]}
+        )
+    else:
+        doc = measure(quick=args.quick)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(doc, indent=1) + "\n")
     (args.out / f"{args.name}.md").write_text(markdown(doc))

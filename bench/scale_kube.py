@@ -253,19 +253,37 @@ def kube_apply(
             "gateways": status.get("gateways"),
         }
         if changes:
-            result["change"] = _changes(plane, namespace, gateway, changes)
-            result["noop_resync"] = _noop_resync(
-                plane, operator, workdir / f"operator-{namespace}.log"
-            )
+            log = workdir / f"operator-{namespace}.log"
+            result["settle_s"] = _settle(log)
+            result["noop_resync"] = _noop_resync(plane, operator, log)
+            result["change"] = _changes(plane, namespace, gateway, changes, log)
     return result
 
 
+def _settle(log: Path, *, quiet_s: float = 5.0, timeout_s: float = 300.0) -> float | None:
+    """Wait until the operator is idle: its last pass wrote no status and no pass followed
+    for ``quiet_s`` (with ``--await-gateways`` and more roles than a gateway Lease lists,
+    every config change flips every role's Ready to RollingOut and back: thousands of
+    writes). Seconds waited, None past ``timeout_s``."""
+    started = time.monotonic()
+    seen, since = -1, time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        passes = _passes(log)
+        if len(passes) != seen:
+            seen, since = len(passes), time.monotonic()
+        elif time.monotonic() - since >= quiet_s and passes[-1].get("statuses_written") == "0":
+            return round(time.monotonic() - started, 1)
+        time.sleep(0.5)
+    return None
+
+
 def _changes(
-    plane: ControlPlane, namespace: str, gateway: GatewayProcess, times: int
+    plane: ControlPlane, namespace: str, gateway: GatewayProcess, times: int, log: Path
 ) -> dict[str, Any]:
-    """Rebind one role ``times`` times (a new model each); seconds from ``kubectl patch``
-    starting until ``/readyz`` shows a new config hash."""
-    took = []
+    """Rebind one role ``times`` times (a new model each), each once the operator is idle;
+    seconds from ``kubectl patch`` starting until ``/readyz`` shows a new config hash, and
+    until the operator was idle again (``settle_s``: its status writes of the change)."""
+    took, settle = [], []
     for i in range(times):
         before = _config_hash(gateway)
         name = role_name(42 + i)
@@ -282,18 +300,20 @@ def _changes(
         took.append(round(time.perf_counter() - started, 3) if ok else None)
         model = gateway.status()["roles"][name].get("model")
         say(f"changed role {name}: served after {took[-1]} s (model {model})")
-        time.sleep(1.0)  # let the statuses of this change be written before the next
+        settle.append(_settle(log))
+        say(f"the operator was idle again {settle[-1]} s later")
     done = sorted(t for t in took if t is not None)
     return {
         "times_s": took,
+        "settle_s": settle,
         "p50_s": done[len(done) // 2] if done else None,
         "max_s": done[-1] if done else None,
     }
 
 
 def _noop_resync(plane: ControlPlane, operator: OperatorProcess, log: Path) -> dict[str, Any]:
-    """Wait for the next fresh pass with nothing changed; its API writes and duration."""
-    time.sleep(3)  # statuses of the last change settled
+    """Wait for the next fresh pass with nothing changed (the operator idle: :func:`_settle`
+    first); its API writes and duration."""
     before_passes = len(_passes(log))
     writes_before = api_writes(plane)
     cpu_before = Meter.of(operator).cpu_s()
@@ -317,15 +337,20 @@ def _noop_resync(plane: ControlPlane, operator: OperatorProcess, log: Path) -> d
     }
 
 
-def control_plane(counts: tuple[int, ...], workdir: Path, host: str, changes: int) -> list[Any]:
+def control_plane(
+    counts: tuple[int, ...], workdir: Path, host: str, changes: int, *, both: bool = True
+) -> list[Any]:
     """On one control plane: :func:`kube_apply` of the first count with client-side and
-    with server-side apply, then of each other count (the last with ``changes`` one-role
-    changes and a no-op resync)."""
+    (``both``) with server-side apply, then of each other count (the last with ``changes``
+    one-role changes and a no-op resync)."""
     out = []
     with ControlPlane() as plane:
         install_crd(plane)
-        out.append(kube_apply(plane, counts[0], workdir, host))
-        out.append(kube_apply(plane, counts[0], workdir, host, server_side=True))
+        out.append(
+            kube_apply(plane, counts[0], workdir, host, changes=changes * (len(counts) == 1))
+        )
+        if both:
+            out.append(kube_apply(plane, counts[0], workdir, host, server_side=True))
         for count in counts[1:]:
             last = count == counts[-1]
             out.append(kube_apply(plane, count, workdir, host, changes=changes if last else 0))
