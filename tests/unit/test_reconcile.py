@@ -8,6 +8,7 @@ does not do on demand.
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import time
 from typing import Any
@@ -285,3 +286,17 @@ async def test_a_pass_writes_many_statuses_side_by_side_within_a_bound() -> None
     assert (done.served, done.statuses_written, done.events_posted) == (200, 200, 400)
     assert kube.most == STATUS_WRITERS
     assert time.monotonic() - started < 200 * 0.01 / 2
+
+
+async def test_an_older_operators_plain_config_secret_is_rewritten_gzipped_once(
+    world: Any,
+) -> None:
+    reconciler, kube, _, _ = world
+    await reconciler.reconcile()
+    assert kube.secret is not None
+    raw = secret_data.decode(kube.secret["data"])
+    kube.secret["data"] = {secret_data.CONFIG_KEY: base64.b64encode(raw).decode()}
+    assert (await reconciler.reconcile()).wrote_config
+    assert list(kube.secret["data"]) == [secret_data.CONFIG_GZ_KEY]
+    assert secret_data.decode(kube.secret["data"]) == raw
+    assert not (await reconciler.reconcile()).wrote_config
