@@ -190,7 +190,7 @@ def measure(*, quick: bool = False) -> dict[str, Any]:
     return doc
 
 
-def rerun_kube(count: int, *, changes: int = 3) -> dict[str, Any]:
+def rerun_kube(count: int, *, changes: int = 3, await_gateways: bool = True) -> dict[str, Any]:
     """:func:`control_plane` of ``count`` roles alone (its own upstream), stamped with the
     date and the load average before and after."""
     load = [os.getloadavg()[0]]
@@ -198,7 +198,9 @@ def rerun_kube(count: int, *, changes: int = 3) -> dict[str, Any]:
         workdir = stack.enter_context(work_dir("rolegate-scale-", keep=False))
         up = start_upstream(workdir, UpstreamSettings(0.0, 8, 0.001))
         stack.callback(up.stop)
-        (entry,) = control_plane((count,), workdir, f"{up.url}/v1", changes, both=False)
+        (entry,) = control_plane(
+            (count,), workdir, f"{up.url}/v1", changes, both=False, await_gateways=await_gateways
+        )
     load.append(os.getloadavg()[0])
     date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     return {**entry, "date": date, "load": load}
@@ -272,6 +274,7 @@ def markdown(doc: dict[str, Any]) -> str:
     ]
     for k in doc["kube"]:
         how = " (--server-side)" if k.get("server_side") else ""
+        how += "" if k.get("await_gateways", True) else " (--no-await-gateways)"
         lines.append(
             f"| {k['roles']:,} | {k['kubectl_s']} s{how} | {k['served_s']} s | {k['ready_s']} s | "
             f"{k['operator_cpu_s']} s | {_mb(k['operator_rss_peak_sampled_bytes'])} | "
@@ -279,7 +282,9 @@ def markdown(doc: dict[str, Any]) -> str:
         )
     for k in doc["kube"]:
         lines.append("")
-        lines.append(f"API writes for {k['roles']:,} roles: {k['api_writes']}")
+        how = " (--server-side)" if k.get("server_side") else ""
+        how += "" if k.get("await_gateways", True) else " (--no-await-gateways)"
+        lines.append(f"API writes for {k['roles']:,} roles{how}: {k['api_writes']}")
         lines.append(f"Sample role status: `{json.dumps(k['sample_status'])}`")
         if "change" in k:
             c, n = k["change"], k["noop_resync"]
@@ -296,7 +301,8 @@ def markdown(doc: dict[str, Any]) -> str:
                 f"the gateway's Lease renewals are among them); the pass: {n['pass']}; "
                 f"operator CPU meanwhile {n['operator_cpu_s']} s.",
             ]
-    return "\n".join(lines) + "\n"
+    notes = doc.get("notes_md")  # what a person wrote about the run, kept across reruns
+    return "\n".join(lines) + "\n" + (f"\n{notes}" if notes else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -312,13 +318,25 @@ def main(argv: list[str] | None = None) -> int:
         help="only the control-plane run of ROLES roles (with one-role changes and a no-op "
         "resync); its entry replaces that of the same count in --out/--name's JSON",
     )
+    p.add_argument(
+        "--no-await-gateways",
+        dest="await_gateways",
+        action="store_false",
+        help="with --kube-only: the operator's Ready does not wait for gateway Leases",
+    )
     args = p.parse_args(argv)
     if args.kube_only:
         doc = json.loads((args.out / f"{args.name}.json").read_text())
-        entry = rerun_kube(args.kube_only)
-        doc["kube"] = [
-            k for k in doc["kube"] if k["roles"] != args.kube_only or k.get("server_side")
-        ] + [entry]
+        entry = rerun_kube(args.kube_only, await_gateways=args.await_gateways)
+
+        def same(k: dict[str, Any]) -> bool:
+            return (k["roles"], k.get("server_side"), k.get("await_gateways", True)) == (
+                args.kube_only,
+                False,
+                args.await_gateways,
+            )
+
+        doc["kube"] = [k for k in doc["kube"] if not same(k)] + [entry]
         doc.setdefault("reruns", []).append(
             {"roles": args.kube_only, "date": entry["date"], "load": entry["load"]}
         )

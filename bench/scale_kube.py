@@ -140,9 +140,11 @@ def _wait(check: Callable[[], bool], *, timeout_s: float, poll_s: float) -> bool
 
 
 @contextlib.contextmanager
-def _stack(plane: ControlPlane, namespace: str, workdir: Path) -> Iterator[tuple[Any, Any]]:
-    """An operator (``--await-gateways``, resync every :data:`RESYNC_S`) and a gateway (its
-    presence Lease on) for ``namespace``."""
+def _stack(
+    plane: ControlPlane, namespace: str, workdir: Path, *, await_gateways: bool = True
+) -> Iterator[tuple[Any, Any]]:
+    """An operator (``--await-gateways`` unless told otherwise, resync every
+    :data:`RESYNC_S`) and a gateway (its presence Lease on) for ``namespace``."""
     plane.kubectl(["create", "namespace", namespace])
     secret = f"{namespace}/gw-config"
     operator = OperatorProcess(
@@ -151,7 +153,7 @@ def _stack(plane: ControlPlane, namespace: str, workdir: Path) -> Iterator[tuple
         config_secret=secret,
         log_path=workdir / f"operator-{namespace}.log",
         extra=["--resync-interval", str(RESYNC_S), "--log-level", "debug"],
-        await_gateways=True,
+        await_gateways=await_gateways,
     )
     gateway = GatewayProcess(
         kubeconfig=plane.kubeconfig,
@@ -189,13 +191,18 @@ def kube_apply(
     *,
     changes: int = 0,
     server_side: bool = False,
+    await_gateways: bool = True,
 ) -> dict[str, Any]:
     """``kubectl apply -f`` (``--server-side`` with ``server_side``) of ``count`` roles
     (their Secrets applied first, not timed) into a fresh namespace with its own operator
     and gateway; then, with ``changes``, that many one-role changes and a no-op resync."""
-    namespace = f"scale-{count}{'-ssa' if server_side else ''}"
-    result: dict[str, Any] = {"roles": count, "server_side": server_side}
-    with _stack(plane, namespace, workdir) as (operator, gateway):
+    namespace = f"scale-{count}{'-ssa' if server_side else ''}{'' if await_gateways else '-na'}"
+    result: dict[str, Any] = {
+        "roles": count,
+        "server_side": server_side,
+        "await_gateways": await_gateways,
+    }
+    with _stack(plane, namespace, workdir, await_gateways=await_gateways) as (operator, gateway):
         secrets_, roles = _kube_docs(count, namespace, host)
         say(f"{count} roles: applying {count} Secrets (setup, not timed)")
         plane.kubectl(
@@ -338,7 +345,13 @@ def _noop_resync(plane: ControlPlane, operator: OperatorProcess, log: Path) -> d
 
 
 def control_plane(
-    counts: tuple[int, ...], workdir: Path, host: str, changes: int, *, both: bool = True
+    counts: tuple[int, ...],
+    workdir: Path,
+    host: str,
+    changes: int,
+    *,
+    both: bool = True,
+    await_gateways: bool = True,
 ) -> list[Any]:
     """On one control plane: :func:`kube_apply` of the first count with client-side and
     (``both``) with server-side apply, then of each other count (the last with ``changes``
@@ -346,8 +359,11 @@ def control_plane(
     out = []
     with ControlPlane() as plane:
         install_crd(plane)
+        first = changes * (len(counts) == 1)
         out.append(
-            kube_apply(plane, counts[0], workdir, host, changes=changes * (len(counts) == 1))
+            kube_apply(
+                plane, counts[0], workdir, host, changes=first, await_gateways=await_gateways
+            )
         )
         if both:
             out.append(kube_apply(plane, counts[0], workdir, host, server_side=True))
