@@ -16,7 +16,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
@@ -47,6 +48,16 @@ CONFIG_VERSION = "rolegate.dev/gateway-config/v1"
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy (see pydantic), without the values cached from this one's fields (the
+        ``functools.cached_property`` ones: wire bytes, hashes), which ``update`` may make
+        wrong."""
+        copy = super().model_copy(update=update, deep=deep)
+        fields = type(self).model_fields
+        for name in [k for k in copy.__dict__ if k not in fields]:
+            del copy.__dict__[name]
+        return copy
 
 
 class Credentials(_Frozen):
@@ -129,15 +140,21 @@ class RoleConfig(_Frozen):
         return data
 
     @functools.cached_property
+    def canonical(self) -> bytes:
+        """:meth:`wire` as canonical JSON (sorted keys, no spaces), computed once: the
+        role's part of :meth:`GatewayConfig.to_wire` and what :attr:`hash` hashes."""
+        return _canonical(self.wire())
+
+    @functools.cached_property
     def hash(self) -> str:
         """sha256 of the role's wire form, first 16 hex digits: changes when anything of
         the role changes, a rotated key included. It is shown (in /status and the role's
         status) because a real API key has too much entropy to be guessed from it; a
         low-entropy "key" (``EMPTY`` for a local server) could be."""
-        return hashlib.sha256(_canonical(self.wire())).hexdigest()[:16]
+        return hashlib.sha256(self.canonical).hexdigest()[:16]
 
 
-def _canonical(data: dict[str, Any]) -> bytes:
+def _canonical(data: object) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -240,20 +257,32 @@ class GatewayConfig(_Frozen):
 
     def to_wire(self) -> bytes:
         """The config as canonical JSON bytes, secrets included (for the config Secret only);
-        refused roles are not part of it."""
-        data: dict[str, Any] = {
-            "version": self.version,
-            "roles": [role.wire() for role in self.roles],
-        }
+        refused roles are not part of it. Computed once per config (it is immutable), from
+        each role's own :attr:`RoleConfig.canonical`, also computed once: the bytes are
+        those of ``json.dumps(data, sort_keys=True, separators=(",", ":"))`` of the whole."""
+        return self.wire_bytes
+
+    @functools.cached_property
+    def wire_bytes(self) -> bytes:
+        """:meth:`to_wire`, computed once."""
+        # Keys in sorted order, as _canonical writes them: api_keys < roles < version.
+        parts = []
         if self.api_keys:  # absent when none, so configs without keys hash as before
-            data["api_keys"] = [k.model_dump(mode="json", exclude_none=True) for k in self.api_keys]
-        return _canonical(data)
+            keys = [k.model_dump(mode="json", exclude_none=True) for k in self.api_keys]
+            parts.append(b'"api_keys":' + _canonical(keys))
+        parts.append(b'"roles":[' + b",".join(role.canonical for role in self.roles) + b"]")
+        parts.append(b'"version":' + _canonical(self.version))
+        return b"{" + b",".join(parts) + b"}"
 
     @classmethod
-    def from_wire(cls, raw: bytes) -> GatewayConfig:
+    def from_wire(cls, raw: bytes, *, previous: GatewayConfig | None = None) -> GatewayConfig:
         """Parse :meth:`to_wire` output. A role whose binding this gateway does not know is
         left out into :attr:`refused` (the others are served: an operator newer than the
         gateway must not stop it from serving anything).
+
+        A role whose canonical JSON is byte for byte that of a role of ``previous`` (the
+        config served now) is that role, not validated again: one changed role of 5,000 is
+        parsed in ~0.3 s rather than ~1 s.
 
         Raises:
             errors.ConfigError: not JSON, another version, or a field fails validation.
@@ -285,15 +314,17 @@ class GatewayConfig(_Frozen):
             if refused:
                 data = {**data, "roles": [r for r in roles if _unknown_binding(r) is None]}
                 data["refused"] = refused
+        if previous is not None and isinstance(data.get("roles"), list):
+            data = {**data, "roles": _reuse(data["roles"], previous)}
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
             raise errors.ConfigError(errors.describe_validation(exc, "gateway config")) from exc
 
-    @property
+    @functools.cached_property
     def hash(self) -> str:
         """sha256 of the wire form (and of any refused role), first 16 hex digits: changes
-        when anything changes."""
+        when anything changes. Computed once per config."""
         digest = hashlib.sha256(self.to_wire())
         for role in self.refused:
             digest.update(_canonical(role.model_dump()))
@@ -302,3 +333,14 @@ class GatewayConfig(_Frozen):
     def secret_values(self) -> list[str]:
         """Every credential string in the config (for scrubbing)."""
         return [v for role in self.roles for v in role.upstream.credentials.values()]
+
+
+def _reuse(roles: list[Any], previous: GatewayConfig) -> list[Any]:
+    """``roles`` (raw, from the wire) with each one whose canonical JSON is that of a role
+    of ``previous`` replaced by that role (validated and immutable already)."""
+    known = {role.name: role for role in previous.roles}
+    out = []
+    for item in roles:
+        old = known.get(str(item.get("name"))) if isinstance(item, dict) else None
+        out.append(old if old is not None and _canonical(item) == old.canonical else item)
+    return out

@@ -1,7 +1,8 @@
 """Config source for running in Kubernetes: the config Secret the operator writes.
 
 Owns the Kubernetes API client setup shared with the operator (:func:`api_client`), the
-layout of the config Secret (:data:`CONFIG_KEY`, :data:`HASH_ANNOTATION`) and
+layout of the config Secret (its data: :mod:`rolegate_gateway.secret_data`; its
+:data:`HASH_ANNOTATION`) and
 :class:`ConfigSecretSource`, which watches that one Secret and feeds ``Runtime.apply``.
 
 The watch follows https://kubernetes.io/docs/reference/using-api/api-concepts/#efficient-detection-of-changes:
@@ -9,17 +10,16 @@ list the Secret (a field selector on its name) and watch from the *list's* resou
 (the collection's, which the API server's watch cache is sure to hold; the Secret's own may
 be older than a restarted API server's window); a watch the server ends is resumed from the
 last resourceVersion seen (events and bookmarks); 410 Gone starts over with a list at once,
-and any other error starts over with a list after a backoff. A Secret whose
-``config.json`` is byte-for-byte what the sink last accepted is not handed over again, so
-resuming or listing again reloads nothing; content the sink refused (or raised on) is not
-recorded as handed over, so a later list hands it over again.
+and any other error starts over with a list after a backoff. A Secret whose config
+(``config.json.gz``, or an older operator's ``config.json``) is byte-for-byte what the
+sink last accepted is not handed over again, so resuming or listing again reloads nothing;
+content the sink refused (or raised on) is not recorded as handed over, so a later list
+hands it over again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import os
 import random
@@ -31,7 +31,7 @@ import aiohttp
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from rolegate_gateway import errors
+from rolegate_gateway import errors, secret_data
 from rolegate_gateway.config import GatewayConfig
 from rolegate_gateway.manifests import ConfigSink
 
@@ -51,8 +51,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The key of the config Secret that holds ``GatewayConfig.to_wire()``.
-CONFIG_KEY = "config.json"
+#: The key of the config Secret that an operator before gzip wrote (still read).
+CONFIG_KEY = secret_data.CONFIG_KEY
 #: An annotation of the config Secret: ``GatewayConfig.hash`` of what it holds.
 HASH_ANNOTATION = "rolegate.dev/config-hash"
 
@@ -217,7 +217,8 @@ class ConfigSecretSource:
         self.reads = 0
         self._api: client.ApiClient | None = None
         self._resource_version: str | None = None
-        self._last_encoded: str | None = None  # config.json as the sink last accepted it
+        self._last_encoded: str | None = None  # "key=base64" the sink last accepted
+        self._accepted: GatewayConfig | None = None  # and what it parsed to
 
     @property
     def ref(self) -> str:
@@ -237,26 +238,22 @@ class ConfigSecretSource:
         Raises:
             Exception: whatever the sink raised (the content is not recorded).
         """
-        encoded = (secret.get("data") or {}).get(CONFIG_KEY, "")
+        data = secret.get("data") or {}
+        found = secret_data.encoded_key(data)
+        encoded = f"{found[0]}={found[1]}" if found is not None else ""
         if encoded == self._last_encoded:
             log.debug("config Secret %s unchanged", self.ref)
             return False
         where = f"Secret {self.ref}"
         try:
-            if not encoded:
-                raise errors.ConfigError(f"no key {CONFIG_KEY!r}")
-            try:
-                raw = base64.b64decode(encoded, validate=True)
-            except binascii.Error as exc:
-                raise errors.ConfigError(f"{CONFIG_KEY} is not base64: {exc}") from exc
-            parsed = GatewayConfig.from_wire(raw)
+            parsed = GatewayConfig.from_wire(secret_data.decode(data), previous=self._accepted)
         except errors.ConfigError as exc:
             self.sink.refuse(f"{where}: {exc}", source=where)
             return False
         report = self.sink.apply(parsed)
         if getattr(report, "outcome", None) == "refused":
             return False
-        self._last_encoded = encoded
+        self._last_encoded, self._accepted = encoded, parsed
         return True
 
     async def _list(self) -> bool:

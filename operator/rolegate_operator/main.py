@@ -239,6 +239,7 @@ async def probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
         "roles": last.roles if last else None,
         "served": last.served if last else None,
         "configHash": last.config_hash if last else None,
+        "lastPassS": round(last.took_s, 4) if last else None,
         "lastError": reconciler.last_error if reconciler else None,
         "writes": dict(reconciler.kube.writes) if reconciler else None,
         "lists": reconciler.lists if reconciler else None,

@@ -15,7 +15,6 @@ from typing import Any
 
 from rolegate_gateway import apikeys
 from rolegate_gateway.config import API_KEY_DATA_KEY
-from rolegate_gateway.kube import CONFIG_KEY
 from rolegate_gateway.roles import SECRET_KEYS
 from rolegate_operator import render
 from rolegate_operator.store import ApiKeyEntry, Key, Store, key_of, version_of
@@ -120,8 +119,7 @@ def same_config(current: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
     wanted = [(o["kind"], o["uid"]) for o in want.get("ownerReferences") or ()]
     return (
         owners == wanted
-        and data.get(CONFIG_KEY) == body["data"][CONFIG_KEY]
-        and len(data) == 1
+        and data == body["data"]
         and all((meta.get("labels") or {}).get(k) == v for k, v in want["labels"].items())
         and all((meta.get("annotations") or {}).get(k) == v for k, v in want["annotations"].items())
     )

@@ -53,7 +53,7 @@ async def test_watch_resumes_and_reconnects_without_reloading(
     async def write(config: GatewayConfig | None, raw: str | None = None) -> None:
         body = config_secret(config or GatewayConfig(), namespace=namespace, name=NAME)
         if raw is not None:
-            body["data"]["config.json"] = base64.b64encode(raw.encode()).decode()
+            body["data"] = {"config.json": base64.b64encode(raw.encode()).decode()}
         path = tmp_path / "secret.json"
         path.write_text(json.dumps(body))
         await asyncio.to_thread(kubectl, "apply", "-f", str(path))

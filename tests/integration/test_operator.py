@@ -23,6 +23,7 @@ import yaml
 from devstack.k8s.controlplane import ControlPlane
 from devstack.poll import eventually
 from devstack.stack import OperatorProcess
+from rolegate_gateway import secret_data
 from rolegate_gateway.config import GatewayConfig
 from tests.conftest import Upstream
 from tests.fakes import manifests as m
@@ -363,7 +364,7 @@ async def test_all_namespaces_serves_every_namespace(
             )
             if found.returncode != 0:
                 return False
-            raw = base64.b64decode(json.loads(found.stdout)["data"]["config.json"])
+            raw = secret_data.decode(json.loads(found.stdout)["data"])
             names = {(r.namespace, r.name) for r in GatewayConfig.from_wire(raw).roles}
             return {(namespace, f"a-{suffix}"), (other, f"b-{suffix}")} <= names
 

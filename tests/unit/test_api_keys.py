@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 
-from rolegate_gateway import ConfigError, apikeys, load_manifests
+from rolegate_gateway import ConfigError, apikeys, load_manifests, secret_data
 from rolegate_gateway.config import ApiKey, GatewayConfig, key_digest
-from rolegate_gateway.kube import CONFIG_KEY
 from rolegate_gateway.manifests import client_key_var, env_var_name
 from rolegate_operator import render
 from rolegate_operator.reconcile import Reconciler, api_key_entry, secret_keys
@@ -242,7 +241,7 @@ def op() -> tuple[Reconciler, FakeKube]:
 
 def served(kube: FakeKube) -> GatewayConfig:
     assert kube.secret is not None
-    return GatewayConfig.from_wire(base64.b64decode(kube.secret["data"][CONFIG_KEY]))
+    return GatewayConfig.from_wire(secret_data.decode(kube.secret["data"]))
 
 
 def woke(reconciler: Reconciler) -> bool:
@@ -262,7 +261,7 @@ async def test_a_key_is_served_as_its_hash_then_rotated_unlabelled_and_deleted(
     assert [(k.name, k.sha256, k.roles) for k in config.api_keys] == [
         ("app", key_digest(CLIENT_KEY), ("extract",))
     ]
-    raw = base64.b64decode(kube.secret["data"][CONFIG_KEY]) if kube.secret else b""
+    raw = secret_data.decode(kube.secret["data"]) if kube.secret else b""
     assert CLIENT_KEY.encode() not in raw
     assert CLIENT_KEY not in repr(reconciler.store)  # only the hash is kept
     role_hash = config.roles[0].hash

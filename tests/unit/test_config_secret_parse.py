@@ -49,7 +49,7 @@ def test_a_config_is_applied_once_and_bad_ones_refused_with_a_reason() -> None:
     for data in ({}, {"config.json": "%%%"}, encoded(b'{"version": "v0"}')):
         assert source._hand_over(secret(data)) is False
     assert sink.refused == [
-        "Secret rg/gw: no key 'config.json'",
+        "Secret rg/gw: no key 'config.json.gz' or 'config.json'",
         "Secret rg/gw: config.json is not base64: Only base64 data is allowed",
         "Secret rg/gw: gateway config version 'v0' is not 'rolegate.dev/gateway-config/v1'",
     ]

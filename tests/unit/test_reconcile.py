@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import time
 from typing import Any
 
 import pytest
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from rolegate_gateway import secret_data
 from rolegate_operator.apply import Kube
-from rolegate_operator.reconcile import Reconciler
+from rolegate_operator.reconcile import STATUS_WRITERS, Reconciler
 from rolegate_operator.settings import Settings
 from rolegate_operator.store import Store
 
@@ -129,7 +131,7 @@ async def test_first_pass_writes_config_statuses_and_events_then_nothing(world: 
     first = await reconciler.reconcile()
     assert (first.served, first.wrote_config, first.statuses_written) == (2, True, 2)
     assert len(kube.events) == 4  # Ready and CredentialsResolved of each role
-    assert KEY in base64.b64decode(kube.secret["data"]["config.json"]).decode()
+    assert KEY in secret_data.decode(kube.secret["data"]).decode()
 
     # The watch has not caught up yet: what was written is known, so nothing is sent
     # again (no lastTransitionTime stamped anew) and no Event repeats.
@@ -253,3 +255,50 @@ async def test_a_fresh_pass_drops_what_the_lists_no_longer_hold(world: Any) -> N
     assert fresh.list_s is not None
     assert not reconciler.store.stale
     assert kube.statuses["extract"]["conditions"][1]["reason"] == "SecretNotFound"
+
+
+async def test_a_pass_writes_many_statuses_side_by_side_within_a_bound() -> None:
+    """5,000 new roles are 5,000 status writes and 10,000 Events: one after the other
+    they took minutes; a pass keeps up to STATUS_WRITERS in flight, never more."""
+
+    class SlowKube(FakeKube):
+        def __init__(self) -> None:
+            super().__init__()
+            self.in_flight = self.most = 0
+
+        async def patch_status(
+            self, namespace: str, name: str, *, resource_version: str, status: dict[str, Any]
+        ) -> str | None:
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+            await asyncio.sleep(0.01)
+            self.in_flight -= 1
+            return await super().patch_status(
+                namespace, name, resource_version=resource_version, status=status
+            )
+
+    kube, store = SlowKube(), Store(stale=False)
+    for i in range(200):
+        role = llmrole(f"role-{i:03d}")
+        store.roles.put(("team", role["metadata"]["name"]), 1, role)
+    Secrets(store)["team", "creds"] = {"apiKey": KEY}
+    reconciler = Reconciler(Settings(config_secret=("rolegate", "gw")), kube, store=store)
+    started = time.monotonic()
+    done = await reconciler.reconcile()
+    assert (done.served, done.statuses_written, done.events_posted) == (200, 200, 400)
+    assert kube.most == STATUS_WRITERS
+    assert time.monotonic() - started < 200 * 0.01 / 2
+
+
+async def test_an_older_operators_plain_config_secret_is_rewritten_gzipped_once(
+    world: Any,
+) -> None:
+    reconciler, kube, _, _ = world
+    await reconciler.reconcile()
+    assert kube.secret is not None
+    raw = secret_data.decode(kube.secret["data"])
+    kube.secret["data"] = {secret_data.CONFIG_KEY: base64.b64encode(raw).decode()}
+    assert (await reconciler.reconcile()).wrote_config
+    assert list(kube.secret["data"]) == [secret_data.CONFIG_GZ_KEY]
+    assert secret_data.decode(kube.secret["data"]) == raw
+    assert not (await reconciler.reconcile()).wrote_config

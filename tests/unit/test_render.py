@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from rolegate_gateway import secret_data
 from rolegate_gateway.api import Binding
 from rolegate_gateway.config import GatewayConfig
-from rolegate_gateway.kube import CONFIG_KEY, HASH_ANNOTATION
+from rolegate_gateway.kube import HASH_ANNOTATION
 from rolegate_operator import render
 from rolegate_operator.reconcile import role_object, secret_keys
 
@@ -180,8 +181,8 @@ def test_a_rollout_under_way_is_a_normal_event_a_failure_a_warning() -> None:
 def test_config_secret_holds_the_wire_config_and_its_hash() -> None:
     config = render.render([obj("extract", **with_secret())], SECRETS, config_secret=CS).config
     body = render.config_secret(config, namespace="rolegate", name="gw-config")
-    raw = base64.b64decode(body["data"][CONFIG_KEY])
-    assert GatewayConfig.from_wire(raw) == config
+    assert list(body["data"]) == [secret_data.CONFIG_GZ_KEY]
+    assert GatewayConfig.from_wire(secret_data.decode(body["data"])) == config
     assert body["metadata"]["annotations"][HASH_ANNOTATION] == config.hash
 
 

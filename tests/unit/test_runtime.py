@@ -100,6 +100,7 @@ async def test_a_refused_config_leaves_no_series_of_roles_it_would_have_added(
 ) -> None:
     runtime = Runtime()
     runtime.apply(_config(_role("a")))
+    runtime.roles["a"].wrapper.metrics.request(200, 0.1)  # series are made on first use
     real = translators.BINDINGS[Binding.OPENAI].translators
 
     def broken_for_c(upstream: Any, *, role: str) -> Any:

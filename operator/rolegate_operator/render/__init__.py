@@ -11,7 +11,7 @@ from rolegate_operator.render.config import (
     render,
 )
 from rolegate_operator.render.events import event
-from rolegate_operator.render.secret import config_secret
+from rolegate_operator.render.secret import config_secret, oversize
 from rolegate_operator.render.status import Transition, desired_status, transitions
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "config_secret",
     "desired_status",
     "event",
+    "oversize",
     "render",
     "transitions",
 ]

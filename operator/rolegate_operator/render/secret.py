@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
+from rolegate_gateway import secret_data
+from rolegate_gateway.api import ConditionStatus
 from rolegate_gateway.config import GatewayConfig
-from rolegate_gateway.kube import CONFIG_KEY, HASH_ANNOTATION
+from rolegate_gateway.kube import HASH_ANNOTATION
+from rolegate_operator.render.check import Check
 
-__all__ = ["MANAGED_BY", "config_secret"]
+__all__ = ["MANAGED_BY", "config_secret", "oversize"]
 
 #: ``app.kubernetes.io/managed-by`` of what the operator writes.
 MANAGED_BY = "rolegate-operator"
@@ -21,13 +23,16 @@ def config_secret(
     name: str,
     owner: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The Secret holding ``config`` (key ``config.json``, its hash as an annotation);
+    """The Secret holding ``config`` (key ``config.json.gz``: :func:`secret_data.encode`;
+    its hash as an annotation);
     ``owner`` (name, uid) of a ServiceAccount of ``namespace`` becomes its owner reference,
     so that Kubernetes' garbage collector deletes the Secret with that ServiceAccount
     (https://kubernetes.io/docs/concepts/architecture/garbage-collection/#owners-dependents).
 
     The credentials of every served role are in it: RBAC should let only the gateway's
-    ServiceAccount read it.
+    ServiceAccount read it. Its data may be more than a Secret holds
+    (:func:`secret_data.stored_bytes` over :data:`secret_data.SECRET_MAX_BYTES`): the caller
+    checks before writing.
     """
     body: dict[str, Any] = {
         "apiVersion": "v1",
@@ -42,7 +47,7 @@ def config_secret(
             },
             "annotations": {HASH_ANNOTATION: config.hash},
         },
-        "data": {CONFIG_KEY: base64.b64encode(config.to_wire()).decode()},
+        "data": secret_data.encode(config.to_wire()),
     }
     if owner is not None:
         owner_name, uid = owner
@@ -50,3 +55,23 @@ def config_secret(
             {"apiVersion": "v1", "kind": "ServiceAccount", "name": owner_name, "uid": uid}
         ]
     return body
+
+
+def oversize(body: dict[str, Any], *, roles: int) -> Check | None:
+    """``Ready=False, ConfigTooLarge`` when the config Secret ``body`` (of ``roles`` roles)
+    holds more than the API server lets a Secret hold, else None.
+
+    Such a Secret is not written: the API server would refuse it (422) on every try, and the
+    gateway keeps serving the config it has.
+    """
+    size = secret_data.stored_bytes(body["data"])
+    if size <= secret_data.SECRET_MAX_BYTES:
+        return None
+    return Check(
+        ConditionStatus.FALSE,
+        "ConfigTooLarge",
+        f"the gateway config of {roles} roles is {size} bytes gzipped, more than the "
+        f"{secret_data.SECRET_MAX_BYTES} bytes (1 MiB) a Secret holds: it is not written "
+        "and the gateway keeps serving its previous config; serve fewer roles per gateway "
+        "(another operator and gateway for some namespaces) or remove roles",
+    )
