@@ -11,6 +11,10 @@ live Lease expires (:meth:`Gateways.due`); and turns the live ones into each ser
 ``status.gateways``, its ``UpstreamReady`` (``rolegate_operator.render.upstream``) and,
 with ``await_gateways``, its ``Ready`` (:meth:`Gateways.judge`).
 
+A replica with more roles than an annotation holds leaves its role hashes out and reports
+only its config hash; the operator keeps the role hashes of the last configs it judged, so
+such a replica still counts, per role, as serving what that config holds.
+
 Expiry is judged by the operator's monotonic clock from when it saw a Lease's renewal
 change (:func:`rolegate_gateway.leases.observe`), never by comparing ``renewTime`` with the
 operator's wall clock; a Lease first seen counts as just renewed (as client-go's leader
@@ -25,7 +29,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from kubernetes_asyncio import client
@@ -47,6 +51,9 @@ _TIMEOUT_S = 30  # one list request
 #: Seconds between lists of the Leases while kopf delivers no event of them (the config
 #: Secret's namespace is not among those served): a rollout is seen within this.
 POLL_S = 2.0
+#: Configs whose role hashes are kept (:meth:`Gateways._completed`): the current one and
+#: those a replica may still serve during a quick succession of changes.
+KEPT_CONFIGS = 4
 
 
 def ready_check(
@@ -115,6 +122,10 @@ class Gateways:
         self._counted: frozenset[Key] = frozenset()  # live at the last judgement
         #: When the Leases were last heard of (a list, a watch event): monotonic seconds.
         self._heard_s = -math.inf
+        #: The role hashes ({role: RoleConfig.hash}) of the last configs judged, by config
+        #: hash, oldest first: what a replica whose Lease leaves its role hashes out (too many
+        #: roles) serves, read from the config hash it reports.
+        self._configs: dict[str, Mapping[str, str]] = {}
 
     def ours(self, body: Mapping[str, Any]) -> bool:
         """Whether a raw Lease is a gateway Lease of this operator's config Secret."""
@@ -246,8 +257,11 @@ class Gateways:
         """``outcomes`` with ``gateways`` (the live replicas serving each role of the
         config, whose hash is ``config_hash``) and, with ``await_gateways``, ``Ready`` as
         :func:`ready_check` says. Roles not in the config are left as they are."""
+        outcomes = tuple(outcomes)
+        self._remember(config_hash, outcomes)
         live = self.live()
         self._counted = frozenset(live)
+        reports = [self._completed(s.report) for s in live.values()]
         out = []
         for outcome in outcomes:
             role = outcome.config
@@ -257,10 +271,10 @@ class Gateways:
             counts = None
             if self.unknown is None:
                 serving = sum(
-                    s.report.serves(role.name, role.hash, config_hash=config_hash)
-                    for s in live.values()
+                    report.serves(role.name, role.hash, config_hash=config_hash)
+                    for report in reports
                 )
-                counts = GatewaysStatus(serving=serving, total=len(live))
+                counts = GatewaysStatus(serving=serving, total=len(reports))
             ready = outcome.ready
             if self.await_gateways:
                 ready = ready_check(ready, counts, unknown=self.unknown)
@@ -268,10 +282,30 @@ class Gateways:
                 role.name,
                 role.hash,
                 config_hash=config_hash,
-                reports=None if self.unknown else [s.report for s in live.values()],
+                reports=None if self.unknown else reports,
                 unknown=self.unknown,
             )
             out.append(
                 dataclasses.replace(outcome, gateways=counts, ready=ready, upstream=upstream)
             )
         return tuple(out)
+
+    def _remember(self, config_hash: str, outcomes: Sequence[Outcome]) -> None:
+        """Keep the role hashes of config ``config_hash`` (its roles are the ``outcomes``
+        with a config), and those of the :data:`KEPT_CONFIGS` - 1 configs judged before."""
+        if config_hash in self._configs:
+            self._configs[config_hash] = self._configs.pop(config_hash)  # newest again
+            return
+        self._configs[config_hash] = {o.config.name: o.config.hash for o in outcomes if o.config}
+        while len(self._configs) > KEPT_CONFIGS:
+            del self._configs[next(iter(self._configs))]
+
+    def _completed(self, report: leases.Report) -> leases.Report:
+        """``report``, with the role hashes of the config it serves when its Lease left them
+        out (more roles than an annotation holds) and this operator judged that config: a
+        replica still on the config before a change then serves every role the change did
+        not touch, as it would say itself with fewer roles."""
+        if report.role_hashes is not None or report.config_hash is None:
+            return report
+        known = self._configs.get(report.config_hash)
+        return report if known is None else dataclasses.replace(report, role_hashes=known)

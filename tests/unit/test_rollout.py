@@ -274,3 +274,51 @@ async def test_leases_are_polled_where_no_watch_brings_them(
     with pytest.raises(asyncio.CancelledError):
         await gateways.poll(FakeKube(), lambda: woken.append(clock[0]))
     assert len(woken) == 2  # it appeared, a renewal changed nothing, it went
+
+
+def omitted(name: str, *, version: int, config: str) -> dict[str, Any]:
+    """A replica's Lease serving ``config`` with more roles than its annotation holds: its
+    role hashes are left out, only the config hash says what it serves."""
+    body = lease(name, version=version)
+    too_many = {"pad": "x" * leases.MAX_ROLE_HASHES_BYTES}
+    notes = leases.report_annotations(config, too_many)
+    assert notes[leases.ROLE_HASHES_OMITTED_ANNOTATION]
+    body["metadata"]["annotations"] = {k: v for k, v in notes.items() if v}
+    return body
+
+
+async def test_a_replica_without_role_hashes_still_serves_the_roles_a_change_left_alone(
+    world: tuple[Reconciler, FakeKube, list[dict[str, Any]]],
+) -> None:
+    # 10,000 roles: a Lease holds only the config hash. One role changes; until the replica
+    # reloads, the other roles are still served as they are (not all RollingOut, not every
+    # status rewritten), because the operator knows what the config before held.
+    reconciler, kube, roles = world
+    before = (await reconciler.reconcile()).config_hash
+    reconciler.lease_event("ADDED", omitted("gw-0", version=10, config=before))
+    await reconciler.reconcile()
+    assert ready(kube, "query")[:2] == ready(kube, "extract")[:2] == ("True", "Served")
+    see(kube, roles)
+
+    roles[0]["spec"]["model"] = "gpt-4o"  # extract changes
+    roles[0]["metadata"]["generation"] = 2
+    reconciler.store.roles.put(("team", "extract"), 50, roles[0])
+    writes = kube.writes["status"]
+    after = (await reconciler.reconcile()).config_hash
+    assert after != before
+    assert ready(kube, "extract")[:2] == ("False", "RollingOut")
+    assert kube.statuses["extract"]["gateways"] == {"serving": 0, "total": 1}
+    assert kube.statuses["query"]["gateways"] == {"serving": 1, "total": 1}
+    assert ready(kube, "query")[:2] == ("True", "Served")
+    assert kube.writes["status"] == writes + 1  # extract's only
+    see(kube, roles)
+
+    # The replica reloads: it serves the new config, extract is Ready again.
+    reconciler.lease_event("MODIFIED", omitted("gw-0", version=11, config=after))
+    await reconciler.reconcile()
+    assert ready(kube, "extract")[:2] == ("True", "Served")
+    assert kube.statuses["extract"]["gateways"] == {"serving": 1, "total": 1}
+    # A config hash the operator never judged (an operator restarted since) serves nothing.
+    reconciler.lease_event("MODIFIED", omitted("gw-0", version=12, config="f" * 16))
+    await reconciler.reconcile()
+    assert kube.statuses["query"]["gateways"] == {"serving": 0, "total": 1}
