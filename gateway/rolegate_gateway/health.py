@@ -16,13 +16,18 @@ GET per binding, and how its answer is judged) and judges each role against the 
 - A role whose upstream changed (a rebind, a rotated key) is NotChecked ("not checked
   since its config changed") until the round that the change starts at once.
 - Verdicts never hold a credential: the URL shown has no userinfo or query, the
-  upstream's error text is scrubbed of the role's credentials (:mod:`rolegate_gateway.scrub`).
+  upstream's error text (at most :data:`MAX_ERROR_BYTES` of a non-2xx body are read) is
+  scrubbed of the role's credentials by the role's own scrubber (built, and compiled on
+  its first error, once per upstream config: :mod:`rolegate_gateway.scrub`).
+- A probe that fails in a way not foreseen (a bug, an odd body) makes its roles
+  Unreachable ("the check failed: <exception type>") and is logged; the round goes on.
 
 Published in ``/status`` (each role's ``upstream``: ``state``, ``checkedAt``,
 ``message``), as metrics (``rolegate_upstream_up{role,namespace,binding,model}`` 1/0, none
 while NotChecked; ``rolegate_upstream_check_duration_seconds{binding,outcome}``, whose
 ``_count`` is the probes made) and in this replica's Lease (``rolegate_gateway.presence``,
-:mod:`rolegate_gateway.upstream_report`): :attr:`HealthChecker.listeners` are called
+:mod:`rolegate_gateway.upstream_report`; a Reachable verdict's message is not published
+there, so all healthy roles are one group): :attr:`HealthChecker.listeners` are called
 when some role's state or message changed.
 """
 
@@ -52,12 +57,22 @@ from rolegate_gateway.scrub import Scrubber
 from rolegate_gateway.translators.upstream_errors import json_object
 from rolegate_gateway.upstream import read_capped
 
-__all__ = ["HEALTH", "MAX_LIST_BYTES", "HealthChecker", "health_ctx", "status_entries"]
+__all__ = [
+    "HEALTH",
+    "MAX_ERROR_BYTES",
+    "MAX_LIST_BYTES",
+    "HealthChecker",
+    "health_ctx",
+    "status_entries",
+]
 
 log = logging.getLogger(__name__)
 
 #: Bytes of a model list read at most (OpenAI's is ~10 KB; a vLLM or Ollama server's less).
 MAX_LIST_BYTES: Final = 4 * 1024 * 1024
+#: Bytes of a non-2xx body read at most: only :data:`_DETAIL_CHARS` of its message are
+#: kept, so reading (and scrubbing) more is waste.
+MAX_ERROR_BYTES: Final = 64 * 1024
 #: Characters of an upstream's error text quoted in a verdict.
 _DETAIL_CHARS: Final = 200
 _NOT_YET: Final = "not checked yet"
@@ -132,10 +147,9 @@ class HealthChecker:
         NotChecked, and start a round now."""
         roles = self.runtime.roles
         before = self.published()
-        for name in [n for n in self.verdicts if n not in roles]:
-            del self.verdicts[name]
-            self._judged.pop(name, None)
-            self._probes.pop(name, None)
+        for held in (self.verdicts, self._judged, self._probes):
+            for name in [n for n in held if n not in roles]:
+                del held[name]
         for name, role in roles.items():
             if self._judged.get(name) != role.config.upstream:
                 self._judged[name] = role.config.upstream
@@ -146,8 +160,14 @@ class HealthChecker:
             self._changed()
 
     def published(self) -> dict[str, tuple[str, str]]:
-        """Role -> (state, message): what this replica's Lease reports."""
-        return {name: (str(v.state), v.message) for name, v in self.verdicts.items()}
+        """Role -> (state, message): what this replica's Lease reports. A Reachable
+        verdict's message (which names the URL and model) is left out, ``""``: the operator
+        does not show it, and it would split the healthy roles into one named group per
+        upstream and model (``/status`` has it)."""
+        return {
+            name: (str(v.state), "" if v.state is State.REACHABLE else v.message)
+            for name, v in self.verdicts.items()
+        }
 
     def entry(self, role: str) -> dict[str, Any]:
         """The ``upstream`` entry of ``role`` in /status (camelCase)."""
@@ -193,12 +213,16 @@ class HealthChecker:
     async def check(self, session: aiohttp.ClientSession) -> None:
         """One round: one probe per distinct key; the roles of each are judged against its
         answer as soon as it comes (a slow probe holds up no other upstream's verdicts)."""
-        groups: dict[tuple[str, str], tuple[Probe, list[RoleConfig]]] = {}
+        groups: dict[tuple[str, str], tuple[Probe, Scrubber, list[RoleConfig]]] = {}
         at = _now()
         unchecked: list[tuple[RoleConfig, Verdict]] = []
         for i, (name, role) in enumerate(list(self.runtime.roles.items())):
             if i and not i % _SLICE:
                 await asyncio.sleep(0)  # requests run between slices
+            # a role removed meanwhile is neither probed nor remembered (its probe holds
+            # its credentials)
+            if name not in self.runtime.roles:
+                continue
             cached = self._probes.get(name)
             if cached is None or cached[0] is not role.config.upstream:
                 made = probe_for(role.config.upstream)
@@ -208,24 +232,39 @@ class HealthChecker:
             if probe is None or key is None:
                 unchecked.append((role.config, Verdict(State.NOT_CHECKED, _BEDROCK, at)))
                 continue
-            groups.setdefault(key, (probe, []))[1].append(role.config)
+            # the role's own scrubber: built once per upstream config, compiled on its
+            # first error body, shared with its calls
+            scrubber = role.wrapper.scrubber
+            groups.setdefault(key, (probe, scrubber, []))[2].append(role.config)
         self._store(unchecked)
-        await asyncio.gather(
-            *(self._group(session, probe, roles) for probe, roles in groups.values())
-        )
+        await asyncio.gather(*(self._group(session, *group) for group in groups.values()))
         self.rounds += 1
 
     async def _group(
-        self, session: aiohttp.ClientSession, probe: Probe, roles: list[RoleConfig]
+        self,
+        session: aiohttp.ClientSession,
+        probe: Probe,
+        scrubber: Scrubber,
+        roles: list[RoleConfig],
     ) -> None:
-        """Probe once for ``roles`` (one key), judge each and store the verdicts."""
-        answer = await self._probe(session, probe, roles[0])
-        at = _now()
-        for start in range(0, len(roles), _SLICE):  # requests run between slices
-            if start:
-                await asyncio.sleep(0)
-            chunk = roles[start : start + _SLICE]
-            self._store([(rc, judge(rc.upstream, probe, answer, at=at)) for rc in chunk])
+        """Probe once for ``roles`` (one key), judge each and store the verdicts; never
+        raises but for cancellation (a failure not foreseen makes ``roles`` Unreachable)."""
+        try:
+            answer = await self._probe(session, probe, scrubber, roles[0])
+            at = _now()
+            for start in range(0, len(roles), _SLICE):  # requests run between slices
+                if start:
+                    await asyncio.sleep(0)
+                chunk = roles[start : start + _SLICE]
+                self._store([(rc, judge(rc.upstream, probe, answer, at=at)) for rc in chunk])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug or odd answer must not fail the round
+            # the type only, here and in the log: an exception's text may quote a credential
+            log.error("the upstream check of %s failed: %s", probe.shown, type(exc).__name__)
+            message = f"GET {probe.shown}: the check failed: {type(exc).__name__}"
+            failed = Verdict(State.UNREACHABLE, message, _now())
+            self._store([(rc, failed) for rc in roles])
 
     def _store(self, verdicts: list[tuple[RoleConfig, Verdict]]) -> None:
         """Keep the verdicts of roles still served as probed (a role rebound meanwhile
@@ -245,11 +284,14 @@ class HealthChecker:
             self._changed()
 
     async def _probe(
-        self, session: aiohttp.ClientSession, probe: Probe, role: RoleConfig
+        self,
+        session: aiohttp.ClientSession,
+        probe: Probe,
+        scrubber: Scrubber,
+        role: RoleConfig,
     ) -> Answer:
-        """GET ``probe`` within the timeout, at most ``concurrency`` at once; never raises
-        but for cancellation."""
-        scrubber = Scrubber(role.upstream.credentials.values())
+        """GET ``probe`` within the timeout, at most ``concurrency`` at once, error text
+        scrubbed by ``scrubber`` (the role's credentials)."""
         async with self._gate:
             loop = asyncio.get_running_loop()
             started = loop.time()
@@ -267,11 +309,12 @@ class HealthChecker:
                 async with session.get(
                     probe.url, headers=dict(probe.headers), allow_redirects=False
                 ) as up:
-                    body = await read_capped(up, MAX_LIST_BYTES)
                     if 200 <= up.status < 300:
+                        body = await read_capped(up, MAX_LIST_BYTES)
                         models = served_models(body) if body is not None else None
                         return Answer(up.status, models)
-                    detail = _detail(scrubber.scrub(body or b""))
+                    head = await _read_head(up, MAX_ERROR_BYTES)
+                    detail = _detail(scrubber.scrub(head))
                     return Answer(up.status, detail=detail)
         except TimeoutError:
             return Answer(error=f"no answer within {self.timeout_s:g} s")
@@ -280,6 +323,23 @@ class HealthChecker:
             return Answer(error=f"{type(exc).__name__}: {text}"[: _DETAIL_CHARS * 2])
         except OSError as exc:
             return Answer(error=f"{type(exc).__name__}: {exc.strerror or ''}")
+
+
+async def _read_head(up: aiohttp.ClientResponse, cap: int) -> bytes:
+    """The first ``cap`` bytes at most of ``up``'s body (decompressed); the rest is not read
+    (releasing ``up`` then closes its connection).
+
+    Raises:
+        aiohttp.ClientPayloadError: the body broke off or could not be decoded.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in up.content.iter_any():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= cap:
+            break
+    return b"".join(chunks)[:cap]
 
 
 def _outcome(answer: Answer) -> str:

@@ -139,10 +139,11 @@ def served_models(body: bytes) -> list[str] | None:
     """The model ids of a list answer (``{"data": [{"id": ...}, ...]}``, OpenAI's and
     Anthropic's shape; also a bare list of such objects, and ``models[].name``/``model``
     as Ollama's native ``/api/tags`` has them); None when ``body`` is no such list.
-    Entries without a string id are skipped."""
+    Entries without a string id are skipped; a body nested too deeply to parse (a
+    ``RecursionError`` in :func:`json.loads`) is no list either."""
     try:
         parsed = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     items: object
     if isinstance(parsed, list):

@@ -8,6 +8,8 @@ A Lease's annotations hold 256 KiB in all, the role hashes take up to 200 KiB
 (``rolegate_gateway.leases``), and there may be 10,000 roles; so roles are grouped by
 (state, message), since the roles of one upstream share a message, and the largest group
 (Reachable when that is as large: the usual case) is the ``default``, which names no role.
+A Reachable verdict is published without its message (``""``, whatever the checker said):
+all healthy roles are then one group, however many upstreams and models they use.
 Compact JSON::
 
     {"n": 120, "default": ["Reachable", ""],
@@ -18,10 +20,11 @@ Compact JSON::
 names has the default's state. So 10,000 healthy roles cost a few bytes, and so do 10,000
 roles whose one upstream is down (the default is then that failure and the healthy ones are
 named). Bound: :data:`MAX_UPSTREAM_BYTES`. Over it, messages are cut to
-:data:`SHORT_MESSAGE_CHARS`, then groups are dropped, largest first (so as many roles as
-possible stay named), and ``more`` counts their roles: a reader cannot tell those roles'
-state and says Unknown for every role the Lease does not name
-(:meth:`UpstreamReport.verdict` returns None). No timestamps: the annotation changes only
+:data:`SHORT_MESSAGE_CHARS`, then groups are dropped, those that cost the most bytes per
+role first (small groups with long messages: so that, near enough, as many roles as fit stay
+named), and ``more`` counts their roles: a reader cannot tell those roles' state and says
+Unknown for every role the Lease does not name (:meth:`UpstreamReport.verdict` returns
+None). No timestamps: the annotation changes only
 when some role's state or message does, so the operator wakes only then.
 """
 
@@ -56,11 +59,13 @@ def _dump(doc: object) -> str:
 
 
 def encode(verdicts: Mapping[str, tuple[str, str]], *, limit: int = MAX_UPSTREAM_BYTES) -> str:
-    """The annotation for ``verdicts`` (role -> (state, message)) within ``limit`` bytes."""
+    """The annotation for ``verdicts`` (role -> (state, message)) within ``limit`` bytes
+    (UTF-8); a Reachable verdict's message is dropped (see the module docstring)."""
+    reachable = (str(State.REACHABLE), "")
     by: dict[tuple[str, str], list[str]] = {}
     for role, (state, message) in sorted(verdicts.items()):
-        by.setdefault((state, message), []).append(role)
-    reachable = (str(State.REACHABLE), "")
+        kind = reachable if state == reachable[0] else (state, message)
+        by.setdefault(kind, []).append(role)
     default = max(by, key=lambda g: (len(by[g]), g == reachable), default=reachable)
     named = [[s, m, roles] for (s, m), roles in by.items() if (s, m) != default]
     named.sort(key=lambda g: len(g[2]))
@@ -72,14 +77,21 @@ def encode(verdicts: Mapping[str, tuple[str, str]], *, limit: int = MAX_UPSTREAM
         message = str(group[1])
         if len(message) > SHORT_MESSAGE_CHARS:
             group[1] = message[: SHORT_MESSAGE_CHARS - 1] + "…"
-    # Each group's size is known alone, so groups are dropped in one pass, not re-encoded.
-    sizes = [len(_dump(group).encode()) + 1 for group in named]  # +1: the comma
+    # Each group's size is known alone, so groups are dropped in one pass, not re-encoded;
+    # the costliest per role named go first, so the most roles stay named for the bytes.
+    sized = sorted(
+        ((len(_dump(group).encode()) + 1, group) for group in named),  # +1: the comma
+        key=lambda s: s[0] / len(s[1][2]),
+    )
     frame = len(_dump({**head, "groups": [], "more": len(verdicts)}).encode())
-    total, more = frame + sum(sizes), 0
-    while named and total > limit:
-        total -= sizes.pop()
-        more += len(named.pop()[2])
-    return _dump({**head, "groups": named, "more": more})
+    total, more = frame + sum(size for size, _ in sized), 0
+    while sized and total > limit:
+        size, group = sized.pop()
+        total -= size
+        more += len(group[2])
+    kept = [group for _, group in sized]
+    kept.sort(key=lambda g: len(g[2]))
+    return _dump({**head, "groups": kept, "more": more})
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,13 +4,17 @@ operator turns replicas' reports into ``UpstreamReady`` and Events."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
 
 from rolegate_gateway.api import Binding, ConditionStatus
-from rolegate_gateway.config import Credentials, Upstream
+from rolegate_gateway.config import Credentials, GatewayConfig, Upstream
+from rolegate_gateway.health import HealthChecker
 from rolegate_gateway.leases import Report
 from rolegate_gateway.probes import (
     MAX_LISTED,
@@ -20,9 +24,12 @@ from rolegate_gateway.probes import (
     probe_for,
     served_models,
 )
+from rolegate_gateway.runtime import Runtime
+from rolegate_gateway.scrub import Scrubber
 from rolegate_gateway.upstream_report import UPSTREAM_ANNOTATION, UpstreamReport, encode
 from rolegate_operator.render.status import transitions
 from rolegate_operator.render.upstream import upstream_check
+from tests.fakes.configs import role_config
 
 KEY = "sk-UNITHEALTH-0123456789"
 AT = "2026-12-02T08:00:00Z"
@@ -56,6 +63,8 @@ def upstream(binding: Binding = Binding.OPENAI, model: str = "tiny-a", **more: o
         (b"", None),
         (b"\xff\xfe", None),
         (b"42", None),
+        (b"[" * 100_000 + b"]" * 100_000, None),  # too deep for the parser
+        (b'{"data":' * 100_000 + b"1" + b"}" * 100_000, None),
     ],
 )
 def test_served_models_reads_lists_and_refuses_the_rest(
@@ -212,6 +221,37 @@ def test_ten_thousand_roles_on_one_broken_upstream_fit_by_naming_the_healthy_one
     assert report.verdict("fine-007") == (State.REACHABLE, "")
 
 
+def test_ten_thousand_healthy_roles_on_twenty_models_are_one_unnamed_group() -> None:
+    verdicts = {
+        f"role-{i:05}": ("Reachable", f"GET http://h{i % 20}/v1/models lists 'model-{i % 20}'")
+        for i in range(10_000)
+    }
+    raw = encode(verdicts)
+    assert len(raw.encode()) < 200
+    report = UpstreamReport.decode(raw)
+    assert report is not None
+    assert report.more == 0
+    assert all(report.verdict(role) == (State.REACHABLE, "") for role in verdicts)
+
+
+def test_over_the_bound_the_roles_of_large_groups_stay_named() -> None:
+    verdicts = {f"ok-{i:05}": ("Reachable", "") for i in range(5_000)}
+    # one upstream down for 2,000 roles, and 300 roles each broken its own way
+    verdicts |= {
+        f"down-{i:04}": ("Unreachable", "GET http://a/v1/models answered 503") for i in range(2_000)
+    }
+    verdicts |= {
+        f"odd-{i:03}": ("Unreachable", f"GET http://h{i}/v1/models answered 500: " + "x" * 200)
+        for i in range(300)
+    }
+    raw = encode(verdicts, limit=40 * 1024)
+    assert len(raw.encode()) <= 40 * 1024
+    report = UpstreamReport.decode(raw)
+    assert report is not None
+    assert 0 < report.more < 300  # only roles of the small groups left out
+    assert report.verdict("down-1999") == (State.UNREACHABLE, "GET http://a/v1/models answered 503")
+
+
 def test_the_encoding_stays_within_its_bound_and_says_what_it_left_out() -> None:
     # 10,000 roles, each upstream broken its own way: far over the bound.
     verdicts = {
@@ -277,7 +317,24 @@ def test_all_replicas_reachable_is_true() -> None:
         lease("a", "h1", {"r": ("Reachable", "")}), lease("b", "h1", {})
     )
     assert (status, reason) == (ConditionStatus.TRUE, "Reachable")
-    assert "2 of 2 gateway replicas" in message
+    # true for azure_openai and anthropic aliases too, whose model is not judged
+    assert message == (
+        "the upstream answered its check with the role's credentials, "
+        "as 2 of 2 gateway replicas see it"
+    )
+
+
+def test_a_replica_that_has_not_checked_yet_does_not_make_a_healthy_role_unknown() -> None:
+    starting = lease("b", "h1", {"r": ("NotChecked", "not checked yet")})
+    status, reason, message = check(lease("a", "h1", {"r": ("Reachable", "")}), starting)
+    assert (status, reason) == (ConditionStatus.TRUE, "Reachable")
+    assert message.endswith("as 1 of 2 gateway replicas see it (1 not checked yet)")
+    # nor a healthy role's failure: the replica that checked decides
+    failed = lease("a", "h1", {"r": ("Unauthorized", "GET x answered 401")})
+    assert check(failed, starting)[:2] == (ConditionStatus.FALSE, "Unauthorized")
+    # a replica serving an older hash does not count as having checked
+    stale = lease("c", "h0", {"r": ("Reachable", "")})
+    assert check(stale, starting)[:2] == (ConditionStatus.UNKNOWN, "NotChecked")
 
 
 def test_the_worst_replica_wins_and_is_named() -> None:
@@ -318,7 +375,10 @@ def cond(status: str, reason: str) -> dict[str, object]:
     ("before", "after", "event"),
     [
         (None, ("Unknown", "NotChecked"), None),
-        (("Unknown", "NotChecked"), ("True", "Reachable"), "Normal"),
+        # a new role, a rebind or a replica starting: True after Unknown is no news
+        (("Unknown", "NotChecked"), ("True", "Reachable"), None),
+        (None, ("True", "Reachable"), None),
+        (None, ("False", "Unauthorized"), "Warning"),
         (("True", "Reachable"), ("False", "ModelNotServed"), "Warning"),
         (("False", "ModelNotServed"), ("False", "Unauthorized"), "Warning"),
         (("False", "ModelNotServed"), ("True", "Reachable"), "Normal"),
@@ -356,3 +416,126 @@ def test_the_checks_are_on_by_default_and_off_with_interval_zero() -> None:
     assert (on.interval_s, on.timeout_s) == (30.0, 5.0)
     off = cli.parser().parse_args([*base, "--upstream-check-interval", "0"])
     assert cli._health(off, Runtime()) is None
+
+
+# -- the checker, on a fake client session -----------------------------------------------
+
+
+class FakeBody:
+    """An answer's body in chunks; ``read``: bytes handed out so far."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+        self.read = 0
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            self.read += len(chunk)
+            yield chunk
+
+
+class FakeAnswer:
+    def __init__(self, status: int, chunks: list[bytes]) -> None:
+        self.status = status
+        self.content = FakeBody(chunks)
+        self.content_length = sum(len(c) for c in chunks)
+        self.headers: dict[str, str] = {}
+
+    async def __aenter__(self) -> FakeAnswer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+class FakeSession:
+    """``get(url)`` answers ``answer(url)`` (which may raise); ``gets``: the URLs asked."""
+
+    def __init__(self, answer: Callable[[str], FakeAnswer]) -> None:
+        self.answer = answer
+        self.gets: list[str] = []
+
+    def get(self, url: str, **_: Any) -> FakeAnswer:
+        self.gets.append(url)
+        return self.answer(url)
+
+
+def listing(*models: str) -> FakeAnswer:
+    return FakeAnswer(200, [json.dumps({"data": [{"id": m} for m in models]}).encode()])
+
+
+async def checker_for(*roles: Any) -> tuple[HealthChecker, Runtime]:
+    runtime = Runtime()
+    runtime.apply(GatewayConfig(roles=list(roles)))
+    checker = HealthChecker(runtime)
+    runtime.listeners.append(checker.config_applied)
+    return checker, runtime
+
+
+async def test_a_down_upstream_compiles_its_scrubber_once_not_every_round(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    compiled = []
+    original = Scrubber._compile
+
+    def counting(self: Scrubber) -> None:
+        if self._secrets is not None:
+            compiled.append(self)
+        original(self)
+
+    monkeypatch.setattr(Scrubber, "_compile", counting)
+    roles = [role_config(f"r{i}", key=KEY) for i in range(3)]
+    checker, _ = await checker_for(*roles)
+    session = FakeSession(lambda _: FakeAnswer(401, [f'{{"error":"bad key {KEY}"}}'.encode()]))
+    for _ in range(3):
+        await checker.check(session)  # type: ignore[arg-type]
+    assert len(session.gets) == 3  # one probe per round for the three roles
+    assert len(compiled) <= 1
+    verdict = checker.verdicts["r0"]
+    assert verdict.state is State.UNAUTHORIZED
+    assert "bad key" in verdict.message
+    assert KEY not in verdict.message
+
+
+async def test_only_the_head_of_an_error_body_is_read() -> None:
+    checker, _ = await checker_for(role_config("r", key=KEY))
+    answer = FakeAnswer(503, [b'{"error":"overloaded"}'.ljust(64 * 1024)] + [b"x" * 65536] * 63)
+    await checker.check(FakeSession(lambda _: answer))  # type: ignore[arg-type]
+    assert answer.content.read <= 64 * 1024
+    assert checker.verdicts["r"].state is State.UNREACHABLE
+    assert checker.verdicts["r"].message.endswith("answered 503: overloaded")
+
+
+async def test_a_check_that_fails_unforeseen_fails_only_its_own_roles() -> None:
+    broken = role_config("broken", base_url="http://broken:9/v1", key=KEY)
+    fine = role_config("fine", base_url="http://fine:9/v1", key=KEY)
+    deep = role_config("deep", base_url="http://deep:9/v1", key=KEY)
+    checker, _ = await checker_for(broken, fine, deep)
+
+    def answer(url: str) -> FakeAnswer:
+        if "broken" in url:
+            raise RuntimeError(f"a bug quoting {KEY}")
+        if "deep" in url:
+            return FakeAnswer(200, [b"[" * 100_000 + b"]" * 100_000])
+        return listing("m")
+
+    await checker.check(FakeSession(answer))  # type: ignore[arg-type]
+    assert checker.rounds == 1
+    assert checker.verdicts["fine"].state is State.REACHABLE
+    failed = checker.verdicts["broken"]
+    assert failed.state is State.UNREACHABLE
+    assert failed.message == "GET http://broken:9/v1/models: the check failed: RuntimeError"
+    assert checker.verdicts["deep"].state is State.UNREACHABLE
+    assert "without a model list" in checker.verdicts["deep"].message
+
+
+async def test_roles_removed_during_a_round_leave_nothing_behind() -> None:
+    roles = [role_config(f"r{i:04}", key=f"sk-ROLE-{i:04}-secret") for i in range(1_200)]
+    checker, runtime = await checker_for(*roles)
+    task = asyncio.create_task(checker.check(FakeSession(lambda _: listing("m"))))  # type: ignore[arg-type]
+    await asyncio.sleep(0)  # the round has read its first slice of roles and yields
+    runtime.apply(GatewayConfig(roles=roles[:100]))
+    await task
+    assert set(checker.verdicts) == set(runtime.roles)
+    assert set(checker._probes) <= set(runtime.roles)  # no credentials of removed roles kept
+    assert set(checker._judged) <= set(runtime.roles)

@@ -103,8 +103,9 @@ def transitions(current: Mapping[str, Any], desired: Mapping[str, Any]) -> Seque
     """The conditions whose status or reason differs between two statuses (new ones too).
 
     ``UpstreamReady`` is told only when it turns False (or changes reason while False) and
-    when it turns True: Unknown (not checked yet, which every rebind passes through for a
-    moment) is no news."""
+    when it turns back to True from False: Unknown (not checked yet, which every rebind
+    passes through for a moment) is no news, and neither is True after Unknown or for a
+    new role (nothing was wrong)."""
     before = _previous(current)
     out = []
     for kind, cond in _previous(desired).items():
@@ -120,6 +121,10 @@ def transitions(current: Mapping[str, Any], desired: Mapping[str, Any]) -> Seque
 
 
 def _upstream_news(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
-    if new["status"] == ConditionStatus.UNKNOWN:
-        return False
-    return old is None or old.get("status") != new["status"] or new["status"] != "True"
+    """Whether an ``UpstreamReady`` that changed status or reason (``old`` -> ``new``) is
+    worth an Event: turning False or changing reason while False; True only after False."""
+    if new["status"] == ConditionStatus.FALSE:
+        return True
+    if new["status"] == ConditionStatus.TRUE:
+        return old is not None and old.get("status") == ConditionStatus.FALSE
+    return False

@@ -10,9 +10,11 @@ upstream and is not asked):
   ``Unreachable``, in that order when replicas differ) is the condition, its message naming
   the replica and how many of them say so. A client's call goes to any replica, so one
   replica that cannot reach the upstream (its node's network, DNS) fails a share of calls;
-- else any replica that has not checked it (or left it out of its Lease for size, or does
-  not check upstreams) makes it Unknown ``NotChecked``;
-- else True ``Reachable``.
+- else, when at least one replica gave a definite verdict (all of them ``Reachable``), True
+  ``Reachable``: replicas that have not checked it (a replica just started, before its
+  first round; one that left it out of its Lease for size, or does not check upstreams)
+  are not counted, so a replica starting does not flip a healthy role to Unknown;
+- else (no replica has checked it) Unknown ``NotChecked``.
 
 With no live replica serving the role, or the replicas not known, it is Unknown
 ``NotChecked``. ``UpstreamReady`` does not change routing and is not part of ``Ready``.
@@ -80,15 +82,20 @@ def upstream_check(
                 f"say {state})",
             )
     unchecked = [(replica, message) for replica, s, message in said if s is State.NOT_CHECKED]
-    if unchecked:
+    checked = total - len(unchecked)
+    if not checked:
         replica, message = unchecked[0]
         return Check(
             ConditionStatus.UNKNOWN,
             NOT_CHECKED,
             f"{message} (gateway replica {replica}; {len(unchecked)} of {total} replicas)",
         )
-    return Check(
-        ConditionStatus.TRUE,
-        str(State.REACHABLE),
-        f"the upstream lists the role's model, as {total} of {total} gateway replicas see it",
+    # The operator does not know whether the model was judged (azure_openai deployments
+    # and anthropic -latest aliases are not): say only what holds in every case.
+    message = (
+        f"the upstream answered its check with the role's credentials, as {checked} of "
+        f"{total} gateway replicas see it"
     )
+    if unchecked:
+        message += f" ({len(unchecked)} not checked yet)"
+    return Check(ConditionStatus.TRUE, str(State.REACHABLE), message)
