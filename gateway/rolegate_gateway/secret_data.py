@@ -51,8 +51,10 @@ CONFIG_KEY = "config.json"
 #: ``MaxSecretSize``, 1 MiB (https://kubernetes.io/docs/concepts/configuration/secret/#restriction-data-size).
 SECRET_MAX_BYTES = 1024 * 1024
 #: Decompressed bytes a gateway accepts (a bound against a gzip bomb in a hand-written
-#: Secret): 256 MiB, ~500,000 roles' worth.
-MAX_CONFIG_BYTES = 256 * 1024 * 1024
+#: Secret): 64 MiB, ~120,000 roles' worth, several times what a Secret can hold gzipped,
+#: and little enough to parse without endangering the gateway's memory (a refused config
+#: keeps the last good one serving; an OOM kill would serve nothing).
+MAX_CONFIG_BYTES = 64 * 1024 * 1024
 
 
 def encode(raw: bytes) -> dict[str, str]:
