@@ -326,7 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     if args.kube_only:
-        doc = json.loads((args.out / f"{args.name}.json").read_text())
+        earlier = args.out / f"{args.name}.json"
+        if not earlier.is_file():
+            p.error(f"--kube-only updates a full run's results: {earlier} does not exist")
+        doc = json.loads(earlier.read_text())
         entry = rerun_kube(args.kube_only, await_gateways=args.await_gateways)
 
         def same(k: dict[str, Any]) -> bool:
