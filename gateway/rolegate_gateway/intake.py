@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import multiprocessing
+import os
 import re
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
@@ -291,11 +292,25 @@ def _forkserver_pool(workers: int) -> ProcessPoolExecutor:
     start (~0.5 s): call it off the event loop."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_lower_priority)
     # workers start on demand, in submit(): start them all here, not later on the loop
     for done in [pool.submit(_noop) for _ in range(workers)]:
         done.result()
     return pool
+
+
+#: How much nicer than the gateway a parse worker runs (nice(2)): while workers parse big
+#: bodies on every CPU, the event loop (every other request, /healthz) still gets the CPU
+#: when it needs it (CFS weights: nice 10 is ~1/10 of nice 0).
+WORKER_NICENESS = 10
+
+
+def _lower_priority() -> None:
+    """A parse worker's initializer: run :data:`WORKER_NICENESS` nicer than the gateway."""
+    try:
+        os.nice(WORKER_NICENESS)
+    except OSError:  # not allowed here: the workers run at the gateway's priority
+        log.debug("cannot lower the parse workers' priority", exc_info=True)
 
 
 def _noop() -> None:

@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from rolegate_gateway import secret_data
 from tests.fakes import manifests as m
 from tests.fixtures.access import (
     HI,
@@ -50,11 +51,16 @@ def digest(key: str) -> str:
 
 
 async def config_secret(world: Scene) -> str:
-    """The config Secret as the API server stores it (JSON, data base64), and its data
-    decoded, as one text."""
+    """The config Secret as the API server stores it (JSON, data base64), its data decoded
+    and the config unzipped, as one text."""
     raw = await world.ns.run("get", "secret", CONFIG, "-o", "json")
     data = json.loads(raw)["data"]
-    return raw + "".join(base64.b64decode(v).decode("utf-8", "replace") for v in data.values())
+    config = secret_data.decode(data).decode()  # gzipped in the Secret
+    return (
+        raw
+        + config
+        + "".join(base64.b64decode(v).decode("utf-8", "replace") for v in data.values())
+    )
 
 
 async def test_an_api_key_is_authorised_by_rbac_rotated_and_revoked(world: Scene) -> None:

@@ -375,8 +375,9 @@ def cond(status: str, reason: str) -> dict[str, object]:
     ("before", "after", "event"),
     [
         (None, ("Unknown", "NotChecked"), None),
-        # a new role, a rebind or a replica starting: True after Unknown is no news
-        (("Unknown", "NotChecked"), ("True", "Reachable"), None),
+        # a rebind's verdict, after the moment it was not checked: told (a rebind from a
+        # model not served, through Unknown, to one that is, is a recovery)
+        (("Unknown", "NotChecked"), ("True", "Reachable"), "Normal"),
         (None, ("True", "Reachable"), None),
         (None, ("False", "Unauthorized"), "Warning"),
         (("True", "Reachable"), ("False", "ModelNotServed"), "Warning"),

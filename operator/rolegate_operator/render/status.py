@@ -103,9 +103,9 @@ def transitions(current: Mapping[str, Any], desired: Mapping[str, Any]) -> Seque
     """The conditions whose status or reason differs between two statuses (new ones too).
 
     ``UpstreamReady`` is told only when it turns False (or changes reason while False) and
-    when it turns back to True from False: Unknown (not checked yet, which every rebind
-    passes through for a moment) is no news, and neither is True after Unknown or for a
-    new role (nothing was wrong)."""
+    when it turns True from False or Unknown: Unknown (not checked yet, which every rebind
+    passes through for a moment) is no news, but the verdict after it is (a rebind from a
+    model that was not served, through Unknown, to one that is, is a recovery)."""
     before = _previous(current)
     out = []
     for kind, cond in _previous(desired).items():
@@ -122,9 +122,10 @@ def transitions(current: Mapping[str, Any], desired: Mapping[str, Any]) -> Seque
 
 def _upstream_news(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
     """Whether an ``UpstreamReady`` that changed status or reason (``old`` -> ``new``) is
-    worth an Event: turning False or changing reason while False; True only after False."""
+    worth an Event: turning False or changing reason while False; True after False or
+    Unknown (not for a role whose first status already says True)."""
     if new["status"] == ConditionStatus.FALSE:
         return True
     if new["status"] == ConditionStatus.TRUE:
-        return old is not None and old.get("status") == ConditionStatus.FALSE
+        return old is not None and old.get("status") != ConditionStatus.TRUE
     return False
