@@ -25,6 +25,7 @@ import http.client
 import itertools
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -78,34 +79,58 @@ def _post(base: str, path: str, body: bytes, *, timeout_s: float = 120.0) -> int
         conn.close()
 
 
+#: The probe's own process (run with ``-c HOST PORT``): GET /healthz every 10 ms until its
+#: stdin closes, then the latencies (seconds) as one JSON line. A process of its own, not a
+#: thread of the caller: in a busy caller (pytest with other fixtures' threads and loops,
+#: four client threads posting 60 MB each) a thread waits for the GIL, and that wait would
+#: be measured as the gateway's.
+_PROBE = """
+import http.client, json, sys, threading, time
+host, port = sys.argv[1], int(sys.argv[2])
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+latencies = []
+conn = http.client.HTTPConnection(host, port, timeout=60)
+while not stop.is_set():
+    began = time.perf_counter()
+    try:
+        conn.request("GET", "/healthz")
+        conn.getresponse().read()
+    except (ConnectionError, http.client.HTTPException):
+        conn.close()
+        conn = http.client.HTTPConnection(host, port, timeout=60)
+    latencies.append(time.perf_counter() - began)
+    if len(latencies) == 1:
+        print("ready", flush=True)
+    stop.wait(0.01)
+print(json.dumps(latencies), flush=True)
+"""
+
+
 @contextmanager
 def _health_probe(base: str) -> Iterator[list[float]]:
-    """GET /healthz every 10 ms in a thread; yields the list of latencies (seconds)."""
+    """GET /healthz every 10 ms from a process of its own (:data:`_PROBE`); yields the
+    list of latencies (seconds), filled when the block ends.
+
+    Raises:
+        RuntimeError: the probe process did not start probing.
+    """
     url = urlsplit(base)
     latencies: list[float] = []
-    stop = threading.Event()
-
-    def probe() -> None:
-        conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=60)
-        while not stop.is_set():
-            began = time.perf_counter()
-            try:
-                conn.request("GET", "/healthz")
-                conn.getresponse().read()
-            except (ConnectionError, http.client.HTTPException):
-                conn.close()
-                conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port)
-            latencies.append(time.perf_counter() - began)
-            stop.wait(0.01)
-        conn.close()
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    try:
-        yield latencies
-    finally:
-        stop.set()
-        thread.join()
+    argv = [sys.executable, "-c", _PROBE, url.hostname or "127.0.0.1", str(url.port)]
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as probe:
+        assert probe.stdin is not None
+        assert probe.stdout is not None
+        if probe.stdout.readline().strip() != "ready":
+            probe.kill()
+            raise RuntimeError("the /healthz probe process did not start")
+        try:
+            yield latencies
+        finally:
+            probe.stdin.close()
+            line = probe.stdout.readline()
+            probe.wait(30)
+            latencies.extend(json.loads(line) if line.strip() else [])
 
 
 def _stream_gaps(base: str, started: threading.Event) -> list[float]:
