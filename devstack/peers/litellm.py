@@ -14,22 +14,19 @@ lock keeps two runs from building it at once.
 
 from __future__ import annotations
 
-import shutil
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
 from devstack.cache import (
     BuildFailed,
-    build_log,
     cache_root,
     locked,
     pins_digest,
-    run_with_progress,
     stamped,
 )
+from devstack.peers import venv
 
 __all__ = ["LITELLM_VERSION", "BuildFailed", "ensure", "is_built", "venv_dir"]
 
@@ -38,7 +35,6 @@ __all__ = ["LITELLM_VERSION", "BuildFailed", "ensure", "is_built", "venv_dir"]
 LITELLM_VERSION = "1.100.5"
 CONSTRAINTS = Path(__file__).with_name("litellm-constraints.txt")
 _REQUIREMENT = f"litellm[proxy]=={LITELLM_VERSION}"
-_PREFIX = "rolegate litellm: "
 
 
 def venv_dir() -> Path:
@@ -85,21 +81,15 @@ def ensure(out: TextIO | None = None) -> Path:
     with locked(target):
         if is_built():
             return cli
-        started = time.monotonic()
-        print(
-            f"{_PREFIX}installing {_REQUIREMENT} into {target} (1-2 min, ~700 MB) ...",
-            file=out,
-            flush=True,
+        venv.build(
+            target,
+            requirement=_REQUIREMENT,
+            constraints=CONSTRAINTS,
+            stamp=_stamp_text(),
+            name="LiteLLM",
+            size="1-2 min, ~700 MB",
+            out=out,
+            show=_pip_progress(),
+            expect=cli,
         )
-        shutil.rmtree(target, ignore_errors=True)
-        run_with_progress([sys.executable, "-m", "venv", str(target)], out, prefix=_PREFIX)
-        pip = [str(target / "bin" / "python"), "-m", "pip"]
-        install = [*pip, "install", "--progress-bar", "off", "-c", str(CONSTRAINTS), _REQUIREMENT]
-        log_path = build_log(target)
-        log_path.unlink(missing_ok=True)
-        run_with_progress(install, out, prefix=_PREFIX, show=_pip_progress(), log_path=log_path)
-        if not cli.is_file():
-            raise BuildFailed(f"pip installed {_REQUIREMENT} but {cli} is missing")
-        (target / "stamp").write_text(_stamp_text())
-        print(f"{_PREFIX}LiteLLM ready in {time.monotonic() - started:.0f} s", file=out, flush=True)
         return cli

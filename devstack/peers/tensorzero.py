@@ -19,21 +19,18 @@ virtualenv's python (:func:`command`); it uses the package's internal
 
 from __future__ import annotations
 
-import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Final, TextIO
 
 from devstack.cache import (
     BuildFailed,
-    build_log,
     cache_root,
     locked,
     pins_digest,
-    run_with_progress,
     stamped,
 )
+from devstack.peers import venv
 
 __all__ = ["TENSORZERO_VERSION", "BuildFailed", "command", "ensure", "is_built", "venv_dir"]
 
@@ -43,7 +40,6 @@ TENSORZERO_VERSION: Final = "2026.6.0"
 CONSTRAINTS: Final = Path(__file__).with_name("tensorzero-constraints.txt")
 LAUNCHER: Final = Path(__file__).with_name("tensorzero_gateway.py")
 _REQUIREMENT: Final = f"tensorzero=={TENSORZERO_VERSION}"
-_PREFIX: Final = "rolegate tensorzero: "
 
 
 def venv_dir() -> Path:
@@ -82,33 +78,17 @@ def ensure(out: TextIO | None = None) -> Path:
     with locked(target):
         if is_built():
             return python
-        started = time.monotonic()
-        print(
-            f"{_PREFIX}installing {_REQUIREMENT} into {target} (~30 s, ~150 MB) ...",
-            file=out,
-            flush=True,
+        venv.build(
+            target,
+            requirement=_REQUIREMENT,
+            constraints=CONSTRAINTS,
+            stamp=_stamp_text(),
+            name="TensorZero",
+            size="~30 s, ~150 MB",
+            out=out,
+            show=_pip_lines,
+            pip_args=("--only-binary", ":all:"),
         )
-        shutil.rmtree(target, ignore_errors=True)
-        run_with_progress([sys.executable, "-m", "venv", str(target)], out, prefix=_PREFIX)
-        install = [
-            str(python),
-            "-m",
-            "pip",
-            "install",
-            "--progress-bar",
-            "off",
-            "--only-binary",
-            ":all:",
-            "-c",
-            str(CONSTRAINTS),
-            _REQUIREMENT,
-        ]
-        log_path = build_log(target)
-        log_path.unlink(missing_ok=True)
-        run_with_progress(install, out, prefix=_PREFIX, show=_pip_lines, log_path=log_path)
-        (target / "stamp").write_text(_stamp_text())
-        elapsed = time.monotonic() - started
-        print(f"{_PREFIX}TensorZero ready in {elapsed:.0f} s", file=out, flush=True)
         return python
 
 
