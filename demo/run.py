@@ -38,7 +38,6 @@ import contextlib
 import errno
 import os
 import shlex
-import signal
 import socket
 import sys
 import time
@@ -58,7 +57,7 @@ from devstack.k8s.controlplane import ControlPlane
 from devstack.llama import build as llama_build
 from devstack.llama.model import EMBEDDING_MODELS, MODELS, write_models
 from devstack.llama.server import LlamaServer
-from devstack.process import signals_deferred, sigterm_raises_interrupt
+from devstack.process import signals_deferred, sigterm_raises_interrupt, wait_for_interrupt
 from devstack.stack import GatewayProcess, OperatorProcess, install_crd
 
 __all__ = ["main"]
@@ -414,8 +413,7 @@ def _exercise(args: argparse.Namespace, say: Say, running: Running) -> None:
         )
         say("Ctrl-C to stop")
         with contextlib.suppress(KeyboardInterrupt):
-            while True:
-                signal.pause()
+            wait_for_interrupt()
     if result.failed:
         raise DemoFailed(f"{result.failed} of {result.sent} requests failed while rebinding")
 

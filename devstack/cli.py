@@ -22,7 +22,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from devstack.k8s import nodebuild
 from devstack.k8s.controlplane import CommandError, ControlPlane, ControlPlaneError
 from devstack.llama import build as llama_build
 from devstack.peers import litellm, nginx, portkey, tensorzero
-from devstack.process import ProcessDied, sigterm_raises_interrupt
+from devstack.process import ProcessDied, sigterm_raises_interrupt, wait_for_interrupt
 from devstack.stack import install_crd
 
 __all__ = ["ENTRIES", "Entry", "main"]
@@ -187,8 +186,7 @@ def up(*, full: bool, crd: bool, out: TextIO, node: bool = False) -> int:
             print(f"export KUBECONFIG={plane.kubeconfig} PATH={plane.bin_dir}:$PATH", file=out)
             print("READY " + json.dumps(info), file=out, flush=True)
             print("Ctrl-C to stop", file=sys.stderr, flush=True)
-            while True:
-                signal.pause()
+            wait_for_interrupt()
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
     except (ControlPlaneError, ProcessDied, CommandError, TimeoutError, AptUnavailable) as error:

@@ -31,10 +31,11 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import IO, Final
+from typing import IO, Final, NoReturn
 
 from devstack.poll import wait_until
 
@@ -460,3 +461,18 @@ def signals_deferred() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def wait_for_interrupt(poll_s: float = 0.25) -> NoReturn:
+    """Block until Ctrl-C (or SIGTERM, within :func:`sigterm_raises_interrupt`) raises
+    KeyboardInterrupt; main thread only.
+
+    Not ``signal.pause()``: a signal that lands after Python's last check of pending
+    handlers and before the pause(2) call has already been taken by the C-level handler, so
+    pause() never returns for it (https://docs.python.org/3/library/signal.html#signal.pause
+    waits for a *new* signal). A ``devstack up`` that got its SIGTERM right after printing
+    READY hung that way in CI. Sleeping in slices has no such window: the loop runs pending
+    handlers at least every ``poll_s`` seconds, and a signal during a sleep ends it at once.
+    """
+    while True:
+        time.sleep(poll_s)

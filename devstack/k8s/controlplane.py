@@ -50,6 +50,7 @@ TMP_PREFIX: Final = "rolegate-k8s-"
 """The prefix of every control plane's temporary directory (under the system's tmp)."""
 _POLL_S: Final = 0.1
 _LOG_TAIL_LINES: Final = 30
+_SLOW_STOP_S: Final = 3.0
 _live: weakref.WeakSet[ControlPlane] = weakref.WeakSet()
 
 
@@ -322,7 +323,11 @@ class ControlPlane(faults.Faults):
             finally:  # a relay that fails to close must not leave etcd and the apiserver
                 self._relays.clear()
                 for component in reversed(list(self.components.values())):
-                    component.stop(grace_s=10.0)
+                    began = time.monotonic()
+                    status = component.stop(grace_s=10.0)
+                    took = time.monotonic() - began
+                    if took > _SLOW_STOP_S:  # say which one, should a stop ever hang again
+                        log.warning("%s stopped in %.1f s (exit %s)", component.name, took, status)
             if self._tmp is not None and not self.keep_tmp:
                 shutil.rmtree(self._tmp, ignore_errors=True)
             elif self._tmp is not None:

@@ -409,7 +409,12 @@ def test_sigterm_stops_a_full_control_plane_run_by_hand(k8s_bin_dir: Path, tmp_p
             }
             assert all(alive(pid) for pid in pids.values())
             proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=60) == 0, stderr_path.read_text()
+            try:
+                status = proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"still running 60 s after SIGTERM:\n{stderr_path.read_text()}")
+            assert status == 0, stderr_path.read_text()
+            assert "stopped" in stderr_path.read_text()
         finally:
             watchdog.cancel()
             if proc.poll() is None:

@@ -224,3 +224,36 @@ def test_a_stopped_process_starts_again_and_its_log_keeps_both_runs(tmp_path: Pa
         second = proc.pid
         wait_until(lambda: f"run {second}" in proc.log_text(), timeout_s=10)
     assert f"run {first}" in proc.log_text()
+
+
+#: ``devstack up`` in miniature: say READY, then wait for Ctrl-C or SIGTERM, then say so.
+WAITER = """
+    import sys
+    from devstack.process import sigterm_raises_interrupt, wait_for_interrupt
+    with sigterm_raises_interrupt():
+        try:
+            print("READY", flush=True)
+            wait_for_interrupt()
+        except KeyboardInterrupt:
+            print("stopped", flush=True)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_right_after_ready_ends_the_wait(sig: signal.Signals) -> None:
+    # The signal is sent the moment READY is read: it lands while the waiter is still on its
+    # way into the wait, or in it; either way the waiter stops within its poll (0.25 s).
+    for _ in range(8):
+        proc = subprocess.Popen(
+            _python(WAITER), stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2]
+        )
+        assert proc.stdout is not None
+        try:
+            assert proc.stdout.readline() == "READY\n"
+            proc.send_signal(sig)
+            assert proc.wait(timeout=5) == 0
+            assert proc.stdout.read() == "stopped\n"
+        finally:
+            proc.kill()
+            proc.wait()
+            proc.stdout.close()
