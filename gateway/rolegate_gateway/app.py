@@ -322,11 +322,14 @@ async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
     """One client session for every upstream: its connector pools connections per host.
 
     Its connection trace lets the proxy retry a dead keep-alive connection; redirects are
-    refused per call (``rolegate_gateway.upstream.post``).
+    refused per call (``rolegate_gateway.upstream.post``). It keeps no cookies: a cookie one
+    client's answer set would otherwise ride on every later request to that host, whoever
+    sent it (aiohttp's default jar stores them all).
     """
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60)
     async with aiohttp.ClientSession(
         connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
         timeout=aiohttp.ClientTimeout(total=None),
         trace_configs=[connection_trace()],
     ) as session:

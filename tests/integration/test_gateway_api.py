@@ -115,6 +115,36 @@ async def test_models_list_each_role_with_binding_and_model(client: openai.Async
         await client.models.retrieve("nope")
 
 
+async def test_a_cookie_an_upstream_set_is_not_sent_with_later_requests(
+    tmp_path: Path,
+    upstream: Upstream,
+    start_gateway: Callable[..., Awaitable[Gateway]],
+    sdk: Callable[[Gateway], openai.AsyncOpenAI],
+) -> None:
+    # Set on one client's (failed) call, a cookie must not reach the upstream again with the
+    # next calls, another client's, in another namespace. The upstream is named "localhost":
+    # aiohttp's default jar ignores cookies from IP addresses, and providers have names.
+    named = upstream.url.replace("127.0.0.1", "localhost")
+    m.write(
+        tmp_path / "roles.yaml",
+        m.role("extract", host=named, model="tiny-a"),
+        m.role("query", host=named, model="tiny-q", namespace="team-b"),
+    )
+    client = sdk(await start_gateway(tmp_path))
+    upstream.fake.fail_status, upstream.fake.fail_times = 400, 1
+    upstream.fake.fail_headers = {"Set-Cookie": "affinity=client-a; Path=/"}
+    with pytest.raises(openai.BadRequestError):
+        await client.chat.completions.create(
+            model="extract", messages=[{"role": "user", "content": "a"}]
+        )
+    for role in ("extract", "query"):
+        await client.chat.completions.create(
+            model=role, messages=[{"role": "user", "content": "b"}]
+        )
+    assert len(upstream.fake.seen) == 3
+    assert [s.headers.get("Cookie") for s in upstream.fake.seen] == [None, None, None]
+
+
 async def test_unknown_role_is_404_listing_the_known_ones(client: openai.AsyncOpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as err:
         await client.chat.completions.create(
