@@ -91,6 +91,9 @@ class Reconciler:
         #: right: while both stay, the next pass skips rendering its status (5,000 roles:
         #: ~0.35 s a pass).
         self._settled: dict[tuple[str, str], tuple[str, render.Outcome]] = {}
+        #: What the last render resolved of each role, reused while its spec and Secret
+        #: stay (5,000 roles, one changed: ~0.5 s less a pass).
+        self._memo = render.RenderMemo()
         #: The last pass, and the last error (None after a good pass); for the probe.
         self.last: Pass | None = None
         self.last_error: str | None = None
@@ -233,6 +236,7 @@ class Reconciler:
             api_keys=self.store.api_key_list(),
             backends=backends.states(live, self.backends.refused) if live is not None else None,
             previous=served[1],
+            memo=self._memo,
         )
         try:
             if live is not None:
@@ -299,9 +303,12 @@ class Reconciler:
         self, outcomes: list[render.Outcome], now: str
     ) -> list[int | Exception | None]:
         """:meth:`_status` of each outcome, up to :data:`STATUS_WRITERS` at once (one after
-        the other, 5,000 new roles took minutes: three API calls each); per outcome its
-        result, or the API error that stopped it (logged). A bug raises."""
+        the other, 5,000 new roles took minutes: three API calls each); per outcome not
+        :meth:`_unchanged`, its result, or the API error that stopped it (logged). A bug
+        raises."""
         gate = asyncio.Semaphore(STATUS_WRITERS)
+        # No task for a role whose status was right last pass and still is (5,000 such: 0.3 s).
+        changed = [o for o in outcomes if not self._unchanged(o)]
 
         async def one(outcome: render.Outcome) -> int | Exception | None:
             async with gate:
@@ -313,7 +320,17 @@ class Reconciler:
                     )
                     return exc
 
-        return list(await asyncio.gather(*(one(o) for o in outcomes)))
+        return list(await asyncio.gather(*(one(o) for o in changed)))
+
+    def _unchanged(self, outcome: render.Outcome) -> bool:
+        """The role's status was found right for this very view and outcome last pass (and
+        this operator wrote nothing newer since): it still is."""
+        role = outcome.role
+        key = (role.namespace, role.name)
+        mine = self._written.get(key)
+        if mine is not None and mine.uid == role.uid and role.resource_version in mine.behind:
+            return False
+        return self._settled.get(key) == (role.resource_version, outcome)
 
     async def _status(self, outcome: render.Outcome, now: str) -> int | None:
         """Write one role's status if it differs, and an Event per condition that changed.
@@ -326,8 +343,6 @@ class Reconciler:
         # What this operator last wrote is newer than a view that has not caught up yet.
         mine = self._written.get(key)
         behind = mine is not None and mine.uid == role.uid and role.resource_version in mine.behind
-        if not behind and self._settled.get(key) == (role.resource_version, outcome):
-            return None  # as last pass, which found its status right: it still is
         current = mine.status if mine is not None and behind else role.status
         version = mine.version if mine is not None and behind else role.resource_version
         desired = render.desired_status(outcome, now=passes.seconds(now), previous=current)

@@ -109,6 +109,44 @@ def test_roles_are_in_the_config_by_name_whatever_the_order_seen() -> None:
     assert first.to_wire() == second.to_wire()
 
 
+def test_a_memo_carries_unchanged_roles_over_and_sees_every_change() -> None:
+    memo = render.RenderMemo()
+    secrets: dict[tuple[str, str], dict[str, str]] = {
+        ("team", "creds"): {"apiKey": KEY},
+        ("team", "other"): {"apiKey": KEY + "-other"},
+    }
+    roles = [
+        obj("a", **with_secret()),
+        obj("b", **with_secret("other")),
+        obj("c", queue={"maxSize": 4}),
+        obj("d"),
+    ]
+
+    def served(rendered: render.Rendered) -> dict[str, Any]:
+        return {r.name: r for r in rendered.config.roles}
+
+    first = served(render.render(roles, secrets, config_secret=CS, memo=memo))
+    secrets["team", "creds"] = {"apiKey": KEY + "-rotated"}  # a rotated key
+    roles[2] = obj("c", queue={"maxSize": 8}, status={"seen": 1})  # a nested spec change
+    roles = roles[:3]  # d removed
+    again = render.render(roles, secrets, config_secret=CS, memo=memo)
+    second = served(again)
+    # b did not change: the very same RoleConfig, so its cached wire bytes and hash stay
+    assert second["b"] is first["b"]
+    key = second["a"].upstream.credentials.api_key
+    assert key is not None
+    assert key.get_secret_value() == KEY + "-rotated"
+    assert second["c"].limits.queue_max_size == 8
+    assert set(second) == {"a", "b", "c"}
+    assert set(memo.entries) == {("team", "a"), ("team", "b"), ("team", "c")}
+    assert outcome(again, "c").role.status == {"seen": 1}  # the outcome holds this view
+    # Its Secret deleted: seen too
+    del secrets["team", "other"]
+    gone = render.render(roles, secrets, config_secret=CS, memo=memo)
+    assert outcome(gone, "b").credentials.reason == "SecretNotFound"
+    assert set(served(gone)) == {"a", "c"}
+
+
 def test_status_of_an_unchanged_role_renders_equal_to_itself() -> None:
     rendered = render.render([obj("extract", **with_secret())], SECRETS, config_secret=CS)
     first = render.desired_status(rendered.outcomes[0], now="2026-11-21T10:00:00Z")

@@ -6,6 +6,7 @@ from rolegate_operator.render.check import Check
 from rolegate_operator.render.config import (
     Outcome,
     Rendered,
+    RenderMemo,
     RoleObject,
     SecretKey,
     render,
@@ -19,6 +20,7 @@ __all__ = [
     "BackendState",
     "Check",
     "Outcome",
+    "RenderMemo",
     "Rendered",
     "RoleObject",
     "SecretKey",

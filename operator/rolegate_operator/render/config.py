@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -31,7 +31,7 @@ from rolegate_gateway.translators import SUPPORTED_BINDINGS
 from rolegate_operator.render import backend, backend_status
 from rolegate_operator.render.check import Check
 
-__all__ = ["Check", "Outcome", "Rendered", "RoleObject", "SecretKey", "render"]
+__all__ = ["Check", "Outcome", "RenderMemo", "Rendered", "RoleObject", "SecretKey", "render"]
 
 #: (namespace, name) of a Secret.
 SecretKey = tuple[str, str]
@@ -151,15 +151,31 @@ def _credentials(
     return Check(ConditionStatus.TRUE, "SecretResolved", message), found
 
 
-def _outcome(
+#: What :func:`_resolve` makes of a role: an early outcome (its ``role`` is the view it was
+#: made from, replaced by the current one), or (credentials check, config, backend name).
+_Resolved = Outcome | tuple[Check, RoleConfig, str]
+
+
+@dataclass(slots=True)
+class RenderMemo:
+    """What :func:`render` resolved of each role in the last pass (its validated spec,
+    credentials and :class:`RoleConfig`), by (namespace, name), with the inputs it came
+    from: the spec, the keys of the Secret it names, and whether that Secret is a client
+    API key's. Reused while those are equal, so a pass over 5,000 unchanged roles validates
+    none, and their RoleConfig objects (with the wire bytes and hashes cached on them) carry
+    over. The caller keeps one between passes; each :func:`render` replaces its entries
+    with this pass's roles (a removed role's entry goes). The inputs are compared by value,
+    so the raw objects must not be changed in place (the API's watch hands new ones)."""
+
+    entries: dict[tuple[str, str], tuple[tuple[Any, ...], _Resolved]] = field(default_factory=dict)
+
+
+def _resolve(
     obj: RoleObject,
     secrets: Mapping[SecretKey, Mapping[str, str]],
-    states: Mapping[tuple[str, str], backend_status.BackendState] | None,
-    previous: Mapping[str, RoleConfig],
-    *,
-    config_secret: str,
-    client_keys: frozenset[SecretKey] = frozenset(),
-) -> Outcome:
+    client_keys: frozenset[SecretKey],
+) -> _Resolved:
+    """The part of a role's outcome that depends on its spec and its Secret only."""
     manifest = {
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -188,9 +204,23 @@ def _outcome(
         config = roles.role_config(role, credentials, backend=ref)
     except ValueError as exc:  # pydantic's ValidationError included
         return Outcome(obj, creds_check, _false("InvalidSpec", str(exc)))
-    message = f"served through the gateway config in Secret {config_secret}"
+    return creds_check, config, name
+
+
+def _outcome(
+    obj: RoleObject,
+    resolved: _Resolved,
+    states: Mapping[tuple[str, str], backend_status.BackendState] | None,
+    previous: Mapping[str, RoleConfig],
+    *,
+    served_check: Check,
+) -> Outcome:
+    if isinstance(resolved, Outcome):
+        return resolved if resolved.role is obj else dataclasses.replace(resolved, role=obj)
+    creds_check, config, name = resolved
     if not name:
-        return Outcome(obj, creds_check, Check(ConditionStatus.TRUE, "Served", message), config)
+        return Outcome(obj, creds_check, served_check, config)
+    message = served_check.message
     if states is None:  # the backends could not be read: the role stays as it is served
         before = previous.get(obj.name)
         kept = before if before is not None and before.upstream.backend is not None else None
@@ -283,6 +313,7 @@ def render(
     backends: Mapping[tuple[str, str], backend_status.BackendState] | None = None,
     previous: GatewayConfig | None = None,
     api_keys: Iterable[ApiKey] = (),
+    memo: RenderMemo | None = None,
 ) -> Rendered:
     """The gateway config for ``objects``, the outcome of each role and the backends wanted.
 
@@ -304,6 +335,8 @@ def render(
     Role names are unique in a gateway: of two roles with one name (in two namespaces) the
     older one owns the name, served or not, and the other reports ``DuplicateRole``; so a
     broken role's clients never reach another team's upstream.
+
+    ``memo``: what the last call resolved (see :class:`RenderMemo`); updated in place.
     """
     keys = tuple(sorted(api_keys, key=lambda k: (k.namespace, k.name)))
     client_keys = frozenset((k.namespace, k.name) for k in keys)
@@ -311,10 +344,21 @@ def render(
     served = {r.name: r for r in previous.roles} if previous is not None else {}
     outcomes: list[Outcome] = []
     owners: dict[str, RoleObject] = {}
+    served_check = Check(
+        ConditionStatus.TRUE,
+        "Served",
+        f"served through the gateway config in Secret {config_secret}",
+    )
+    held = memo.entries if memo is not None else {}
+    kept: dict[tuple[str, str], tuple[tuple[Any, ...], _Resolved]] = {}
     for obj in ordered:
-        outcome = _outcome(
-            obj, secrets, backends, served, config_secret=config_secret, client_keys=client_keys
-        )
+        ref = obj.secret_ref()
+        inputs = (obj.spec, secrets.get(ref) if ref else None, ref in client_keys)
+        entry = held.get((obj.namespace, obj.name))
+        if entry is None or entry[0] != inputs:
+            entry = (inputs, _resolve(obj, secrets, client_keys))
+        kept[obj.namespace, obj.name] = entry
+        outcome = _outcome(obj, entry[1], backends, served, served_check=served_check)
         owner = owners.setdefault(obj.name, obj)
         if owner is not obj:
             message = (
@@ -323,6 +367,8 @@ def render(
             )
             outcome = Outcome(obj, outcome.credentials, _false("DuplicateRole", message))
         outcomes.append(outcome)
+    if memo is not None:
+        memo.entries = kept
     configs = sorted((o.config for o in outcomes if o.config), key=lambda c: c.name)
     config = GatewayConfig(roles=tuple(configs), api_keys=keys)
     return Rendered(config, tuple(outcomes), _backends(outcomes))
