@@ -90,3 +90,31 @@ def test_a_changed_config_reuses_the_unchanged_roles_and_parses_as_a_fresh_one()
     assert reused.to_wire() == raw
     assert reused.roles[7].upstream.model == "new"
     assert all(reused.roles[i] is served.roles[i] for i in range(50) if i != 7)
+
+
+def test_a_wire_not_in_canonical_form_is_still_parsed_right_with_a_previous_config() -> None:
+    # The canonical wire's byte positions speed the reuse up; a wire with spaces, or with a
+    # role left out as refused, must come out the same as a fresh parse.
+    served = GatewayConfig.from_wire(_config(20).to_wire())
+    data = json.loads(served.to_wire())
+    data["roles"][3]["upstream"]["model"] = "new"
+    data["roles"].insert(
+        5,
+        {
+            **data["roles"][5],
+            "name": "later",
+            "upstream": {**data["roles"][5]["upstream"], "binding": "from-the-future"},
+        },
+    )
+    wires = (
+        json.dumps(data, indent=1).encode(),
+        json.dumps(data, sort_keys=True).encode(),
+        json.dumps(data, sort_keys=True, separators=(",", ":")).encode(),  # canonical
+    )
+    for raw in wires:
+        fresh = GatewayConfig.from_wire(raw)
+        reused = GatewayConfig.from_wire(raw, previous=served)
+        assert reused == fresh
+        assert reused.hash == fresh.hash
+        assert [r.name for r in reused.refused] == ["later"]
+        assert reused.roles[3].upstream.model == "new"
