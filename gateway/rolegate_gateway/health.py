@@ -1,9 +1,11 @@
 """The upstream health checker: is each role's model really served at its upstream?
 
-Owns :class:`HealthChecker`: on each config the runtime applies and then every
-``interval_s`` seconds (jittered by ±20 %, so replicas and restarts spread out), one round
-probes every *distinct* upstream of the live roles (:mod:`rolegate_gateway.probes`: which
-GET per binding, and how its answer is judged) and judges each role against the answer.
+Owns :class:`HealthChecker`: every ``interval_s`` seconds (jittered by ±20 %, so
+replicas and restarts spread out), one round probes every *distinct* upstream of the live
+roles (:mod:`rolegate_gateway.probes`: which GET per binding, and how its answer is
+judged) and judges each role against the answer. Each config the runtime applies starts a
+round of its new and changed roles at once, beside a periodic round that may still be
+waiting on a slow upstream (which does not hold up a new role's verdict).
 
 - Dedupe: roles whose probes have the same key (URL, digest of the credential headers)
   share one GET per round: 100 roles on one upstream and key cost one request per
@@ -15,6 +17,8 @@ GET per binding, and how its answer is judged) and judges each role against the 
   (its connection pool per host) with the role's calls; redirects are not followed.
 - A role whose upstream changed (a rebind, a rotated key) is NotChecked ("not checked
   since its config changed") until the round that the change starts at once.
+- Periodic rounds run one at a time; each config's round of new roles runs at once, beside
+  any other round (a role added during a periodic round can be probed by both, once).
 - Verdicts never hold a credential: the URL shown has no userinfo or query, the
   upstream's error text (at most :data:`MAX_ERROR_BYTES` of a non-2xx body are read) is
   scrubbed of the role's credentials by the role's own scrubber (built, and compiled on
@@ -34,10 +38,9 @@ when some role's state or message changed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -124,6 +127,8 @@ class HealthChecker:
         #: Called (no arguments) when some role's state or message changed.
         self.listeners: list[Callable[[], None]] = []
         self._kick = asyncio.Event()
+        #: Roles added or whose upstream changed since the last round of new roles took them.
+        self._fresh: set[str] = set()
         #: Probes made and rounds run since start: for /status and tests.
         self.probes = 0
         self.rounds = 0
@@ -155,7 +160,10 @@ class HealthChecker:
                 self._judged[name] = role.config.upstream
                 message = _NOT_YET if name not in self.verdicts else _CHANGED
                 self.verdicts[name] = Verdict(State.NOT_CHECKED, message)
-        self._kick.set()
+                self._fresh.add(name)
+        self._fresh.intersection_update(roles)
+        if self._fresh:
+            self._kick.set()
         if self.published() != before:
             self._changed()
 
@@ -197,31 +205,49 @@ class HealthChecker:
     # -- rounds ---------------------------------------------------------------------------
 
     async def run(self, session: aiohttp.ClientSession) -> None:
-        """A round at each kick (a config applied) and every interval, until cancelled."""
-        while True:
-            self._kick.clear()
-            try:
-                await self.check(session)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a bug must not end the checks for good
-                log.exception("an upstream health round failed")
-            wait_s = self.interval_s * random.uniform(0.8, 1.2)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), timeout=wait_s)
+        """Until cancelled: a round of every role each interval, and a round of the new and
+        changed roles at each config applied (the first config's: every role)."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._periodic(session))
+            group.create_task(self._on_change(session, group))
 
-    async def check(self, session: aiohttp.ClientSession) -> None:
-        """One round: one probe per distinct key; the roles of each are judged against its
-        answer as soon as it comes (a slow probe holds up no other upstream's verdicts)."""
+    async def _periodic(self, session: aiohttp.ClientSession) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s * random.uniform(0.8, 1.2))
+            await self._round(self.check(session))
+
+    async def _on_change(self, session: aiohttp.ClientSession, group: asyncio.TaskGroup) -> None:
+        while True:  # a round of its own for each change: none waits on an earlier one
+            await self._kick.wait()
+            self._kick.clear()
+            fresh, self._fresh = self._fresh, set()
+            group.create_task(self._round(self.check(session, only=fresh)))
+
+    async def _round(self, round_: Awaitable[None]) -> None:
+        try:
+            await round_
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug must not end the checks for good
+            log.exception("an upstream health round failed")
+
+    async def check(
+        self, session: aiohttp.ClientSession, *, only: Collection[str] | None = None
+    ) -> None:
+        """One round: one probe per distinct key, for every role (``only``: for the roles it
+        names); the roles of each key are judged against its answer as soon as it comes (a
+        slow probe holds up no other upstream's verdicts)."""
         groups: dict[tuple[str, str], tuple[Probe, Scrubber, list[RoleConfig]]] = {}
         at = _now()
         unchecked: list[tuple[RoleConfig, Verdict]] = []
-        for i, (name, role) in enumerate(list(self.runtime.roles.items())):
+        names = list(self.runtime.roles) if only is None else sorted(only)
+        for i, name in enumerate(names):
             if i and not i % _SLICE:
                 await asyncio.sleep(0)  # requests run between slices
             # a role removed meanwhile is neither probed nor remembered (its probe holds
             # its credentials)
-            if name not in self.runtime.roles:
+            role = self.runtime.roles.get(name)
+            if role is None:
                 continue
             cached = self._probes.get(name)
             if cached is None or cached[0] is not role.config.upstream:

@@ -540,3 +540,45 @@ async def test_roles_removed_during_a_round_leave_nothing_behind() -> None:
     assert set(checker.verdicts) == set(runtime.roles)
     assert set(checker._probes) <= set(runtime.roles)  # no credentials of removed roles kept
     assert set(checker._judged) <= set(runtime.roles)
+
+
+class HeldAnswer(FakeAnswer):
+    """An answer that comes only once ``release`` is set (a slow upstream)."""
+
+    def __init__(self, release: asyncio.Event) -> None:
+        super().__init__(200, [json.dumps({"data": [{"id": "m"}]}).encode()])
+        self.release = release
+
+    async def __aenter__(self) -> FakeAnswer:
+        await self.release.wait()
+        return self
+
+
+async def test_a_role_added_while_a_slow_upstream_holds_a_round_is_checked_at_once() -> None:
+    slow = role_config("slow", base_url="http://slow:9/v1", key=KEY)
+    checker, runtime = await checker_for(slow)
+    checker.interval_s = 3600.0  # only the rounds that configs start
+    release = asyncio.Event()
+    session = FakeSession(lambda url: HeldAnswer(release) if "slow" in url else listing("m"))
+    task = asyncio.create_task(checker.run(session))  # type: ignore[arg-type]
+    try:
+        await eventually_async(lambda: session.gets == ["http://slow:9/v1/models"])
+        added = role_config("added", base_url="http://fast:9/v1", key=KEY)
+        runtime.apply(GatewayConfig(roles=[slow, added]))
+        await eventually_async(lambda: checker.verdicts["added"].state is State.REACHABLE)
+        assert checker.verdicts["slow"].state is State.NOT_CHECKED  # still held
+        assert session.gets == ["http://slow:9/v1/models", "http://fast:9/v1/models"]
+        release.set()
+        await eventually_async(lambda: checker.verdicts["slow"].state is State.REACHABLE)
+        assert len(session.gets) == 2  # the unchanged role was not probed again
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def eventually_async(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
