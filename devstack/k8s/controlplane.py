@@ -51,6 +51,7 @@ TMP_PREFIX: Final = "rolegate-k8s-"
 _POLL_S: Final = 0.1
 _LOG_TAIL_LINES: Final = 30
 _SLOW_STOP_S: Final = 3.0
+_STOP_GRACE_S: Final = 10.0
 _live: weakref.WeakSet[ControlPlane] = weakref.WeakSet()
 
 
@@ -322,12 +323,18 @@ class ControlPlane(faults.Faults):
                     relay.close()
             finally:  # a relay that fails to close must not leave etcd and the apiserver
                 self._relays.clear()
-                for component in reversed(list(self.components.values())):
-                    began = time.monotonic()
-                    status = component.stop(grace_s=10.0)
-                    took = time.monotonic() - began
-                    if took > _SLOW_STOP_S:  # say which one, should a stop ever hang again
-                        log.warning("%s stopped in %.1f s (exit %s)", component.name, took, status)
+                # The API's clients side by side (none needs another to stop), then the
+                # apiserver, then etcd: a stop takes at most 3 graces, not 5.
+                core = {"kube-apiserver", "etcd"}
+                clients = [c for n, c in self.components.items() if n not in core]
+                for component in clients:
+                    component.terminate()
+                began = time.monotonic()
+                for component in reversed(clients):
+                    self._stop(component, began)
+                for name in ("kube-apiserver", "etcd"):
+                    if name in self.components:
+                        self._stop(self.components[name], time.monotonic())
             if self._tmp is not None and not self.keep_tmp:
                 shutil.rmtree(self._tmp, ignore_errors=True)
             elif self._tmp is not None:
@@ -335,6 +342,16 @@ class ControlPlane(faults.Faults):
             _live.discard(self)
 
     # -- internals --------------------------------------------------------------------------
+
+    @staticmethod
+    def _stop(component: Process, began: float) -> None:
+        """Stop ``component`` within :data:`_STOP_GRACE_S` of ``began`` (monotonic), then
+        SIGKILL; a slow one is logged by name, should a stop ever hang again."""
+        grace_s = max(0.1, began + _STOP_GRACE_S - time.monotonic())
+        status = component.stop(grace_s=grace_s)
+        took = time.monotonic() - began
+        if took > _SLOW_STOP_S:
+            log.warning("%s stopped %.1f s after SIGTERM (exit %s)", component.name, took, status)
 
     def _run(
         self,
