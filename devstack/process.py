@@ -476,9 +476,10 @@ def wait_for_interrupt(poll_s: float = 0.25) -> NoReturn:
     Not ``signal.pause()``: a signal that lands after Python's last check of pending
     handlers and before the pause(2) call has already been taken by the C-level handler, so
     pause() never returns for it (https://docs.python.org/3/library/signal.html#signal.pause
-    waits for a *new* signal). A ``devstack up`` that got its SIGTERM right after printing
-    READY hung that way in CI. Sleeping in slices has no such window: the loop runs pending
-    handlers at least every ``poll_s`` seconds, and a signal during a sleep ends it at once.
+    waits for a *new* signal). The window is narrow, but a ``devstack up`` that got its
+    SIGTERM right after printing READY once never said "stopped" in CI. Sleeping in slices
+    has no such window: the loop runs pending handlers at least every ``poll_s`` seconds,
+    and a signal during a sleep ends it at once.
     """
     while True:
         time.sleep(poll_s)
