@@ -479,7 +479,9 @@ def wait_for_interrupt(poll_s: float = 0.25) -> NoReturn:
     waits for a *new* signal). The window is narrow, but a ``devstack up`` that got its
     SIGTERM right after printing READY once never said "stopped" in CI. Sleeping in slices
     has no such window: the loop runs pending handlers at least every ``poll_s`` seconds,
-    and a signal during a sleep ends it at once.
+    and a signal during a sleep ends it at once. Both signals are unblocked first: a mask
+    inherited from a parent that had them blocked would hold them pending for ever.
     """
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     while True:
         time.sleep(poll_s)

@@ -316,6 +316,8 @@ class ControlPlane(faults.Faults):
         thread), so a Ctrl-C cannot cut the cleanup short; they are delivered once it is done.
         """
         with process.signals_deferred():
+            if self.components:
+                log.info("stopping the control plane")
             if self.node is not None:  # its teardown cleans the host: before all else
                 self.node.stop()
             try:

@@ -228,8 +228,10 @@ def test_a_stopped_process_starts_again_and_its_log_keeps_both_runs(tmp_path: Pa
 
 #: ``devstack up`` in miniature: say READY, then wait for Ctrl-C or SIGTERM, then say so.
 WAITER = """
-    import sys
+    import signal
     from devstack.process import sigterm_raises_interrupt, wait_for_interrupt
+    # Ctrl-C as in a terminal: a shell starts background jobs (CI's) with SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with sigterm_raises_interrupt():
         try:
             print("READY", flush=True)
