@@ -293,8 +293,7 @@ def markdown(doc: dict[str, Any]) -> str:
                 f"One changed role with {k['roles']:,} present (each once the operator was "
                 f"idle), kubectl patch -> gateway serves it: p50 {c['p50_s']} s, max "
                 f"{c['max_s']} s ({c['times_s']}); the operator was idle again "
-                f"{c.get('settle_s')} s later (every role's Ready flips to RollingOut and "
-                "back: see 'Reading this run').",
+                f"{c.get('settle_s')} s later (see 'Reading this run').",
                 "",
                 f"No-op resync with {k['roles']:,} roles: {n['role_or_secret_writes']} writes "
                 f"of Secrets, LLMRoles or Events (all API writes meanwhile: {n['api_writes']}; "
