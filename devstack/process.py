@@ -109,6 +109,7 @@ class Process:
         self._proc: subprocess.Popen[str] | None = None
         self._log: IO[str] | None = None
         self._log_start = 0  # where this run's output begins in the (appended) log
+        self._terminated: subprocess.Popen[str] | None = None  # the run terminate() signalled
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -165,7 +166,10 @@ class Process:
         if proc is not None:
             pgid = proc.pid
             if proc.poll() is None:
-                _killpg(pgid, signal.SIGTERM)
+                # One SIGTERM: on a second one, the Kubernetes components exit(1) at once
+                # (k8s.io/apiserver/pkg/server/signal.go), their graceful stop cut short.
+                if self._terminated is not proc:
+                    _killpg(pgid, signal.SIGTERM)
                 try:
                     proc.wait(timeout=grace_s)
                 except subprocess.TimeoutExpired:
@@ -183,10 +187,12 @@ class Process:
         return proc.returncode if proc is not None else None
 
     def terminate(self) -> None:
-        """SIGTERM the process group and return at once (:meth:`stop` waits, and kills);
-        to stop several side by side: terminate each, then stop each."""
+        """SIGTERM the process group and return at once (:meth:`stop` waits, and kills,
+        without a second SIGTERM); to stop several side by side: terminate each, then stop
+        each."""
         if self._proc is not None and self._proc.poll() is None:
             _killpg(self._proc.pid, signal.SIGTERM)
+            self._terminated = self._proc
 
     def wait_exit(self, timeout_s: float) -> int:
         """Wait until the process exits by itself; returns its exit status.

@@ -310,7 +310,8 @@ class ControlPlane(faults.Faults):
             raise
 
     def stop(self) -> None:
-        """Stop every component (reverse start order) and remove the temporary directory.
+        """Stop every component and remove the temporary directory: the real node first,
+        then the API's clients side by side, then the apiserver, then etcd.
 
         Safe to call more than once. SIGINT and SIGTERM are held back meanwhile (in the main
         thread), so a Ctrl-C cannot cut the cleanup short; they are delivered once it is done.

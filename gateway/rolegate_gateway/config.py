@@ -315,7 +315,7 @@ class GatewayConfig(_Frozen):
                 data = {**data, "roles": [r for r in roles if _unknown_binding(r) is None]}
                 data["refused"] = refused
         if previous is not None and isinstance(data.get("roles"), list):
-            data = {**data, "roles": _reuse(data["roles"], previous, raw)}
+            data = {**data, "roles": _reuse(data, previous, raw)}
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
@@ -335,34 +335,56 @@ class GatewayConfig(_Frozen):
         return [v for role in self.roles for v in role.upstream.credentials.values()]
 
 
-def _reuse(roles: list[Any], previous: GatewayConfig, raw: bytes) -> list[Any]:
-    """``roles`` (raw, from the wire ``raw``) with each one whose canonical JSON is that of
-    a role of ``previous`` replaced by that role (validated and immutable already).
-
-    The wire is canonical (:meth:`GatewayConfig.to_wire`): the roles' bytes follow
-    ``"roles":[`` in order, one comma apart. So each role is first looked for there, at
-    the end of the one before: its old bytes there, followed by ``,`` or ``]``, are it,
-    found without serialising it again (5,000 roles: ~0.1 s less). A role whose bytes are
-    not there is serialised and compared; once a role's bytes are not where its canonical
-    text would be (a wire that is not canonical, a role left out as refused), every later
-    role is serialised and compared.
-    """
+def _reuse(data: dict[str, Any], previous: GatewayConfig, raw: bytes) -> list[Any]:
+    """``data["roles"]`` (raw, parsed from the wire ``raw``) with each one whose canonical
+    JSON is that of a role of ``previous`` replaced by that role (validated and immutable
+    already): :func:`_in_place` when ``raw`` is the canonical form of ``data``, else each
+    role serialised and compared."""
     known = {role.name: role for role in previous.roles}
-    at = raw.find(b'"roles":[')
-    pos = at + len(b'"roles":[') if at >= 0 else -1
+    roles = data["roles"]
+    in_place = _in_place(data, known, raw)
+    if in_place is not None:
+        return in_place
     out = []
     for item in roles:
         old = known.get(str(item.get("name"))) if isinstance(item, dict) else None
-        if old is not None and pos >= 0 and _at(raw, pos, old.canonical):
-            out.append(old)
-            pos += len(old.canonical) + 1
-            continue
-        text = _canonical(item)
-        pos = pos + len(text) + 1 if pos >= 0 and _at(raw, pos, text) else -1
-        out.append(old if old is not None and text == old.canonical else item)
+        out.append(old if old is not None and _canonical(item) == old.canonical else item)
     return out
 
 
-def _at(raw: bytes, pos: int, text: bytes) -> bool:
-    """Whether ``raw`` holds ``text`` at ``pos``, followed by ``,`` or ``]``."""
-    return raw.startswith(text, pos) and raw[pos + len(text) : pos + len(text) + 1] in (b",", b"]")
+def _in_place(data: dict[str, Any], known: dict[str, RoleConfig], raw: bytes) -> list[Any] | None:
+    """The reuse of :func:`_reuse` without serialising the unchanged roles again, or None
+    when ``raw`` is not exactly the canonical form of ``data`` (spaces, other keys, a
+    role left out as refused): then nothing found here is used.
+
+    :meth:`GatewayConfig.to_wire` writes ``{"api_keys":[...],"roles":[`` (no api_keys when
+    there are none), each role's canonical bytes one comma apart, and
+    ``],"version":...}``. Walking ``raw`` so, an unchanged role is its old bytes at its
+    place; a changed one is its own canonical bytes there. Only when every part is where
+    it belongs, to the last byte, is ``raw`` that form, and each role found the one parsed
+    (5,000 roles, one changed: ~0.1 s less than serialising each).
+    """
+    head = b"{"
+    if "api_keys" in data:
+        head += b'"api_keys":' + _canonical(data["api_keys"]) + b","
+    head += b'"roles":['
+    if not raw.startswith(head) or set(data) - {"api_keys", "roles", "version"}:
+        return None
+    pos, out = len(head), []
+    for i, item in enumerate(data["roles"]):
+        if i:
+            if raw[pos : pos + 1] != b",":
+                return None
+            pos += 1
+        old = known.get(str(item.get("name"))) if isinstance(item, dict) else None
+        if old is not None and raw.startswith(old.canonical, pos):
+            out.append(old)
+            pos += len(old.canonical)
+            continue
+        text = _canonical(item)
+        if not raw.startswith(text, pos):
+            return None
+        out.append(item)
+        pos += len(text)
+    tail = b'],"version":' + _canonical(data.get("version")) + b"}"
+    return out if raw[pos:] == tail else None

@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -214,18 +214,18 @@ class HealthChecker:
     async def _periodic(self, session: aiohttp.ClientSession) -> None:
         while True:
             await asyncio.sleep(self.interval_s * random.uniform(0.8, 1.2))
-            await self._round(self.check(session))
+            await self._round(session, None)
 
     async def _on_change(self, session: aiohttp.ClientSession, group: asyncio.TaskGroup) -> None:
         while True:  # a round of its own for each change: none waits on an earlier one
             await self._kick.wait()
             self._kick.clear()
             fresh, self._fresh = self._fresh, set()
-            group.create_task(self._round(self.check(session, only=fresh)))
+            group.create_task(self._round(session, fresh))
 
-    async def _round(self, round_: Awaitable[None]) -> None:
+    async def _round(self, session: aiohttp.ClientSession, only: set[str] | None) -> None:
         try:
-            await round_
+            await self.check(session, only=only)
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug must not end the checks for good

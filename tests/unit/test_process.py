@@ -259,3 +259,31 @@ def test_a_signal_right_after_ready_ends_the_wait(sig: signal.Signals) -> None:
             proc.kill()
             proc.wait()
             proc.stdout.close()
+
+
+def test_terminate_then_stop_sends_one_sigterm_and_waits_for_the_graceful_exit(
+    tmp_path: Path,
+) -> None:
+    # As Kubernetes' components do: the first SIGTERM starts a graceful stop, a second
+    # one exits at once with status 1.
+    code = """
+        import os, signal, sys, time
+        seen = []
+        def on_term(*_):
+            if seen:
+                os._exit(1)
+            seen.append(1)
+        signal.signal(signal.SIGTERM, on_term)
+        print("up", flush=True)
+        while not seen:
+            time.sleep(0.01)
+        print("stopping", flush=True)
+        time.sleep(0.5)  # the graceful part
+        sys.exit(0)
+    """
+    proc = Process("graceful", _python(code), log_path=tmp_path / "g.log")
+    with proc:
+        wait_until(lambda: "up" in proc.log_text(), timeout_s=10)
+        proc.terminate()
+        wait_until(lambda: "stopping" in proc.log_text(), timeout_s=10)
+        assert proc.stop(grace_s=5) == 0

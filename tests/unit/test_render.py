@@ -145,6 +145,12 @@ def test_a_memo_carries_unchanged_roles_over_and_sees_every_change() -> None:
     gone = render.render(roles, secrets, config_secret=CS, memo=memo)
     assert outcome(gone, "b").credentials.reason == "SecretNotFound"
     assert set(served(gone)) == {"a", "c"}
+    # true -> 1 is no change to Python's ==: the generation the API server bumped tells it
+    render.render([obj("e", options={"logprobs": True})], secrets, config_secret=CS, memo=memo)
+    edited = [obj("e", generation=2, options={"logprobs": 1})]
+    [e] = render.render(edited, secrets, config_secret=CS, memo=memo).config.roles
+    assert e.upstream.options == {"logprobs": 1}
+    assert type(e.upstream.options["logprobs"]) is int
 
 
 def test_status_of_an_unchanged_role_renders_equal_to_itself() -> None:

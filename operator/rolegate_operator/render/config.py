@@ -160,8 +160,10 @@ _Resolved = Outcome | tuple[Check, RoleConfig, str]
 class RenderMemo:
     """What :func:`render` resolved of each role in the last pass (its validated spec,
     credentials and :class:`RoleConfig`), by (namespace, name), with the inputs it came
-    from: the spec, the keys of the Secret it names, and whether that Secret is a client
-    API key's. Reused while those are equal, so a pass over 5,000 unchanged roles validates
+    from: the role's uid and generation, its spec, the keys of the Secret it names, and
+    whether that Secret is a client API key's. Reused while those are equal (the
+    generation moves with every spec change, so a change Python's ``==`` cannot see, such
+    as ``true`` to ``1``, is seen), so a pass over 5,000 unchanged roles validates
     none, and their RoleConfig objects (with the wire bytes and hashes cached on them) carry
     over. The caller keeps one between passes; each :func:`render` replaces its entries
     with this pass's roles (a removed role's entry goes). The inputs are compared by value,
@@ -353,7 +355,15 @@ def render(
     kept: dict[tuple[str, str], tuple[tuple[Any, ...], _Resolved]] = {}
     for obj in ordered:
         ref = obj.secret_ref()
-        inputs = (obj.spec, secrets.get(ref) if ref else None, ref in client_keys)
+        # uid and generation first: the API server bumps the generation on every spec
+        # change, which also tells ``true`` from ``1`` (equal to Python's ==, not to JSON)
+        inputs = (
+            obj.uid,
+            obj.generation,
+            obj.spec,
+            secrets.get(ref) if ref else None,
+            ref in client_keys,
+        )
         entry = held.get((obj.namespace, obj.name))
         if entry is None or entry[0] != inputs:
             entry = (inputs, _resolve(obj, secrets, client_keys))
