@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import re
 import shutil
@@ -52,8 +53,14 @@ __all__ = [
     "signals_deferred",
     "sigterm_raises_interrupt",
     "sweep_orphaned_dirs",
+    "wait_for_interrupt",
     "work_dir",
 ]
+
+log = logging.getLogger(__name__)
+
+#: Seconds after its SIGTERM past which a process's stop is logged (:meth:`Process.stop`).
+SLOW_STOP_S: Final = 3.0
 
 _PR_SET_PDEATHSIG: Final = 1
 _OWNER_FILE: Final = "owner.pid"
@@ -109,7 +116,8 @@ class Process:
         self._proc: subprocess.Popen[str] | None = None
         self._log: IO[str] | None = None
         self._log_start = 0  # where this run's output begins in the (appended) log
-        self._terminated: subprocess.Popen[str] | None = None  # the run terminate() signalled
+        #: The run terminate() signalled, and when (monotonic seconds).
+        self._terminated: tuple[subprocess.Popen[str], float] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -160,21 +168,28 @@ class Process:
 
     def stop(self, *, grace_s: float = 10.0) -> int | None:
         """SIGTERM the process group, wait up to ``grace_s`` seconds, then SIGKILL it; members
-        of the group that outlived the leader are SIGKILLed too. Returns the exit status
-        (None when it never started). Safe to call more than once."""
+        of the group that outlived the leader are SIGKILLed too. After :meth:`terminate`, no
+        second SIGTERM, and the grace counts from that one. A process that took more than
+        :data:`SLOW_STOP_S` is logged by name. Returns the exit status (None when it never
+        started). Safe to call more than once."""
         proc = self._proc
         if proc is not None:
             pgid = proc.pid
             if proc.poll() is None:
                 # One SIGTERM: on a second one, the Kubernetes components exit(1) at once
                 # (k8s.io/apiserver/pkg/server/signal.go), their graceful stop cut short.
-                if self._terminated is not proc:
+                if self._terminated is not None and self._terminated[0] is proc:
+                    began = self._terminated[1]
+                else:
+                    began = time.monotonic()
                     _killpg(pgid, signal.SIGTERM)
                 try:
-                    proc.wait(timeout=grace_s)
+                    proc.wait(timeout=max(0.0, began + grace_s - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     _killpg(pgid, signal.SIGKILL)
                     proc.wait()
+                if (took := time.monotonic() - began) > SLOW_STOP_S:  # should one ever hang
+                    log.warning("%s stopped %.1f s after SIGTERM", self.name, took)
             if group_members(pgid):
                 _killpg(pgid, signal.SIGKILL)
             for pipe in (proc.stdin, proc.stdout):
@@ -192,7 +207,7 @@ class Process:
         each."""
         if self._proc is not None and self._proc.poll() is None:
             _killpg(self._proc.pid, signal.SIGTERM)
-            self._terminated = self._proc
+            self._terminated = self._proc, time.monotonic()
 
     def wait_exit(self, timeout_s: float) -> int:
         """Wait until the process exits by itself; returns its exit status.
@@ -477,16 +492,13 @@ def signals_deferred() -> Iterator[None]:
 
 def wait_for_interrupt(poll_s: float = 0.25) -> NoReturn:
     """Block until Ctrl-C (or SIGTERM, within :func:`sigterm_raises_interrupt`) raises
-    KeyboardInterrupt; main thread only.
+    KeyboardInterrupt; main thread only. Both signals are unblocked first (a mask inherited
+    blocked would hold them pending for ever).
 
-    Not ``signal.pause()``: a signal that lands after Python's last check of pending
-    handlers and before the pause(2) call has already been taken by the C-level handler, so
-    pause() never returns for it (https://docs.python.org/3/library/signal.html#signal.pause
-    waits for a *new* signal). The window is narrow, but a ``devstack up`` that got its
-    SIGTERM right after printing READY once never said "stopped" in CI. Sleeping in slices
-    has no such window: the loop runs pending handlers at least every ``poll_s`` seconds,
-    and a signal during a sleep ends it at once. Both signals are unblocked first: a mask
-    inherited from a parent that had them blocked would hold them pending for ever.
+    Not ``signal.pause()``, which never returns for a signal that lands between Python's
+    last check of pending handlers and the pause(2) call (it waits for a *new* one:
+    https://docs.python.org/3/library/signal.html#signal.pause). Sleeping in slices runs
+    pending handlers at least every ``poll_s`` seconds; a signal during a sleep ends it.
     """
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     while True:

@@ -50,8 +50,6 @@ TMP_PREFIX: Final = "rolegate-k8s-"
 """The prefix of every control plane's temporary directory (under the system's tmp)."""
 _POLL_S: Final = 0.1
 _LOG_TAIL_LINES: Final = 30
-_SLOW_STOP_S: Final = 3.0
-_STOP_GRACE_S: Final = 10.0
 _live: weakref.WeakSet[ControlPlane] = weakref.WeakSet()
 
 
@@ -328,16 +326,12 @@ class ControlPlane(faults.Faults):
                 self._relays.clear()
                 # The API's clients side by side (none needs another to stop), then the
                 # apiserver, then etcd: a stop takes at most 3 graces, not 5.
-                core = {"kube-apiserver", "etcd"}
+                core = [n for n in ("kube-apiserver", "etcd") if n in self.components]
                 clients = [c for n, c in self.components.items() if n not in core]
                 for component in clients:
                     component.terminate()
-                began = time.monotonic()
-                for component in reversed(clients):
-                    self._stop(component, began)
-                for name in ("kube-apiserver", "etcd"):
-                    if name in self.components:
-                        self._stop(self.components[name], time.monotonic())
+                for component in [*reversed(clients), *(self.components[n] for n in core)]:
+                    component.stop(grace_s=10.0)
             if self._tmp is not None and not self.keep_tmp:
                 shutil.rmtree(self._tmp, ignore_errors=True)
             elif self._tmp is not None:
@@ -345,16 +339,6 @@ class ControlPlane(faults.Faults):
             _live.discard(self)
 
     # -- internals --------------------------------------------------------------------------
-
-    @staticmethod
-    def _stop(component: Process, began: float) -> None:
-        """Stop ``component`` within :data:`_STOP_GRACE_S` of ``began`` (monotonic), then
-        SIGKILL; a slow one is logged by name, should a stop ever hang again."""
-        grace_s = max(0.1, began + _STOP_GRACE_S - time.monotonic())
-        status = component.stop(grace_s=grace_s)
-        took = time.monotonic() - began
-        if took > _SLOW_STOP_S:
-            log.warning("%s stopped %.1f s after SIGTERM (exit %s)", component.name, took, status)
 
     def _run(
         self,

@@ -23,7 +23,6 @@ from devstack.cache import (
     BuildFailed,
     cache_root,
     locked,
-    pins_digest,
     stamped,
 )
 from devstack.peers import venv
@@ -42,14 +41,12 @@ def venv_dir() -> Path:
     return cache_root() / f"litellm-{LITELLM_VERSION}"
 
 
-def _stamp_text() -> str:
-    digest = pins_digest(CONSTRAINTS)
-    return f"{_REQUIREMENT} constraints={digest} python={sys.version_info[:2]}\n"
-
-
 def is_built() -> bool:
     """Whether the pinned virtualenv is complete (its stamp matches the pins)."""
-    return stamped(venv_dir(), _stamp_text()) and (venv_dir() / "bin" / "litellm").is_file()
+    return (
+        stamped(venv_dir(), venv.stamp(_REQUIREMENT, CONSTRAINTS))
+        and (venv_dir() / "bin" / "litellm").is_file()
+    )
 
 
 def _pip_progress() -> Callable[[str], str | None]:
@@ -85,7 +82,6 @@ def ensure(out: TextIO | None = None) -> Path:
             target,
             requirement=_REQUIREMENT,
             constraints=CONSTRAINTS,
-            stamp=_stamp_text(),
             name="LiteLLM",
             size="1-2 min, ~700 MB",
             out=out,

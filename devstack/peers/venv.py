@@ -1,8 +1,8 @@
 """The one way a Python peer of the benchmark is built: a pinned virtualenv under the cache.
 
 Owns :func:`build`, which LiteLLM's (:mod:`devstack.peers.litellm`) and TensorZero's
-(:mod:`devstack.peers.tensorzero`) ``ensure`` call under their lock once their stamp says
-the virtualenv is missing or incomplete.
+(:mod:`devstack.peers.tensorzero`) ``ensure`` call under their lock once their stamp
+(:func:`stamp`) says the virtualenv is missing or incomplete.
 """
 
 from __future__ import annotations
@@ -14,9 +14,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from devstack.cache import BuildFailed, build_log, run_with_progress
+from devstack.cache import BuildFailed, build_log, pins_digest, run_with_progress
 
-__all__ = ["build"]
+__all__ = ["build", "stamp"]
+
+
+def stamp(requirement: str, constraints: Path) -> str:
+    """What the stamp of a virtualenv holding ``requirement`` pinned by ``constraints``
+    says: the requirement, the pins' digest and this Python's version."""
+    return f"{requirement} constraints={pins_digest(constraints)} python={sys.version_info[:2]}\n"
 
 
 def build(
@@ -24,7 +30,6 @@ def build(
     *,
     requirement: str,
     constraints: Path,
-    stamp: str,
     name: str,
     size: str,
     out: TextIO,
@@ -35,7 +40,7 @@ def build(
     """(Re)create the virtualenv ``target`` holding ``requirement``, every package pinned by
     ``constraints``: ``python -m venv``, then ``pip install`` (``pip_args`` added), its whole
     output in :func:`devstack.cache.build_log` and the lines ``show`` keeps on ``out``
-    (prefixed ``rolegate <name lowercased>: ``); then ``target/stamp`` holds ``stamp``.
+    (prefixed ``rolegate <name lowercased>: ``); then ``target/stamp`` holds :func:`stamp`.
     ``size`` (e.g. "~30 s, ~150 MB") is said before it starts. The caller holds the lock.
 
     Raises:
@@ -57,6 +62,6 @@ def build(
     run_with_progress(install, out, prefix=prefix, show=show, log_path=log_path)
     if expect is not None and not expect.is_file():
         raise BuildFailed(f"pip installed {requirement} but {expect} is missing")
-    (target / "stamp").write_text(stamp)
+    (target / "stamp").write_text(stamp(requirement, constraints))
     elapsed = time.monotonic() - started
     print(f"{prefix}{name} ready in {elapsed:.0f} s", file=out, flush=True)
