@@ -172,10 +172,10 @@ def _proxy(endpoint: Endpoint) -> Handler:
         # Before the body is read: an unknown client costs no body budget or parsing.
         identity = await access.identify(request.headers) if access.enabled else None
         intake = request.app[INTAKE]
-        raw, reserved = await intake.read(request)
+        chunks, reserved = await intake.read(request)
         try:
-            payload = await intake.parse(raw)
-            del raw  # the payload holds what is needed; a large body is not kept twice
+            payload = await intake.parse(chunks)
+            del chunks  # the payload holds what is needed; a large body is not kept twice
             try:
                 role = request.app[RUNTIME].role(payload.model)
             except errors.RoleNotFound as exc:

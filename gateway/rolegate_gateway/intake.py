@@ -135,10 +135,7 @@ def parse_body(raw: bytes, *, max_values: int = 1_000_000) -> Payload:
         errors.InvalidRequest: see the module docstring for what is refused.
     """
     if len(raw) > max_values and _values(raw) > max_values:
-        raise errors.InvalidRequest(
-            f"the request body has more than {max_values:,} JSON values "
-            "(counted as commas and opening brackets)"
-        )
+        raise _too_many_values(max_values)
     try:
         text = raw.decode()
     except UnicodeDecodeError as exc:
@@ -170,8 +167,16 @@ def parse_body(raw: bytes, *, max_values: int = 1_000_000) -> Payload:
 
 
 def _values(raw: bytes) -> int:
-    """An upper bound on the JSON values in ``raw``: its commas and opening brackets."""
+    """An upper bound on the JSON values in ``raw``: its commas and opening brackets
+    (single bytes, so the sum over a body's chunks is the body's count)."""
     return raw.count(b",") + raw.count(b"[") + raw.count(b"{")
+
+
+def _too_many_values(max_values: int) -> errors.InvalidRequest:
+    return errors.InvalidRequest(
+        f"the request body has more than {max_values:,} JSON values "
+        "(counted as commas and opening brackets)"
+    )
 
 
 def _lone_surrogate(text: str) -> bool:
@@ -331,14 +336,20 @@ class Intake:
         self._slots = asyncio.Semaphore(settings.offload_workers)
         self._starting = asyncio.Lock()
 
-    async def read(self, request: web.Request) -> tuple[bytes, int]:
-        """The body of ``request`` and the bytes reserved for it in :attr:`budget`.
+    async def read(self, request: web.Request) -> tuple[list[bytes], int]:
+        """The body of ``request`` as the chunks it arrived in (never joined here: a large
+        body goes to a worker as they are), and the bytes reserved for it in
+        :attr:`budget`. The caller releases the reservation when the request is answered.
 
-        The caller releases the reservation when the request is answered.
+        A body that arrives in pieces has its JSON values counted as they arrive (as
+        :func:`parse_body` counts them); past ``max_json_values`` the rest is read and
+        dropped, so the client still reads the 400, and nothing of it is held, joined,
+        sent to a worker or parsed.
 
         Raises:
             errors.InvalidRequest: a body over the size limit (413), or not received in time
-                (408); the connection is closed after the answer.
+                (408), the connection closed after the answer; more JSON values than a
+                request may hold (400).
             errors.QueueFull: the gateway holds too many bodies already (429).
         """
         limits = self.settings
@@ -354,19 +365,29 @@ class Intake:
             if len(body) > limits.max_body_bytes:  # it inflated (Content-Encoding)
                 self.budget.release(reserved)
                 raise _too_large(request, limits.max_body_bytes)
-            return body, reserved
+            return [body], reserved
         timeout_s = limits.body_timeout_s + (declared or limits.max_body_bytes) / max(
             1, limits.body_min_rate
         )
-        chunks: list[bytes] = []  # joined once at the end (a bytearray would be copied
-        size = 0  # twice more when pickled for a worker)
+        chunks: list[bytes] = []
+        size = values = 0
+        refused = False  # too many values: the rest is read, not kept
         try:
             try:
                 async with asyncio.timeout(timeout_s):
-                    while chunk := await request.content.readany():
+                    while chunk := await content.readany():
                         size += len(chunk)
                         if size > limits.max_body_bytes:
                             raise _too_large(request, limits.max_body_bytes)
+                        if refused:
+                            continue
+                        values += _values(chunk)
+                        if values > limits.max_json_values:
+                            refused = True
+                            chunks.clear()
+                            self.budget.release(reserved)
+                            reserved = 0
+                            continue
                         chunks.append(chunk)
                         if size > reserved:
                             self.budget.reserve(size - reserved)
@@ -379,27 +400,31 @@ class Intake:
             except web.RequestPayloadError as exc:
                 request.protocol.close()
                 raise errors.InvalidRequest(f"the request body could not be read: {exc}") from None
+            if refused:
+                raise _too_many_values(limits.max_json_values)
         except BaseException:  # refused, or the client went away (cancelled, reset)
             self.budget.release(reserved)
             raise
-        return b"".join(chunks), reserved
+        return chunks, reserved
 
-    async def parse(self, raw: bytes) -> Payload:
-        """Parse a body: on the loop when small, in a worker process when large.
+    async def parse(self, chunks: list[bytes]) -> Payload:
+        """Parse a body read by :meth:`read`: on the loop when small, in a worker process
+        when large (its chunks pickled as they are: one copy on the loop's side, not two).
 
         Raises:
             errors.InvalidRequest: see :func:`parse_body`.
             errors.InternalError: the worker processes died twice in a row.
         """
         limits = self.settings
-        if len(raw) <= limits.offload_body_bytes:
-            return parse_body(raw, max_values=limits.max_json_values)
+        if sum(map(len, chunks)) <= limits.offload_body_bytes:
+            # one chunk (the usual case) is joined without a copy
+            return parse_body(b"".join(chunks), max_values=limits.max_json_values)
         async with self._slots:
             for _ in range(2):
                 pool = await self._started_pool()
                 try:
                     return await asyncio.get_running_loop().run_in_executor(
-                        pool, _parse_in_worker, raw, limits.max_json_values
+                        pool, _parse_in_worker, chunks, limits.max_json_values
                     )
                 except BrokenProcessPool:  # a worker died (the OOM killer?): start anew
                     log.warning("a worker process parsing request bodies died; restarting them")
@@ -424,7 +449,9 @@ class Intake:
             self._pool = None
 
 
-def _parse_in_worker(raw: bytes, max_values: int) -> Payload:
+def _parse_in_worker(chunks: list[bytes], max_values: int) -> Payload:
+    raw = b"".join(chunks)
+    chunks.clear()  # this process's copies: not held through the parse
     return parse_body(raw, max_values=max_values)
 
 

@@ -343,6 +343,42 @@ async def test_bodies_held_at_once_are_capped_and_given_back(
     del reader
 
 
+async def test_too_many_values_are_refused_as_they_arrive_and_nothing_is_held(
+    tmp_path: Path, upstream: Upstream, start_gateway: Callable[..., Awaitable[Gateway]]
+) -> None:
+    """A body past ``max_json_values`` gives its budget back while it still arrives, is
+    read to its end and dropped (the client reads the 400, not a reset), and never reaches
+    a parsing worker; the next body is served."""
+    m.write(tmp_path / "roles.yaml", m.role("extract", host=upstream.url, model="tiny-a"))
+    settings = ServerSettings(max_json_values=10_000)
+    gateway = await start_gateway(tmp_path, settings=settings)
+    assert gateway.app is not None
+    intake = gateway.app[INTAKE]
+    # 200 KB of whitespace (no values), then ~670,000 values in 2 MB
+    raw = request(CHAT, b" " * 200_000 + _tiny_lists(2_000_000))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    try:
+        writer.write(raw[:200_000])
+        await writer.drain()
+        await until(lambda: intake.budget.held > 2_100_000)  # what the headers declare
+        writer.write(raw[200_000:500_000])  # ~100,000 values: past the limit
+        await writer.drain()
+        await until(lambda: intake.budget.held == 0)  # given back, most of it to come
+        writer.write(raw[500_000:])
+        await writer.drain()
+        answer = raw_http.parse(await raw_http.read_all(reader))
+    finally:
+        writer.close()
+    assert answer is not None
+    assert answer.status == 400
+    assert "more than 10,000 JSON values" in answer.json()["error"]["message"]
+    assert intake._pool is None  # no worker was started for it
+    served = await raw_http.exchange(gateway.port, request(CHAT, _chat("x" * 300_000)))
+    assert served is not None
+    assert served.status == 200
+    assert intake.budget.held == 0
+
+
 async def test_a_client_that_never_reads_a_whole_answer_is_dropped(
     tmp_path: Path,
     start_upstream: Callable[..., Awaitable[Upstream]],
