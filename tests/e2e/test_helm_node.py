@@ -60,6 +60,17 @@ def pods(plane: ControlPlane, ns: str, component: str) -> list[dict[str, Any]]:
     return items
 
 
+def events(plane: ControlPlane, ns: str, pod: dict[str, Any]) -> str:
+    """The Events of ``pod`` (probe failures, restarts), as ``kubectl get events`` prints them."""
+    name = pod["metadata"]["name"]
+    listed = plane.kubectl(
+        ["get", "events", "--field-selector", f"involvedObject.name={name}"],
+        namespace=ns,
+        check=False,
+    )
+    return listed.stdout + listed.stderr
+
+
 def ready(plane: ControlPlane, ns: str, name: str) -> tuple[str, str]:
     body = json.loads(plane.kubectl(["get", "llmrole", name, "-o", "json"], namespace=ns).stdout)
     for cond in (body.get("status") or {}).get("conditions", []):
@@ -143,7 +154,13 @@ def test_the_pods_run_the_pushed_image_with_the_chart_service_accounts(
         assert pod["spec"]["nodeName"] == "localhost"
         assert pod["spec"]["serviceAccountName"] == account
         (status,) = pod["status"]["containerStatuses"]
-        assert status["ready"] is True, (component, status, release.gateway.logs(component))
+        # `helm install --wait` waited for this (the chart's hostNetwork gateway is Recreate)
+        assert status["ready"] is True, (
+            component,
+            status,
+            events(plane, ns, pod),
+            release.gateway.logs(component),
+        )
         assert status["image"] == release.image_ref
         assert status["restartCount"] == 0, release.gateway.logs(component)
     # what a user reads in `kubectl logs`

@@ -457,6 +457,20 @@ def test_pdb_and_service_monitor_only_when_enabled(chart: Any) -> None:
     assert gateway["imagePullSecrets"] == [{"name": "regcred"}]
 
 
+def test_spread_host_network_gateways_roll_one_node_at_a_time(chart: Any) -> None:
+    docs = chart(
+        "hostNetwork=true",
+        "gateway.replicas=3",
+        "gateway.affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[0]"
+        ".topologyKey=kubernetes.io/hostname",
+    )
+    strategy = named(docs, "Deployment", "rolegate-gateway")["spec"]["strategy"]
+    assert strategy == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0},
+    }
+
+
 def test_node_values_reach_the_api_server_on_loopback(chart: Any) -> None:
     docs = chart("apiServer.port=41234", values=("node-values.yaml",))
     specs = pods(docs)
@@ -472,9 +486,11 @@ def test_node_values_reach_the_api_server_on_loopback(chart: Any) -> None:
             "41234",
         )
     assert "0.0.0.0:18081" in deployment_command(docs, "operator")
-    # A surge pod would want the old one's port on the same node: none.
-    rolling = named(docs, "Deployment", "rolegate-gateway")["spec"]["strategy"]["rollingUpdate"]
-    assert rolling == {"maxUnavailable": 1, "maxSurge": 0}
+    # A surge pod would want the old one's port on the same node: the old pod goes first,
+    # and with one replica by Recreate, so that `helm install --wait` waits for the new one
+    # (helm waits for replicas - maxUnavailable Ready pods: 0 of 1 with maxUnavailable 1).
+    strategy = named(docs, "Deployment", "rolegate-gateway")["spec"]["strategy"]
+    assert strategy == {"type": "Recreate"}
     test_env = {e["name"]: e["value"] for e in specs["test"]["containers"][0]["env"]}
     assert "KUBERNETES_SERVICE_HOST" not in test_env
     assert test_env["GATEWAY_URLS"].split() == [
