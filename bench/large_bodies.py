@@ -5,8 +5,9 @@
 benchmark's upstream and measures, each case in one run:
 
 - ``first_large``: the first 2 MB request (which starts the parsing workers);
-- ``tiny_lists``: one 60 MB body of ``[]`` items (what a parse turns into ~20 million
-  Python objects); ``tiny_lists_x4``: four at once;
+- ``tiny_lists``: one 60 MB body of ``[]`` items (~40 million values, which a parse would
+  turn into as many Python objects; the intake counts them as they arrive and refuses the
+  body past its limit); ``tiny_lists_x4``: four at once;
 - ``images``: four 8 MB image requests (a base64 data URL, as LightRAG's ``vlm`` role
   sends) one after another, while a stream runs on another role.
 
