@@ -343,7 +343,8 @@ class Intake:
 
         A body that arrives in pieces has its JSON values counted as they arrive (as
         :func:`parse_body` counts them); past ``max_json_values`` the rest is read and
-        dropped, so the client still reads the 400, and nothing of it is held, joined,
+        dropped (within the size limit and the time bound: past them, 413 or 408 as for
+        any body), so the client still reads the 400, and nothing of it is held, joined,
         sent to a worker or parsed.
 
         Raises:
