@@ -14,6 +14,7 @@ from typing import Any
 
 import botocore.auth
 import botocore.awsrequest
+import botocore.compat
 import botocore.credentials
 import pytest
 from pydantic import SecretStr
@@ -21,7 +22,8 @@ from yarl import URL
 
 from rolegate_gateway import errors
 from rolegate_gateway.api import Binding
-from rolegate_gateway.auth import sigv4
+from rolegate_gateway.auth import signing, sigv4
+from rolegate_gateway.auth.signing import Signer
 from rolegate_gateway.config import Credentials, Upstream
 from rolegate_gateway.translators.base import UpstreamRequest
 from tests.fixtures.aws import fresh_chain
@@ -130,7 +132,7 @@ async def test_signed_headers_with_and_without_a_session_token() -> None:
 
 async def test_every_call_is_signed_anew(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [datetime.datetime(2026, 12, 1, 12, 0, 0, tzinfo=datetime.UTC)]
-    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: now[0])
+    monkeypatch.setattr(botocore.compat, "get_current_datetime", lambda: now[0])
     auth = sigv4.sigv4_auth(upstream(aws_access_key_id=AKID, aws_secret_access_key=SECRET))
     first = await auth.headers(request())
     now[0] += datetime.timedelta(seconds=1)
@@ -237,3 +239,47 @@ def test_the_default_chain_is_one_per_process_until_reset() -> None:
         sigv4.sigv4_auth(upstream(aws_access_key_id=AKID, aws_secret_access_key=SECRET))._chain
         is None
     )
+
+
+#: (URL, headers, session token): what bedrock roles send, and the edges the signer hands
+#: to botocore (a query, an IPv6 host) or must canonicalise as botocore does.
+SIGNED_CASES = [
+    (str(URL_), {"Content-Type": "application/json"}, None),
+    (str(URL_), {"Content-Type": "application/json", "Accept": "*/*"}, TOKEN),
+    ("http://127.0.0.1:8080/model/m/converse-stream", {"content-type": "a  b\t c "}, None),
+    ("https://bedrock-runtime.us-east-1.amazonaws.com:443/model/m/converse", {}, None),
+    ("https://Example.com:8443/a//b/./c/../model/m%2Fx/converse", {"User-Agent": "x"}, None),
+    (
+        str(URL_),
+        {"Authorization": "old", "x-amz-date": "19990101T000000Z", "X-Custom": "v"},
+        TOKEN,
+    ),
+    ("https://example.com/model/m/converse?b=2&a=1", {"Content-Type": "x"}, None),
+    ("http://[::1]:8080/model/m/converse", {"Content-Type": "x"}, None),
+    ("https://example.com/model/m/converse", {"Host": "other.example.com"}, None),
+]
+
+
+@pytest.mark.parametrize(("url", "headers", "token"), SIGNED_CASES)
+def test_the_signer_signs_as_botocore_does(
+    monkeypatch: pytest.MonkeyPatch, url: str, headers: dict[str, str], token: str | None
+) -> None:
+    """The cached signer (auth/signing.py) gives botocore's SigV4Auth's headers exactly,
+    across two days (the cached signing key is the day's), and they verify."""
+    signer = Signer("us-east-1", "bedrock")
+    creds = botocore.credentials.ReadOnlyCredentials(AKID, SECRET, token)
+    handed_over: list[str] = []  # requests the signer gives botocore to sign
+    botocore_sign = signing._botocore_sign
+    monkeypatch.setattr(
+        signing, "_botocore_sign", lambda u, *a: handed_over.append(u) or botocore_sign(u, *a)
+    )
+    for day in (1, 2):
+        when = datetime.datetime(2026, 12, day, 23, 59, 59)
+        monkeypatch.setattr(botocore.compat, "get_current_datetime", lambda w=when: w)
+        monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda w=when: w)
+        ours = signer.sign(URL(url, encoded=True), headers, BODY, creds)
+        aws = botocore.awsrequest.AWSRequest(method="POST", url=url, data=BODY, headers=headers)
+        botocore.auth.SigV4Auth(creds, "bedrock", "us-east-1").add_auth(aws)
+        assert ours == dict(aws.headers.items())
+        assert ours["X-Amz-Date"] == f"202612{day:02}T235959Z"
+    assert bool(handed_over) == ("?" in url or "[" in url)

@@ -40,13 +40,12 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import botocore.auth
-import botocore.awsrequest
 import botocore.credentials
 import botocore.exceptions
 import botocore.session
 
 from rolegate_gateway import errors
+from rolegate_gateway.auth.signing import Signer
 from rolegate_gateway.config import Upstream
 from rolegate_gateway.logs import Throttled
 
@@ -218,7 +217,7 @@ class SigV4Auth:
     process-wide :func:`default_chain`). ``role`` names the role in error messages.
     """
 
-    __slots__ = ("_chain", "_log", "_region", "_role", "_static")
+    __slots__ = ("_chain", "_log", "_region", "_role", "_signer", "_static")
 
     def __init__(
         self,
@@ -229,6 +228,7 @@ class SigV4Auth:
         chain: DefaultChain | None = None,
     ) -> None:
         self._region = region
+        self._signer = Signer(region, SERVICE)
         self._static = None if credentials is None else credentials.get_frozen_credentials()
         self._chain = chain if chain is not None or credentials is not None else default_chain()
         self._role = role
@@ -245,9 +245,10 @@ class SigV4Auth:
         (``AWS4-HMAC-SHA256 Credential=AKID/DATE/REGION/bedrock/aws4_request,
         SignedHeaders=..., Signature=<64 hex>``).
 
-        Signs ``str(request.url)`` (the exact, already percent-encoded path that is sent;
-        botocore encodes it once more in the canonical request), the body, ``host`` (from
-        the URL) and every header of ``request``. Headers aiohttp adds later
+        Signs ``request.url`` (the exact, already percent-encoded path that is sent;
+        SigV4 encodes it once more in the canonical request), the body, ``host`` (from
+        the URL) and every header of ``request``, as botocore would (:mod:`.signing`).
+        Headers aiohttp adds later
         (User-Agent, Content-Length, Accept-Encoding) are not signed. Call it per attempt:
         AWS refuses an ``X-Amz-Date`` more than 5 minutes off.
 
@@ -256,11 +257,7 @@ class SigV4Auth:
                 IMDS) failed; the message says what to do, without values.
         """
         frozen = await self._frozen()
-        aws = botocore.awsrequest.AWSRequest(
-            method="POST", url=str(request.url), data=request.body, headers=dict(request.headers)
-        )
-        botocore.auth.SigV4Auth(frozen, SERVICE, self._region).add_auth(aws)
-        return dict(aws.headers.items())
+        return self._signer.sign(request.url, request.headers, request.body, frozen)
 
     async def _frozen(self) -> _Frozen:
         if self._static is not None:
