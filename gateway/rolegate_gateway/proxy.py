@@ -271,11 +271,9 @@ async def _exchange(
     response: web.StreamResponse | None = None
     writing = False
     try:
-        async with asyncio.timeout(None) as timeout:
-            call.timeout = timeout
-            call.limit(loop.time() + timeout_s)
+        async with asyncio.timeout(None) as timeout, call.start(timeout, loop.time() + timeout_s):
             with errors.map_client_errors(role):
-                async with await upstream.post(session, request_up, timeout, wrapper.auth) as up:
+                async with await upstream.post(session, request_up, call, wrapper.auth) as up:
                     if up.status >= 300:
                         raise await _status_error(wrapper, translator, up)
                     head = translator.response_headers(up.status, up.headers)
@@ -328,7 +326,7 @@ async def _exchange(
                     call.limit(loop.time() + timeout_s)  # timeoutSeconds is per call
                     if pick is not None:
                         following = following._replace(url=pick.route(following.url))
-                    async with await upstream.post(session, following, timeout, wrapper.auth) as up:
+                    async with await upstream.post(session, following, call, wrapper.auth) as up:
                         if up.status >= 300:
                             raise await _status_error(wrapper, translator, up)
                         translator.response_headers(up.status, up.headers)
@@ -342,7 +340,7 @@ async def _exchange(
                     headers={"Content-Type": head.content_type, **head.headers},
                 )
     except TimeoutError as exc:
-        deadline = call.timeout.when() if call.timeout is not None else None
+        deadline = call.due
         if call.drained and deadline is not None and deadline >= call.cap:  # the drain's
             error: errors.GatewayError = errors.Draining(
                 f"the role {role!r} was rebound or removed and this call ran past its drain "

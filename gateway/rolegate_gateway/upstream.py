@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
 from multidict import CIMultiDictProxy
@@ -47,6 +47,7 @@ __all__ = [
     "RETRIES",
     "STALE_RETRIES",
     "STALE_WINDOW_S",
+    "Budget",
     "connection_trace",
     "passed_headers",
     "post",
@@ -85,6 +86,14 @@ _DROPPED_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
 #: (https://platform.openai.com/docs/guides/rate-limits#rate-limits-in-headers), Anthropic's.
 _PASSED = ("retry-after", "retry-after-ms")
 _PASSED_PREFIX = ("x-ratelimit-", "anthropic-ratelimit-")
+
+
+class Budget(Protocol):
+    """A call's time budget: ``asyncio.Timeout``, or the proxy's ``runtime.Call``."""
+
+    def when(self) -> float | None:
+        """Its deadline (loop time), or None without one."""
+        ...
 
 
 @dataclass(slots=True)
@@ -135,7 +144,7 @@ def connection_trace() -> aiohttp.TraceConfig:
 async def post(
     session: aiohttp.ClientSession,
     upstream: UpstreamRequest,
-    budget: asyncio.Timeout,
+    budget: Budget,
     auth: UpstreamAuth,
 ) -> aiohttp.ClientResponse:
     """POST ``upstream`` without following redirects, retrying as the module says; each
@@ -187,7 +196,7 @@ async def post(
         attempt += 1
 
 
-def _fits(attempt: int, delay_s: float, budget: asyncio.Timeout, now: float) -> bool:
+def _fits(attempt: int, delay_s: float, budget: Budget, now: float) -> bool:
     when = budget.when()
     return attempt < RETRIES and (when is None or now + delay_s < when)
 

@@ -432,6 +432,24 @@ async def test_an_upstream_silent_after_its_headers_is_the_upstreams_timeout(
     assert _count(gw, "rolegate_requests_total", code="499") == 0
 
 
+async def test_a_stream_whose_gaps_fit_the_timeout_outlasts_it(
+    start_upstream: Callable[..., Awaitable[Upstream]],
+    setup: Setup,
+    sdk: Callable[[Gateway], openai.AsyncOpenAI],
+) -> None:
+    """timeoutSeconds bounds each gap of a stream, not the whole stream: 8 chunks 0.2 s
+    apart under a 0.5 s timeout all arrive (the deadline moves on with every chunk), and
+    the stream then ends cleanly."""
+    slow = await start_upstream(name="slow", chunks=8, chunk_delay_s=0.2)
+    gw = await setup(slow.url, timeoutSeconds=0.5)
+    started = time.monotonic()
+    stream = await _ask(sdk(gw), stream=True)
+    chunks = [chunk async for chunk in stream]
+    assert time.monotonic() - started > 1.2  # well past one timeout
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) == 8
+    assert _count(gw, "rolegate_upstream_errors_total") == 0
+
+
 async def test_an_unexpected_exception_is_a_counted_500(
     upstream: Upstream, setup: Setup, caplog: pytest.LogCaptureFixture
 ) -> None:

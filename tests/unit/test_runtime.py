@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import math
 from typing import Any
 
 import pytest
 
 from rolegate_gateway import Binding, GatewayConfig, RoleConfig, Runtime, errors, translators
+from rolegate_gateway.runtime import Call
 from tests.fakes.configs import role_config
 
 SECRET = "sk-RGUNIT-55e1d0c9"
@@ -212,3 +215,50 @@ async def test_a_refused_role_changes_the_config_hash() -> None:
     wire["roles"][1]["upstream"]["binding"] = "mistral"
     second = GatewayConfig.from_wire(json.dumps(wire).encode())
     assert first.hash != second.hash != _config(_role("a")).hash
+
+
+async def test_a_calls_deadline_moves_later_lazily_and_earlier_at_once() -> None:
+    """Call keeps one timer at or before its deadline: moved later six times over 0.3 s
+    (past the first deadline), the call lives on; moved earlier, it ends then, with the
+    timeout's TimeoutError; left, it holds no timer."""
+    loop = asyncio.get_running_loop()
+    call = Call()
+    began = math.inf
+
+    async def run() -> None:
+        nonlocal began
+        async with asyncio.timeout(None) as timeout, call.start(timeout, loop.time() + 0.2):
+            for _ in range(6):
+                await asyncio.sleep(0.05)
+                call.limit(loop.time() + 0.2)
+            began = loop.time()
+            call.limit(began + 0.05)
+            await asyncio.sleep(5)
+
+    with pytest.raises(TimeoutError):
+        await run()
+    assert 0.04 < loop.time() - began < 0.5
+    assert call.due == pytest.approx(began + 0.05)
+    assert (call._timer, call.timeout) == (None, None)
+
+
+async def test_a_call_left_in_time_leaves_no_timer_and_a_drain_cap_cuts_it() -> None:
+    loop = asyncio.get_running_loop()
+    call = Call()
+    async with asyncio.timeout(None) as timeout, call.start(timeout, loop.time() + 60):
+        assert call._timer is not None
+    assert (call._timer, call.timeout) == (None, None)
+
+    began = loop.time()
+
+    async def capped() -> None:
+        async with asyncio.timeout(None) as timeout, call.start(timeout, began + 60):
+            call.cap = began + 0.05
+            assert call.due is not None
+            call.limit(call.due)  # as Runtime.retire does: the deadline, now capped
+            await asyncio.sleep(5)
+
+    with pytest.raises(TimeoutError):
+        await capped()
+    assert loop.time() - began < 1
+    assert call.due == call.cap
