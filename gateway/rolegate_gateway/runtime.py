@@ -135,7 +135,7 @@ class Call:
         now = asyncio.get_running_loop().time()
         if self.due > now:
             self._arm(self.due)  # moved later meanwhile
-        else:
+        elif not self.timeout.expired():  # (expiring already: its task is being cancelled)
             self.timeout.reschedule(now)  # expires it: the call's task is cancelled
 
 

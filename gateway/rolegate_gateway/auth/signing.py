@@ -12,8 +12,9 @@ botocore stays the reference. The canonical path is botocore's ``normalize_url_p
 quoted once more with ``safe="/~"``, as botocore quotes it; the headers botocore never
 signs are its own list; and the tests verify every signature with botocore. A request
 outside what this covers is signed by botocore itself: a URL with a query string or
-fragment, an IPv6 host, or headers whose names differ only in case or that carry
-``X-Amz-Content-SHA256``.
+fragment, an IPv6 host, or headers whose names differ only in case, or that carry
+``X-Amz-Content-SHA256``, ``Date``, or an ``X-Amz-Security-Token`` without session
+credentials.
 
 Sources: AWS, "Create a signed AWS API request"
 (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_sigv-create-signed-request.html);
@@ -26,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Mapping
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import botocore.auth
 import botocore.awsrequest
@@ -82,6 +83,8 @@ class Signer:
             or secret is None
             or len(lower) != len(headers)
             or "x-amz-content-sha256" in lower
+            or "date" in lower  # botocore signs with it, in place of X-Amz-Date
+            or ("x-amz-security-token" in lower and not credentials.token)  # botocore keeps it
         ):
             return _botocore_sign(url, headers, body, credentials, self._region, self._service)
         path, host = target
@@ -121,11 +124,14 @@ class Signer:
         except KeyError:
             pass
         target: tuple[str, str] | None = None
-        host = url.host
-        if not url.raw_query_string and not url.raw_fragment and host and ":" not in host:
-            path = quote(botocore.utils.normalize_url_path(url.raw_path), safe="/~")
-            port = url.explicit_port
-            if port is not None and port != _DEFAULT_PORTS.get(url.scheme):
+        # urllib's parts of the URL as sent, as botocore takes them (yarl's ``host`` would
+        # turn a punycode name back into Unicode; the Host header aiohttp sends keeps it)
+        parts = urlsplit(str(url))
+        host = parts.hostname
+        if not parts.query and not parts.fragment and host and ":" not in host:
+            path = quote(botocore.utils.normalize_url_path(parts.path), safe="/~")
+            port = parts.port
+            if port is not None and port != _DEFAULT_PORTS.get(parts.scheme):
                 host = f"{host}:{port}"
             target = (path, host)
         if len(self._targets) >= _CACHED:
