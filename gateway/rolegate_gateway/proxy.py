@@ -48,9 +48,10 @@ from aiohttp import web
 
 from rolegate_gateway import errors, upstream
 from rolegate_gateway.backends import Backends, Pick
+from rolegate_gateway.calls import Call
 from rolegate_gateway.config import Backend
 from rolegate_gateway.intake import Payload
-from rolegate_gateway.runtime import Call, Role, RoleWrapper
+from rolegate_gateway.runtime import Role, RoleWrapper
 from rolegate_gateway.translators import Endpoint, Translator, upstream_errors
 from rolegate_gateway.translators.base import UpstreamRequest
 

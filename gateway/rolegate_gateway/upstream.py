@@ -89,7 +89,7 @@ _PASSED_PREFIX = ("x-ratelimit-", "anthropic-ratelimit-")
 
 
 class Budget(Protocol):
-    """A call's time budget: ``asyncio.Timeout``, or the proxy's ``runtime.Call``."""
+    """A call's time budget: ``asyncio.Timeout``, or the proxy's ``calls.Call``."""
 
     def when(self) -> float | None:
         """Its deadline (loop time), or None without one."""

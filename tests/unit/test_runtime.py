@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from rolegate_gateway import Binding, GatewayConfig, RoleConfig, Runtime, errors, translators
-from rolegate_gateway.runtime import Call
+from rolegate_gateway.calls import Call
 from tests.fakes.configs import role_config
 
 SECRET = "sk-RGUNIT-55e1d0c9"
@@ -150,8 +150,6 @@ async def test_series_of_removed_and_relabelled_roles_are_removed() -> None:
     # b is removed while a call is in flight: its series stay until the call ends
     await runtime.roles["b"].queue.acquire(10)
     wrapper_b = runtime.roles["b"].wrapper
-    from rolegate_gateway.runtime import Call
-
     call = Call()
     wrapper_b.enter(call)
     runtime.apply(_config(_role("a", model="other")))  # a relabelled (model), b removed
